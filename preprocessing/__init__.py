@@ -1,0 +1,1 @@
+"""Turning a video into a training subject, and the synthetic demo subject."""

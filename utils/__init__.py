@@ -1,0 +1,1 @@
+"""Shared helpers: options, device handling, image and video I/O, rotations, losses and metrics."""

@@ -1,0 +1,16 @@
+"""Device handling, the one place for it: scripts resolve ``--device`` here and pass the result on."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(spec: str | None = "auto") -> torch.device:
+    """``auto`` (or None) -> CUDA when available, else CPU; otherwise ``torch.device(spec)``,
+    refused clearly when it names CUDA on a machine without it."""
+    if spec in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+    return device

@@ -1,0 +1,58 @@
+"""Rotation helpers, the one place for them: 6D (first two rows), quaternions (w first), axis turns."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rot6d_to_matrix(r6: Tensor) -> Tensor:
+    """(..., 6) -> (..., 3, 3). The 6 numbers are the first two *rows* (SPEC section 3):
+    b1 = a1/|a1|, b2 = normalize(a2 - (b1.a2) b1), b3 = b1 x b2; the matrix has rows b1, b2, b3."""
+    a1, a2 = r6[..., :3], r6[..., 3:6]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-2)
+
+
+def matrix_to_rot6d(R: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 6): the first two rows, flattened."""
+    return R[..., :2, :].reshape(*R.shape[:-2], 6)
+
+
+def identity_rot6d(*batch: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """(1,0,0, 0,1,0) broadcast to ``batch`` + (6,)."""
+    eye = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype, device=device)
+    return eye.expand(*batch, 6).clone()
+
+
+def quaternion_multiply(q1: Tensor, q2: Tensor) -> Tensor:
+    """Hamilton product q1 ⊗ q2 of (..., 4) quaternions, w first."""
+    w1, x1, y1, z1 = q1.unbind(-1)
+    w2, x2, y2, z2 = q2.unbind(-1)
+    return torch.stack([
+        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+        w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+        w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+    ], dim=-1)
+
+
+def quaternion_to_matrix(q: Tensor) -> Tensor:
+    """(..., 4) quaternion (w, x, y, z), used as given (not normalised again) -> (..., 3, 3)."""
+    r, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - r * z), 2 * (x * z + r * y),
+        2 * (x * y + r * z), 1 - 2 * (x * x + z * z), 2 * (y * z - r * x),
+        2 * (x * z - r * y), 2 * (y * z + r * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def rotation_about_y(angle_rad: float, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """3x3 rotation by ``angle_rad`` about the y axis (right-handed)."""
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=dtype, device=device)
