@@ -1,0 +1,117 @@
+"""Image I/O, the one place for it: read RGB and grey images as float in [0, 1], write 8-bit PNGs.
+
+Reads go through Pillow and fail with an :class:`ImageReadError` that names the file; writes round
+to the nearest 8-bit value (not truncate, SPEC section 10) and are atomic (temp file + ``os.replace``)
+so a crash never leaves a half-written PNG that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class ImageReadError(RuntimeError):
+    """An image file that is missing, truncated or not an image."""
+
+
+def _open(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: image file not found; check the path or regenerate the file")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(
+            f"{path}: cannot decode the image ({exc}); the file is corrupt or not a PNG/JPG - "
+            "re-export or regenerate it") from exc
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image, from its header only (cheap)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"{path}: image file not found; check the path or regenerate the file") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(
+            f"{path}: cannot read the image header ({exc}); the file is corrupt or not a PNG/JPG - "
+            "re-export or regenerate it") from exc
+    return int(h), int(w)
+
+
+def read_image_uint8(path: str | Path) -> np.ndarray:
+    """RGB image as uint8 (H, W, 3); grey or RGBA inputs are converted (alpha dropped)."""
+    img = _open(path)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_mask_uint8(path: str | Path) -> np.ndarray:
+    """Grey mask as uint8 (H, W); colour inputs are converted to luminance (L)."""
+    img = _open(path)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB image as float32 (H, W, 3) in [0, 1] (value / 255)."""
+    return read_image_uint8(path).astype(np.float32) / 255.0
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Grey mask as float32 (H, W) in [0, 1] (value / 255)."""
+    return read_mask_uint8(path).astype(np.float32) / 255.0
+
+
+def to_uint8(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Float image in [0, 1] -> uint8 by rounding to nearest; (3,H,W) / (1,H,W) tensors are moved
+    to (H,W,C); uint8 input passes through. NaN becomes 0."""
+    if isinstance(array, torch.Tensor):
+        t = array.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        array = t.numpy()
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        out = a
+    else:
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0)
+        out = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if out.ndim == 3 and out.shape[-1] == 1:
+        out = out[..., 0]
+    if out.ndim not in (2, 3) or (out.ndim == 3 and out.shape[-1] not in (3, 4)):
+        raise ValueError(f"write_image: expected (H,W), (H,W,3) or (3,H,W) data, got shape "
+                         f"{tuple(out.shape)}")
+    return out
+
+
+def write_image(path: str | Path, array: np.ndarray | torch.Tensor) -> Path:
+    """Write a float [0, 1] (or uint8) image as PNG, rounding to the nearest 8-bit value, atomically.
+    Accepts (H,W), (H,W,3), (3,H,W) or (1,H,W), numpy or torch. Creates parent folders."""
+    path = Path(path)
+    data = to_uint8(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(data).save(fh, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
