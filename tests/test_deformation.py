@@ -1,0 +1,129 @@
+"""Deformation model: split first layer, both heads, conditional appearance, optimiser settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scene.deformation import DeformationModel, unit_view_directions
+
+N = 13
+
+
+def _inputs(seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.randn(N, 51, generator=g, dtype=dtype)
+    cond = torch.randn(120, generator=g, dtype=dtype)
+    view = torch.nn.functional.normalize(torch.randn(N, 3, generator=g, dtype=dtype), dim=-1)
+    return enc, cond, view
+
+
+def _randomize(module: torch.nn.Module, seed: int, std: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+@pytest.mark.parametrize("ours,appearance,camera", [(False, False, False), (False, True, True),
+                                                     (True, True, True)])
+def test_split_first_layer_equals_concatenated_input(ours, appearance, camera):
+    model = DeformationModel(N, ours=ours, hidden_dim=16, hidden_layers=3, latent_dim=4,
+                             conditional_appearance=appearance, camera_conditioning=camera).double()
+    enc, cond, view = _inputs()
+    split = model.trunk(enc, cond, view if camera else None)
+    full = model.trunk.forward_concatenated(enc, cond, view if camera else None)
+    assert model.trunk.layers[0].in_features == 51 + 120 + (3 if camera and not ours else 0)
+    torch.testing.assert_close(split, full, rtol=1e-12, atol=1e-12)
+    # and against plain numpy matrix products over the concatenated input
+    x = np.concatenate([enc.numpy(), np.tile(cond.numpy(), (N, 1))]
+                       + ([view.numpy()] if camera and not ours else []), axis=1)
+    for layer in model.trunk.layers:
+        x = np.maximum(x @ layer.weight.detach().numpy().T + layer.bias.detach().numpy(), 0.0)
+    x = x @ model.trunk.out.weight.detach().numpy().T + model.trunk.out.bias.detach().numpy()
+    np.testing.assert_allclose(split.detach().numpy(), x, rtol=0, atol=1e-10)
+
+
+def test_trunk_shape_matches_spec_defaults():
+    model = DeformationModel(N)
+    linears = [m for m in model.trunk.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(171, 256)] + [(256, 256)] * 5 + [(256, 10)]
+    ours = DeformationModel(N, ours=True)
+    assert ours.trunk.out.out_features == 32
+    assert DeformationModel(N, ours=True, conditional_appearance=True).trunk.out.out_features == 64
+
+
+def test_baseline_head_is_tanh_of_trunk_outputs():
+    model = DeformationModel(N, hidden_dim=16, hidden_layers=2, conditional_appearance=True).double()
+    _randomize(model, 1, std=1.0)
+    enc, cond, _ = _inputs(2)
+    raw = model.trunk(enc, cond).detach()
+    out = model(enc, cond)
+    torch.testing.assert_close(out.d_xyz, torch.tanh(raw[:, 0:3]))
+    torch.testing.assert_close(out.d_rot, torch.tanh(raw[:, 3:7]))
+    torch.testing.assert_close(out.d_scale, torch.tanh(raw[:, 7:10]))
+    torch.testing.assert_close(out.colors, 1.0 / (1.0 + torch.exp(-raw[:, 10:13])))
+    torch.testing.assert_close(out.opacity_logits, raw[:, 13:14])
+    assert out.uncertainty is None
+
+
+def test_hyper_head_at_init_predicts_zero_offsets_and_grey():
+    model = DeformationModel(N, ours=True, hidden_dim=16, hidden_layers=2, latent_dim=4,
+                             conditional_appearance=True, camera_conditioning=True)
+    enc, cond, view = _inputs(3, torch.float32)
+    out = model(enc, cond, view)
+    for t in (out.d_xyz, out.d_rot, out.d_scale, out.opacity_logits, out.uncertainty):
+        assert torch.count_nonzero(t) == 0
+    assert torch.equal(out.colors, torch.full((N, 3), 0.5))
+
+
+def test_hyper_head_uses_conditional_means_of_geometry_and_appearance_halves():
+    model = DeformationModel(N, ours=True, hidden_dim=16, hidden_layers=2, latent_dim=4,
+                             conditional_appearance=True, camera_conditioning=True).double()
+    _randomize(model, 4)
+    enc, cond, view = _inputs(5)
+    out = model(enc, cond, view)
+    z = model.trunk(enc, cond)
+    head = model.head
+    zg, za = z[:, :4], torch.cat([z[:, 4:], view], dim=-1)
+    torch.testing.assert_close(out.d_xyz, torch.tanh(head.position.conditional_mean(zg)))
+    torch.testing.assert_close(out.d_rot, torch.tanh(head.rotation.conditional_mean(zg)))
+    torch.testing.assert_close(out.d_scale, torch.tanh(head.scale.conditional_mean(zg)))
+    torch.testing.assert_close(out.colors, torch.sigmoid(head.color.conditional_mean(za)))
+    torch.testing.assert_close(out.opacity_logits, head.opacity.conditional_mean(za))
+    expected_unc = -2 * (head.position.l11_log_diag.sum(1) + head.rotation.l11_log_diag.sum(1)
+                         + head.scale.l11_log_diag.sum(1))
+    torch.testing.assert_close(out.uncertainty, expected_unc)
+    # the view direction matters, and only through the appearance outputs
+    out2 = model(enc, cond, -view)
+    assert not torch.allclose(out2.colors, out.colors)
+    torch.testing.assert_close(out2.d_xyz, out.d_xyz)
+
+
+def test_unit_view_directions_are_normalised_per_gaussian():
+    pos = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 10.0], [3.0, 4.0, 0.0]])
+    centre = torch.tensor([0.0, 0.0, 0.0])
+    expected = np.array([[1 / 3, 2 / 3, 2 / 3], [0, 0, 1], [0.6, 0.8, 0.0]])
+    np.testing.assert_allclose(unit_view_directions(pos, centre).numpy(), expected, atol=1e-7)
+
+
+def test_camera_conditioned_model_requires_view_dirs_and_appearance():
+    model = DeformationModel(N, hidden_dim=8, hidden_layers=1, conditional_appearance=True,
+                             camera_conditioning=True)
+    enc, cond, _ = _inputs(0, torch.float32)
+    with pytest.raises(ValueError, match="view_dirs"):
+        model(enc, cond)
+    with pytest.raises(ValueError, match="conditional_appearance"):
+        DeformationModel(N, camera_conditioning=True)
+    with pytest.raises(ValueError, match="built for 13 Gaussians"):
+        model(enc[:5], cond)
+
+
+def test_deformation_optimizer_settings():
+    model = DeformationModel(N, ours=True, hidden_dim=8, hidden_layers=1, latent_dim=4)
+    opt = model.make_optimizer()
+    (group,) = opt.param_groups
+    assert group["lr"] == 1e-4 and group["eps"] == 1e-8 and group["betas"] == (0.9, 0.999)
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
+    assert any(p is model.head.position.l21 for p in group["params"])
