@@ -139,3 +139,63 @@ def test_gaussian_optimizer_groups():
 def test_opacity_regularizer():
     op = torch.tensor([[0.0], [0.5], [1.0], [0.9]])
     assert math.isclose(opacity_regularizer(op).item(), (1 + 0.25 + 0 + 0.01) / 4, rel_tol=1e-6)
+
+
+def _parse_ply(path) -> tuple[list[str], np.ndarray]:
+    """A tiny independent reader for binary little-endian float PLY files."""
+    raw = path.read_bytes()
+    end = raw.index(b"end_header\n") + len(b"end_header\n")
+    lines = raw[:end].decode("ascii").splitlines()
+    assert lines[0] == "ply" and lines[1] == "format binary_little_endian 1.0"
+    count = int(lines[2].split()[2])
+    props = [ln.split()[2] for ln in lines if ln.startswith("property float ")]
+    assert len(lines) == 3 + len(props) + 1
+    values = np.frombuffer(raw[end:], dtype="<f4")
+    assert values.size == count * len(props)
+    return props, values.reshape(count, len(props))
+
+
+def test_ply_round_trip(tmp_path):
+    from gaussian_renderer.types import GaussianSet
+    from scene.ply import write_ply
+
+    g = torch.Generator().manual_seed(9)
+    P = 5
+    shs = torch.randn(P, 16, 3, generator=g)
+    rot = torch.nn.functional.normalize(torch.randn(P, 4, generator=g), dim=-1)
+    gs = GaussianSet(means=torch.randn(P, 3, generator=g), scales=torch.rand(P, 3, generator=g) + 0.01,
+                     rotations=rot, opacities=torch.rand(P, 1, generator=g) * 0.9 + 0.05, shs=shs,
+                     sh_degree=3)
+    out = write_ply(tmp_path / "sub" / "points.ply", gs)
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    props, v = _parse_ply(out)
+    assert props[:9] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    assert props[9:54] == [f"f_rest_{i}" for i in range(45)]
+    assert props[54:] == ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    col = {n: v[:, i] for i, n in enumerate(props)}
+    np.testing.assert_allclose(np.stack([col["x"], col["y"], col["z"]], 1), gs.means.numpy(), atol=1e-7)
+    assert not np.any(v[:, 3:6])
+    np.testing.assert_allclose(v[:, 6:9], shs[:, 0].numpy(), atol=1e-7)
+    for c in range(3):  # channel-major: f_rest_{c*15 + k} = coefficient k+1 of channel c
+        for k in range(15):
+            np.testing.assert_allclose(col[f"f_rest_{c * 15 + k}"], shs[:, k + 1, c].numpy(), atol=1e-7)
+    np.testing.assert_allclose(1 / (1 + np.exp(-col["opacity"])), gs.opacities[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.exp(v[:, 55:58]), gs.scales.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(v[:, 58:62], rot.numpy(), atol=1e-7)
+
+
+def test_ply_zeroes_inactive_sh_and_encodes_colours(tmp_path):
+    from gaussian_renderer.types import GaussianSet
+    from scene.ply import write_ply
+
+    P = 3
+    shs = torch.ones(P, 16, 3)
+    base = dict(means=torch.zeros(P, 3), scales=torch.ones(P, 3), opacities=torch.full((P, 1), 0.5),
+                rotations=torch.tensor([[1.0, 0, 0, 0]]).repeat(P, 1))
+    _, v = _parse_ply(write_ply(tmp_path / "a.ply", GaussianSet(**base, shs=shs, sh_degree=1)))
+    rest = v[:, 9:54].reshape(P, 3, 15)
+    assert np.all(rest[:, :, :3] == 1) and not np.any(rest[:, :, 3:])
+    colors = torch.tensor([[0.5, 1.0, 0.0]]).repeat(P, 1)
+    _, v = _parse_ply(write_ply(tmp_path / "b.ply", GaussianSet(**base, colors=colors)))
+    np.testing.assert_allclose(0.28209479177387814 * v[:, 6:9] + 0.5, colors.numpy(), atol=1e-6)
+    assert not np.any(v[:, 9:54]) and np.allclose(v[:, 54], 0.0)
