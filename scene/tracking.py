@@ -72,7 +72,8 @@ def load_frame_dict(path: str | Path) -> dict:
         raise TrackingFileError(f"{path}: tracking file not found; run metrical-tracker for this subject "
                                 "or pass the right --tracking_root")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / unsafe pickles
         raise TrackingFileError(
@@ -166,15 +167,18 @@ def load_tracked_frame(path: str | Path) -> TrackedFrame:
     path = Path(path)
     data = load_frame_dict(path)
     flame: dict[str, np.ndarray] = {}
+    defaulted: list[str] = []
     for key, (shape, required) in _FLAME_KEYS.items():
         block = data.get("flame")
         if not required and isinstance(block, Mapping) and key not in block:
-            warnings.warn(f"{path}: no 'flame.{key}' in the tracking file; using "
-                          f"{'identity' if key != 'eyelids' else 'zeros'}", stacklevel=2)
+            defaulted.append(f"flame.{key}")
             default = np.zeros(shape) if key == "eyelids" else np.tile(IDENTITY_6D, shape[0] // 6)
             flame[key] = np.asarray(default, dtype=np.float64)
             continue
         flame[key] = _checked(_get(data, path, "flame", key), path, f"flame.{key}", shape)
+    if defaulted:
+        warnings.warn(f"{path}: no {', '.join(defaulted)} in the tracking file (older tracker?); using "
+                      "identity rotations / zero eyelids", stacklevel=2)
     cv = {k: _checked(_get(data, path, "opencv", k), path, f"opencv.{k}", s) for k, s in _OPENCV_KEYS.items()}
     if "img_size" not in data:
         raise TrackingFileError(f"{path}: missing key 'img_size'; re-run metrical-tracker for this frame")
