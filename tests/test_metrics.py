@@ -1,0 +1,273 @@
+"""PSNR / SSIM against independent numpy computations and hand values; the LPIPS loader offline (error
+message without weights, a working metric with a project-made random VGG16 checkpoint, checked against a
+hand-written LPIPS); metrics.py on a written frames folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils.image_io import read_image, read_mask, write_image
+from utils.image_metrics import gaussian_window, masked, psnr, ssim, ssim_map
+
+
+# ---------------------------------------------------------------- PSNR
+def test_psnr_hand_values():
+    a = torch.zeros(3, 8, 8)
+    b = torch.full((3, 8, 8), 0.1)
+    assert psnr(a, b).item() == pytest.approx(20.0, abs=1e-4)  # mse 0.01
+    mask = torch.zeros(8, 8)
+    mask[:, :4] = 1  # half the pixels count; the rest is zero error
+    expected = 10 * math.log10(1 / 0.005)
+    assert psnr(masked(a, mask), masked(b, mask)).item() == pytest.approx(expected, abs=1e-4)
+    batch = psnr(torch.stack([a, a]), torch.stack([b, masked(b, mask)]))
+    assert batch.shape == (2,)
+    assert batch[1].item() == pytest.approx(23.0103, abs=1e-3)
+    assert math.isinf(psnr(a, a).item())
+
+
+# ---------------------------------------------------------------- SSIM, independent numpy version
+def _np_gaussian_window(size=11, sigma=1.5):
+    g = np.array([math.exp(-((x - size // 2) ** 2) / (2 * sigma ** 2)) for x in range(size)])
+    g /= g.sum()
+    return np.outer(g, g)
+
+
+def _np_filter(x, w):
+    """Zero-padded 'same' correlation by summing shifted copies (no conv library)."""
+    k = w.shape[0]
+    r = k // 2
+    xp = np.pad(x, ((r, r), (r, r)))
+    out = np.zeros_like(x)
+    for dy in range(k):
+        for dx in range(k):
+            out += w[dy, dx] * xp[dy:dy + x.shape[0], dx:dx + x.shape[1]]
+    return out
+
+
+def _np_ssim(a, b):
+    w = _np_gaussian_window()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    vals = []
+    for ch in range(a.shape[0]):
+        x, y = a[ch], b[ch]
+        mx, my = _np_filter(x, w), _np_filter(y, w)
+        sxx = _np_filter(x * x, w) - mx ** 2
+        syy = _np_filter(y * y, w) - my ** 2
+        sxy = _np_filter(x * y, w) - mx * my
+        vals.append(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2)))
+    return float(np.mean(vals))
+
+
+def test_gaussian_window():
+    w = gaussian_window().numpy()
+    assert w.shape == (11, 11)
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.allclose(w, _np_gaussian_window(), atol=1e-15)
+
+
+def test_ssim_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 24, 30))
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
+    ref = _np_ssim(a, b)
+    got = ssim(torch.from_numpy(a), torch.from_numpy(b)).item()
+    assert got == pytest.approx(ref, abs=1e-10)
+    got32 = ssim(torch.from_numpy(a).float(), torch.from_numpy(b).float()).item()
+    assert got32 == pytest.approx(ref, abs=1e-5)
+    assert 0.2 < ref < 0.99
+
+
+def test_ssim_hand_values():
+    x = torch.rand(3, 20, 20, dtype=torch.float64)
+    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-12)
+    # constant images a, b: interior pixels (window fully inside) have sigma = 0, so
+    # SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = 0.3, 0.6
+    f64 = torch.float64
+    m = ssim_map(torch.full((3, 20, 20), a, dtype=f64), torch.full((3, 20, 20), b, dtype=f64))
+    expected = (2 * a * b + 1e-4) / (a * a + b * b + 1e-4)
+    assert torch.allclose(m[0, :, 5:15, 5:15], torch.full((3, 10, 10), expected, dtype=f64), atol=1e-12)
+    # near the border the zero padding darkens both means, so values differ from the interior
+    assert not torch.allclose(m[0, :, 0, 0], torch.full((3,), expected, dtype=f64), atol=1e-6)
+
+
+def test_ssim_batched_equals_single():
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    y = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    batch = ssim(x, y)
+    assert torch.allclose(batch, torch.stack([ssim(x[0], y[0]), ssim(x[1], y[1])]))
+
+
+# ---------------------------------------------------------------- LPIPS loader
+@pytest.fixture(scope="module")
+def vgg_torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a randomly initialised, project-made VGG16 checkpoint
+    (features only: the loader reads nothing else)."""
+    import torchvision
+
+    home = tmp_path_factory.mktemp("torch_home")
+    torch.manual_seed(0)
+    feats = torchvision.models.vgg16(weights=None).features
+    state = {f"features.{k}": v for k, v in feats.state_dict().items()}
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, home / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    return home
+
+
+def test_lpips_missing_weights_message(tmp_path, monkeypatch):
+    from utils.lpips_loader import LPIPSUnavailableError, load_lpips_vgg, try_load_lpips_vgg
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(LPIPSUnavailableError) as exc:
+        load_lpips_vgg()
+    msg = str(exc.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in msg
+    assert "--lambda_lpips 0" in msg
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
+    model, reason = try_load_lpips_vgg()
+    assert model is None and "vgg16-397923af.pth" in reason and "null" in reason
+
+
+def test_lpips_truncated_weights_message(tmp_path, monkeypatch):
+    from utils.lpips_loader import LPIPSUnavailableError, load_lpips_vgg
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    target = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(LPIPSUnavailableError, match="truncated"):
+        load_lpips_vgg()
+
+
+def _reference_lpips(state: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """LPIPS v0.1 written out: scaling layer, VGG16 relu1_2..relu5_3 features, channel-normalised
+    squared differences weighted by the package's linear layers, spatial means, summed."""
+    import lpips
+
+    lin = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth", map_location="cpu")
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    convs = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    taps = {2: 0, 7: 1, 14: 2, 21: 3, 28: 4}  # relu after these convs are LPIPS layers
+    pools_after = {2, 7, 14, 21}
+
+    def features(img):
+        h = ((img * 2 - 1) - shift) / scale
+        outs = []
+        for c in convs:
+            h = F.relu(F.conv2d(h, state[f"features.{c}.weight"], state[f"features.{c}.bias"], padding=1))
+            if c in taps:
+                outs.append(h)
+            if c in pools_after:
+                h = F.max_pool2d(h, 2, 2)
+        return outs
+
+    total = 0
+    for k, (f0, f1) in enumerate(zip(features(x), features(y))):
+        n0 = f0 / (f0.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        n1 = f1 / (f1.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        w = lin[f"lin{k}.model.1.weight"]
+        total = total + (F.conv2d((n0 - n1) ** 2, w)).mean((2, 3))
+    return total.flatten()
+
+
+def test_lpips_works_with_weights_in_torch_home(vgg_torch_home, monkeypatch):
+    from utils.lpips_loader import load_lpips_vgg
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    model = load_lpips_vgg("cpu")
+    torch.manual_seed(1)
+    x, y = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    got = model(x, y)
+    state = torch.load(vgg_torch_home / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    ref = _reference_lpips(state, x, y)
+    assert got.shape == (2,)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-6)
+    assert got.min() > 0
+    assert model(x[0], x[0]).abs().item() < 1e-6
+    # differentiable w.r.t. the images (the training loss needs that), frozen weights
+    xr = x.clone().requires_grad_(True)
+    model(xr, y).sum().backward()
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+# ---------------------------------------------------------------- metrics.py
+def _write_frames(root: Path, n: int = 3, size: int = 24) -> None:
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        gt = rng.random((size, size, 3))
+        render = np.clip(gt + 0.05 * rng.standard_normal(gt.shape), 0, 1)
+        mask = np.zeros((size, size))
+        mask[4:20, 3:21] = 1.0
+        write_image(root / "renders" / f"{i:05d}.png", render)
+        write_image(root / "gt" / f"{i:05d}.png", gt)
+        write_image(root / "mask" / f"{i:05d}.png", mask)
+
+
+def _expected(root: Path, name: str) -> tuple[float, float]:
+    r = np.transpose(read_image(root / "renders" / name), (2, 0, 1)).astype(np.float64)
+    g = np.transpose(read_image(root / "gt" / name), (2, 0, 1)).astype(np.float64)
+    m = read_mask(root / "mask" / name).astype(np.float64)
+    r, g = r * m, g * m
+    mse = np.mean((r - g) ** 2)
+    return 20 * math.log10(1 / math.sqrt(mse)), _np_ssim(r, g)
+
+
+def test_metrics_script_without_lpips_weights(tmp_path, monkeypatch):
+    import metrics
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+    run = tmp_path / "logs" / "subj_baseline"
+    _write_frames(run / "frames")
+    assert metrics.main(["-m", str(run), "--device", "cpu"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    per = json.loads((run / "per_view.json").read_text())
+    assert res["LPIPS"] is None and res["LPIPS_x0.05_original_scale"] is None
+    assert "vgg16-397923af.pth" in res["LPIPS_unavailable_reason"]
+    names = sorted(per["PSNR"])
+    assert names == ["00000.png", "00001.png", "00002.png"]
+    for name in names:
+        p, s = _expected(run / "frames", name)
+        assert per["PSNR"][name] == pytest.approx(p, abs=1e-4)
+        assert per["SSIM"][name] == pytest.approx(s, abs=1e-5)
+        assert per["LPIPS"][name] is None
+    assert res["PSNR"] == pytest.approx(np.mean([per["PSNR"][n] for n in names]), abs=1e-9)
+    assert res["num_views"] == 3
+
+
+def test_metrics_script_with_lpips_on_frames_dir(tmp_path, vgg_torch_home, monkeypatch):
+    import metrics
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    frames = tmp_path / "frames_rotate"  # a frames folder given directly
+    _write_frames(frames, n=2)
+    assert metrics.main(["-m", str(frames), "--device", "cpu"]) == 0
+    res = json.loads((frames / "results.json").read_text())
+    assert res["LPIPS"] is not None and math.isfinite(res["LPIPS"]) and res["LPIPS"] > 0
+    assert res["LPIPS_x0.05_original_scale"] == pytest.approx(0.05 * res["LPIPS"], rel=1e-9)
+    assert "LPIPS_unavailable_reason" not in res
+
+
+def test_metrics_script_bad_inputs(tmp_path, capsys, monkeypatch):
+    import metrics
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+    assert metrics.main(["-m", str(tmp_path / "nope"), "--no_lpips"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    empty = tmp_path / "run"
+    empty.mkdir()
+    assert metrics.main(["-m", str(empty), "--no_lpips"]) == 2
+    assert "run render.py" in capsys.readouterr().err
+    _write_frames(empty / "frames", n=2)
+    os.remove(empty / "frames" / "gt" / "00001.png")
+    assert metrics.main(["-m", str(empty), "--no_lpips"]) == 2
+    assert "missing" in capsys.readouterr().err
