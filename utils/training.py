@@ -44,3 +44,199 @@ def write_json(path: str | Path, obj: Any) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+# ----------------------------------------------------------------------------- RNG and frame order
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices). The training code draws randomness only from torch and the
+    :class:`FrameSampler`'s own generator; numpy / Python global RNGs are not used."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict:
+    """torch CPU and CUDA RNG states (for an exact resume)."""
+    import torch
+
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only where CUDA is present)."""
+    import torch
+
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class FrameSampler:
+    """A random training frame per iteration, reshuffled every epoch (every frame once per epoch).
+
+    Uses its own seeded CPU generator, so its sequence depends on nothing else; ``state_dict`` holds the
+    generator, the current epoch's order and the position in it, so a resume draws the same frames."""
+
+    def __init__(self, indices: list[int], seed: int) -> None:
+        import torch
+
+        if not indices:
+            raise ValueError("FrameSampler: no training frames")
+        self.indices = list(indices)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.order: list[int] = []
+        self.position = 0
+        self.epoch = 0
+
+    def _reshuffle(self) -> None:
+        import torch
+
+        perm = torch.randperm(len(self.indices), generator=self.generator).tolist()
+        self.order = [self.indices[k] for k in perm]
+        self.position = 0
+        self.epoch += 1
+
+    def next(self) -> int:
+        if self.position >= len(self.order):
+            self._reshuffle()
+        i = self.order[self.position]
+        self.position += 1
+        return i
+
+    def state_dict(self) -> dict:
+        return {"indices": list(self.indices), "generator": self.generator.get_state(),
+                "order": list(self.order), "position": self.position, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["indices"]) != self.indices:
+            raise ValueError("the checkpoint's training frames differ from this subject's split "
+                             "(other --test_num / --max_train / --frame_delta or other data?): cannot resume "
+                             "exactly; use the same data options as the run that wrote it")
+        self.generator.set_state(state["generator"])
+        self.order = list(state["order"])
+        self.position = int(state["position"])
+        self.epoch = int(state["epoch"])
+
+
+# ----------------------------------------------------------------------------- evaluation
+def quantize8(img):
+    """Round to the nearest 8-bit level, as the saved PNGs are (so eval matches metrics.py)."""
+    import torch
+
+    return torch.round(img.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate_frames(render_fn, subject, indices: list[int], lpips_model=None,
+                    lpips_reason: str | None = None) -> dict:
+    """Masked PSNR / SSIM / LPIPS over ``subject`` frames ``indices`` and the rendering speed.
+
+    ``render_fn(frame) -> (3,H,W)`` renders one :class:`~scene.subject.FrameData`. Images are rounded to
+    8 bit and multiplied by the head mask (as ``metrics.py`` reads them back). FPS counts the deformation
+    and the rasterization of one frame (batch 1), timed with device synchronisation; values are read back
+    to the host once at the end."""
+    import time
+
+    import torch
+
+    from utils.image_metrics import masked, psnr, ssim
+
+    if not indices:
+        raise ValueError("evaluate_frames: no frames to evaluate")
+    vals: dict[str, list] = {"PSNR": [], "SSIM": [], "LPIPS": []}
+    seconds = 0.0
+    device = None
+    with torch.no_grad():
+        for i in indices:
+            fr = subject.frame(i)
+            device = fr.image.device
+            _sync(device)
+            t0 = time.perf_counter()
+            img = render_fn(fr)
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            r, g = masked(quantize8(img), fr.head_mask), masked(quantize8(fr.image), fr.head_mask)
+            vals["PSNR"].append(psnr(r, g))
+            vals["SSIM"].append(ssim(r, g))
+            if lpips_model is not None:
+                vals["LPIPS"].append(lpips_model(r, g))
+    out: dict = {"num_views": len(indices), "FPS": len(indices) / max(seconds, 1e-9)}
+    for key in ("PSNR", "SSIM"):
+        out[key] = float(torch.stack(vals[key]).mean())
+    out["LPIPS"] = float(torch.stack(vals["LPIPS"]).mean()) if vals["LPIPS"] else None
+    if out["LPIPS"] is None:
+        out["LPIPS_unavailable_reason"] = lpips_reason or "LPIPS not computed"
+    return out
+
+
+# ----------------------------------------------------------------------------- logging
+class RunLogger:
+    """Tensorboard scalars / images (when tensorboard is installed) and a JSON log of the run.
+
+    The JSON log (``train_log.json`` in the run folder) holds the options, the loss at logging steps and
+    every evaluation; it is rewritten atomically at evaluations and at the end."""
+
+    def __init__(self, run_dir: Path, config: dict, resume_from: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.json_path = self.run_dir / "train_log.json"
+        self.record: dict = {"config": config, "losses": [], "evaluations": [], "events": []}
+        if resume_from > 0 and self.json_path.is_file():
+            try:
+                old = json.loads(self.json_path.read_text())
+                self.record["losses"] = [r for r in old.get("losses", []) if r["iteration"] <= resume_from]
+                self.record["evaluations"] = [r for r in old.get("evaluations", [])
+                                              if r["iteration"] <= resume_from]
+                self.record["events"] = old.get("events", [])
+            except (ValueError, KeyError, TypeError):
+                pass  # an unreadable old log is replaced, not trusted
+        self.tb = None
+        self.tb_reason = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = resume_from + 1 if resume_from else None  # drop events a resumed run rewrites
+            self.tb = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+        except ImportError as exc:
+            self.tb_reason = f"tensorboard not installed ({exc}); only {self.json_path.name} is written"
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                if v is not None:
+                    self.tb.add_scalar(k, v, step)
+
+    def loss(self, step: int, values: dict[str, float]) -> None:
+        self.record["losses"].append({"iteration": step, **values})
+        self.scalars(step, {f"train/{k}": v for k, v in values.items()})
+
+    def evaluation(self, step: int, values: dict) -> None:
+        self.record["evaluations"].append({"iteration": step, **values})
+        self.scalars(step, {f"eval/{k}": v for k, v in values.items()
+                            if isinstance(v, (int, float)) and k != "num_views"})
+        self.flush()
+
+    def event(self, text: str) -> None:
+        self.record["events"].append(text)
+
+    def image(self, step: int, tag: str, img) -> None:
+        if self.tb is not None:
+            self.tb.add_image(tag, img.detach().clamp(0, 1).cpu(), step)
+
+    def flush(self) -> None:
+        write_json(self.json_path, self.record)
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.tb is not None:
+            self.tb.close()
