@@ -143,6 +143,8 @@ class Subject:
         self.tracking_dir = Path(tracking_root) / idname / "checkpoint"
         self.require_images = require_images
 
+        if require_images:
+            self._check_subject_dir()
         frames = self._find_tracking()
         self._image_paths, self._alpha_paths, self._head_paths, self._mouth_paths = {}, {}, {}, {}
         if require_images or (self.subject_dir / "imgs").is_dir():
@@ -183,12 +185,15 @@ class Subject:
                                    f"subject '{self.idname}' or pass the right --tracking_root")
         return frames
 
-    def _find_images(self, required: bool) -> dict[int, Path]:
+    def _check_subject_dir(self) -> None:
         if not self.subject_dir.is_dir():
             raise SubjectDataError(
                 f"{self.subject_dir}: subject folder not found; preprocess the video into it "
                 "(imgs/, alpha/, parsing/), generate the demo with `python -m "
                 "preprocessing.synthetic_subject --idname demo`, or pass the right --data_root/--idname")
+
+    def _find_images(self, required: bool) -> dict[int, Path]:
+        self._check_subject_dir()
         imgs_dir = self.subject_dir / "imgs"
         images = _numbered(imgs_dir, IMAGE_SUFFIXES)
         if not images and required:

@@ -56,7 +56,7 @@ def read_image_uint8(path: str | Path) -> np.ndarray:
     img = _open(path)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def read_mask_uint8(path: str | Path) -> np.ndarray:
@@ -64,7 +64,7 @@ def read_mask_uint8(path: str | Path) -> np.ndarray:
     img = _open(path)
     if img.mode != "L":
         img = img.convert("L")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def read_image(path: str | Path) -> np.ndarray:
