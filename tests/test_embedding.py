@@ -99,7 +99,8 @@ def test_barycentrics_positions_and_boundary() -> None:
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     assert np.abs(((p - tri[:, 0]) * n).sum(1)).max() < 1e-6
-    areas = [np.linalg.norm(np.cross(tri[:, (k + 1) % 3] - p, tri[:, (k + 2) % 3] - p), axis=1) for k in range(3)]
+    areas = [np.linalg.norm(np.cross(tri[:, (k + 1) % 3] - p, tri[:, (k + 2) % 3] - p), axis=1)
+             for k in range(3)]
     full = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     np.testing.assert_allclose(sum(areas), full, rtol=1e-5, atol=1e-9)
     assert not np.isin(emb.vertex_ids.numpy(), boundary).any()
