@@ -55,25 +55,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def capture_rng_state() -> dict:
-    """torch CPU and CUDA RNG states (for an exact resume)."""
-    import torch
-
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    """Inverse of :func:`capture_rng_state` (CUDA states only where CUDA is present)."""
-    import torch
-
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
 class FrameSampler:
     """A random training frame per iteration, reshuffled every epoch (every frame once per epoch).
 
@@ -99,15 +80,19 @@ class FrameSampler:
         self.position = 0
         self.epoch += 1
 
-    def next(self) -> int:
+    def peek(self) -> int:
+        """The frame the next :meth:`next` returns (draws the epoch's order when due)."""
         if self.position >= len(self.order):
             self._reshuffle()
-        i = self.order[self.position]
+        return self.order[self.position]
+
+    def next(self) -> int:
+        i = self.peek()
         self.position += 1
         return i
 
     def state_dict(self) -> dict:
-        return {"indices": list(self.indices), "generator": self.generator.get_state(),
+        return {"indices": list(self.indices), "generator": self.generator.get_state().clone(),
                 "order": list(self.order), "position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:

@@ -1,0 +1,275 @@
+"""Train a FlashAvatar (baseline) or HyperGaussians (``--ours``) head avatar (SPEC section 9).
+
+    python train.py --idname nf_01 --logname baseline
+    python train.py --idname nf_01 --logname ours --ours
+
+Outputs under ``<log_root>/<idname>_<logname>/``: ``ckpt/ckpt<iter>.pth`` (every ``--ckpt_every`` and
+at the end), ``train/`` image grids (render | ground truth | error), tensorboard events and
+``train_log.json`` (options, losses at logging steps, evaluations). ``--start_checkpoint`` resumes
+exactly: parameters, both optimisers, iteration, SH degree, RNG states and the epoch's frame order.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from utils.options import TrainConfig, parse_train_args
+
+DEMO_IDNAME = "demo"
+
+
+class TrainingSetupError(RuntimeError):
+    """Something that must be fixed before training can start; the message says what."""
+
+
+# ----------------------------------------------------------------------------- setup
+def ensure_subject(cfg: TrainConfig) -> None:
+    """``--idname demo``: generate the synthetic demo subject when it is missing (and say so)."""
+    p = cfg.paths
+    if p.idname != DEMO_IDNAME:
+        return
+    if (p.data_root / p.idname / "imgs").is_dir() and (p.tracking_root / p.idname / "checkpoint").is_dir():
+        return
+    from preprocessing.synthetic_subject import ensure_demo_subject
+
+    print(f"[train] demo subject not found under {p.data_root / p.idname}: generating the synthetic demo "
+          "subject (no licensed data; takes a little while once)")
+    ensure_demo_subject(p.data_root, p.tracking_root, idname=p.idname)
+
+
+def resolve_preload(cfg: TrainConfig, device: torch.device) -> str:
+    """``auto`` -> device when the uint8 frames (image + 3 masks) fit in 2 GiB, cpu up to 8 GiB, else none."""
+    if cfg.data.preload != "auto":
+        return cfg.data.preload
+    from utils.image_io import IMAGE_SUFFIXES, image_size
+
+    imgs = sorted(q for q in (cfg.paths.data_root / cfg.paths.idname / "imgs").glob("*")
+                  if q.suffix.lower() in IMAGE_SUFFIXES)
+    if not imgs:
+        return "none"  # the Subject reports the problem
+    h, w = image_size(imgs[0])
+    need = len(imgs) * h * w * 6
+    if need <= 2 << 30:
+        return "device"
+    return "cpu" if need <= 8 << 30 else "none"
+
+
+def load_subject(cfg: TrainConfig, device: torch.device):
+    from scene.subject import Subject
+
+    d = cfg.data
+    return Subject(cfg.paths.data_root, cfg.paths.tracking_root, cfg.paths.idname, frame_delta=d.frame_delta,
+                   background=d.background, test_num=d.test_num, eval_num=d.eval_num, max_train=d.max_train,
+                   preload=resolve_preload(cfg, device), device=device)
+
+
+def build_avatar(paths, model_options, subject, device: torch.device, seed: int):
+    """The avatar of ``subject`` (its shape from frame 0) with the FLAME assets resolved from the flags."""
+    from flame.assets import load_flame_assets, resolve_flame_dir
+    from scene.avatar import Avatar
+
+    flame_dir = resolve_flame_dir(paths.flame_dir, subject.subject_dir)
+    assets = load_flame_assets(flame_dir)
+    torch.manual_seed(seed)
+    return Avatar.build(assets, subject.shape, model_options, device=device, seed=seed)
+
+
+def load_perceptual(cfg: TrainConfig, device: torch.device):
+    """(lpips model or None, reason): fail before the first iteration when the loss needs it."""
+    from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
+
+    if cfg.train.needs_lpips_loss:
+        return load_lpips_vgg(device), None  # raises LPIPSUnavailableError with the fix
+    if cfg.train.skip_test:
+        return None, "evaluation skipped (--skip_test)"
+    return try_load_lpips_vgg(device)
+
+
+# ----------------------------------------------------------------------------- the loop
+class Trainer:
+    """Holds the run's objects; :meth:`run` trains from the current iteration to ``--iterations``."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from gaussian_renderer import render
+        from utils.device import resolve_device
+        from utils.training import FrameSampler, RunLogger, seed_everything
+
+        self.cfg = cfg
+        self.render_fn = render
+        try:
+            self.device = resolve_device(cfg.run.device)
+        except RuntimeError as exc:
+            raise TrainingSetupError(str(exc)) from exc
+        self.run_dir = cfg.paths.model_dir
+        seed_everything(cfg.train.seed)
+        ensure_subject(cfg)
+        self.lpips, self.lpips_reason = load_perceptual(cfg, self.device)
+        self.subject = load_subject(cfg, self.device)
+        self.avatar = build_avatar(cfg.paths, cfg.model, self.subject, self.device, cfg.train.seed)
+        self.optimizers = self.avatar.make_optimizers()
+        self.background = self.subject.background.to(self.device)
+        self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)
+        self.iteration = 0
+        if cfg.train.start_checkpoint is not None:
+            self._resume(cfg.train.start_checkpoint)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = {"options": _plain(asdict(cfg)), "device": str(self.device),
+                  "n_gaussians": self.avatar.n_gaussians, "subject": repr(self.subject)}
+        self.logger = RunLogger(self.run_dir, config, resume_from=self.iteration)
+        if self.lpips_reason and not cfg.train.skip_test:
+            self.logger.event(f"LPIPS in evaluations is null: {self.lpips_reason}")
+
+    def _resume(self, path: Path) -> None:
+        from scene.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, self.avatar, self.optimizers, restore_rng=True)
+        sampler_state = state.get("extra", {}).get("sampler")
+        if sampler_state is None:
+            raise TrainingSetupError(f"checkpoint {path} has no frame-sampler state (not written by "
+                                     "train.py); cannot resume exactly")
+        self.sampler.load_state_dict(sampler_state)
+        self.iteration = int(state["iteration"])
+        print(f"[train] resumed from {path} at iteration {self.iteration}")
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def render_frame(self, frame) -> torch.Tensor:
+        gaussians, _ = self.avatar.deform(frame.condition, frame.camera)
+        return self.render_fn(frame.camera, gaussians, self.background, backend=self.cfg.run.backend).image
+
+    def loss(self, it: int, frame):
+        """The SPEC section 9 loss of one frame -> (total, parts, render)."""
+        from utils.losses import opacity_regulariser, photometric_loss
+
+        gaussians, _ = self.avatar.deform(frame.condition, frame.camera)
+        out = self.render_fn(frame.camera, gaussians, self.background, backend=self.cfg.run.backend)
+        img = out.image
+        terms = photometric_loss(img, frame.image, frame.mouth_mask)
+        total = terms.total
+        t = self.cfg.train
+        if self.lpips is not None and t.lambda_lpips > 0 and it > t.lpips_start:
+            terms.perceptual = self.lpips(img * frame.head_mask, frame.image * frame.head_mask)
+            total = total + t.lambda_lpips * terms.perceptual
+        if t.lambda_opacity_reg > 0:
+            terms.opacity = opacity_regulariser(gaussians.opacities)
+            total = total + t.lambda_opacity_reg * terms.opacity
+        terms.total = total
+        return terms, img
+
+    def evaluate(self, it: int) -> dict:
+        from utils.training import evaluate_frames
+
+        self.avatar.eval()
+        res = evaluate_frames(self.render_frame, self.subject, self.subject.eval_indices, self.lpips,
+                              self.lpips_reason)
+        self.avatar.train()
+        self.logger.evaluation(it, res)
+        lp = "null" if res["LPIPS"] is None else f"{res['LPIPS']:.4f}"
+        tqdm.write(f"[eval {it}] PSNR {res['PSNR']:.2f}  SSIM {res['SSIM']:.4f}  LPIPS {lp}  "
+                   f"FPS {res['FPS']:.1f} ({res['num_views']} views)")
+        return res
+
+    def save(self, it: int) -> Path:
+        from scene.checkpoint import save_checkpoint
+
+        path = self.run_dir / "ckpt" / f"ckpt{it}.pth"
+        save_checkpoint(path, self.avatar, self.optimizers, it, extra={"sampler": self.sampler.state_dict()})
+        self.logger.event(f"checkpoint {path.name} at iteration {it}")
+        return path
+
+    def write_grid(self, it: int, frame, img: torch.Tensor) -> None:
+        from utils.image_io import write_image
+        from utils.visualize import error_map, image_grid
+
+        with torch.no_grad():
+            grid = image_grid([img.detach().clamp(0, 1), frame.image,
+                               error_map(img.detach(), frame.image, frame.head_mask, self.background)])
+        self.logger.image(it, "train/render_gt_error", grid)
+        write_image(self.run_dir / "train" / f"{it:05d}.png", grid)
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        t = self.cfg.train
+        g_opt, d_opt = self.optimizers
+        if self.iteration == 0:
+            first = self.subject.frame(self.sampler.peek())
+            self.avatar.initialize_gaussians(first.condition, first.camera)
+            if not t.skip_test and t.eval_every > 0:
+                self.evaluate(0)  # the untrained avatar: the reference for "how much was learnt"
+        start = self.iteration
+        last_eval = None
+        bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
+                   dynamic_ncols=True, mininterval=1.0)
+        t0 = time.perf_counter()
+        for it in bar:
+            self.avatar.update_sh_degree(it)
+            frame = self.subject.frame(self.sampler.next())
+            terms, img = self.loss(it, frame)
+            terms.total.backward()
+            g_opt.step()
+            d_opt.step()
+            g_opt.zero_grad(set_to_none=True)
+            d_opt.zero_grad(set_to_none=True)
+            self.iteration = it
+            if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
+                values = {"loss": terms.total.item(), "huber": terms.image.item(),
+                          "mouth": terms.mouth.item()}
+                if terms.perceptual is not None:
+                    values["lpips"] = terms.perceptual.item()
+                if terms.opacity is not None:
+                    values["opacity_reg"] = terms.opacity.item()
+                values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
+                self.logger.loss(it, values)
+                bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)
+            if t.grid_every and it % t.grid_every == 0:
+                self.write_grid(it, frame, img)
+            if not t.skip_test and t.eval_every and it % t.eval_every == 0:
+                last_eval = self.evaluate(it)
+            if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations:
+                self.save(it)
+        bar.close()
+        if not t.skip_test and (not t.eval_every or self.iteration % t.eval_every != 0):
+            last_eval = self.evaluate(self.iteration)
+        self.logger.event(f"finished at iteration {self.iteration} in {time.perf_counter() - t0:.1f} s")
+        self.logger.close()
+        return last_eval
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flame.assets import FlameAssetError
+    from scene.checkpoint import CheckpointError
+    from scene.subject import SubjectDataError
+    from utils.lpips_loader import LPIPSUnavailableError
+
+    cfg = parse_train_args(argv)
+    try:
+        trainer = Trainer(cfg)
+    except (LPIPSUnavailableError, SubjectDataError, CheckpointError, FlameAssetError,
+            TrainingSetupError) as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return 2
+    print(f"[train] {trainer.avatar.method}: {trainer.avatar.n_gaussians} Gaussians, {trainer.subject!r}, "
+          f"device {trainer.device}, output {trainer.run_dir}")
+    if trainer.iteration >= cfg.train.iterations:
+        print(f"[train] checkpoint is at iteration {trainer.iteration} >= --iterations "
+              f"{cfg.train.iterations}: nothing to do")
+        return 0
+    trainer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
