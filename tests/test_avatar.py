@@ -1,0 +1,195 @@
+"""Avatar: per-subject build, per-frame chain (FLAME -> embedding -> heads -> Gaussians), init, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scene.gaussians as gaussians_mod
+from scene.avatar import Avatar, AvatarConfig
+from scene.cameras import Camera
+
+SMALL = dict(hidden_dim=16, hidden_layers=2, latent_dim=4, uv_size=16)
+
+
+def make_tiny_assets(seed: int = 0, grid: int = 6):
+    """A small FLAME-format model: a bowl-shaped grid with UVs, 5 joints, random blendshapes."""
+    from flame.assets import FlameAssets, UVMesh
+
+    rng = np.random.default_rng(seed)
+    xs = np.linspace(-1.0, 1.0, grid)
+    X, Y = np.meshgrid(xs, xs)  # row r has y = xs[r]
+    v = np.stack([X.ravel(), Y.ravel(), 0.3 * (X ** 2 + Y ** 2).ravel()], axis=1)
+    V = len(v)
+    faces = []
+    for r in range(grid - 1):
+        for c in range(grid - 1):
+            a, b, d, e = r * grid + c, r * grid + c + 1, (r + 1) * grid + c, (r + 1) * grid + c + 1
+            faces += [[a, b, e], [a, e, d]]
+    faces = np.array(faces, dtype=np.int64)
+    uv = np.stack([(X.ravel() + 1) / 2 * 0.8 + 0.1, (Y.ravel() + 1) / 2 * 0.8 + 0.1], axis=1)
+    J = np.zeros((5, V))
+    J[0] = 1.0 / V
+    J[1, :grid] = 1.0 / grid
+    J[2, V // 2] = 1.0
+    J[3, grid + 1] = 1.0
+    J[4, 2 * grid - 2] = 1.0
+    weights = np.zeros((V, 5))
+    weights[:, 0] = np.where(v[:, 1] < 0, 0.3, 1.0)
+    weights[:, 2] = 1.0 - weights[:, 0]
+    return FlameAssets(
+        v_template=v, faces=faces, shapedirs=rng.normal(size=(V, 3, 400)) * 0.01,
+        posedirs=rng.normal(size=(V, 3, 36)) * 0.01, J_regressor=J,
+        kintree_table=np.array([[-1, 0, 1, 1, 1], [0, 1, 2, 3, 4]]), weights=weights,
+        masks={"boundary": np.arange(grid)},
+        uv_mesh=UVMesh(faces=faces, uv=uv, uv_faces=faces.copy(), path=Path("tiny.obj"),
+                       n_model_faces=len(faces)),
+        l_eyelid=rng.normal(size=(V, 3)) * 0.01, r_eyelid=rng.normal(size=(V, 3)) * 0.01,
+        flame_dir=Path("tiny"))
+
+
+def tiny_condition(seed: int, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(120, generator=g, dtype=dtype) * 0.3
+    c[100:106] = torch.tensor([1.0, 0.1, 0.0, 0.0, 1.0, 0.2], dtype=dtype)  # jaw: small turn
+    c[106:118] = torch.tensor([1.0, 0, 0, 0, 1.0, 0] * 2, dtype=dtype)
+    return c
+
+
+def tiny_camera() -> Camera:
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]])
+    return Camera(torch.eye(3), torch.tensor([0.0, 0.0, 4.0]), K, 32, 32)
+
+
+def brute_knn(points: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(points.double(), points.double()) ** 2
+    d.fill_diagonal_(float("inf"))
+    return d.topk(3, largest=False).values.mean(1).to(points.dtype)
+
+
+@pytest.fixture
+def knn(monkeypatch):
+    """simple_knn when built, else a brute-force stand-in (the init maths is what is tested here)."""
+    try:
+        from simple_knn import distCUDA2  # noqa: F401
+    except ImportError:
+        monkeypatch.setattr(gaussians_mod, "knn_mean_sq_dist", brute_knn)
+
+
+def test_avatar_builds_per_subject_state_once():
+    assets = make_tiny_assets()
+    shape = torch.randn(300, dtype=torch.float64) * 0.5
+    avatar = Avatar(assets, shape, AvatarConfig(ours=True, **SMALL), dtype=torch.float64)
+    n = avatar.n_gaussians
+    assert n == avatar.embedding.count and 0 < n < avatar.embedding.n_texels  # neck row dropped
+    assert avatar.encoding.shape == (n, 51) and avatar.encoding.dtype == torch.float64
+    assert avatar.method == "ours"
+    keys = set(avatar.state_dict())
+    assert keys and all(k.startswith(("deformation.", "gaussians.")) for k in keys)
+    # canonical mesh = template + identity blendshapes (zero expression, identity poses)
+    expected = assets.v_template + np.einsum("vck,k->vc", assets.shapedirs[:, :, :300], shape.numpy())
+    np.testing.assert_allclose(avatar.canonical_vertices.numpy(), expected, atol=1e-10)
+    torch.testing.assert_close(avatar.embedding.canonical.double(),
+                               avatar.embedding.interpolate(avatar.canonical_vertices), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_deform_chain_matches_independent_computation(ours):
+    from flame.model import FLAME
+
+    assets = make_tiny_assets(1)
+    shape = torch.randn(300, dtype=torch.float64) * 0.5
+    avatar = Avatar(assets, shape, AvatarConfig(ours=ours, **SMALL), dtype=torch.float64)
+    cond = tiny_condition(2)
+    gs, extras = avatar.deform(cond)
+    verts = FLAME(assets, dtype=torch.float64)(shape[None], cond[None, :100], jaw=cond[None, 100:106],
+                                               eyes=cond[None, 106:118], eyelids=cond[None, 118:120])[0]
+    ids, bary = avatar.embedding.vertex_ids.numpy(), avatar.embedding.bary.double().numpy()
+    base = (verts.numpy()[ids] * bary[..., None]).sum(1)
+    np.testing.assert_allclose(extras.base_positions.detach().numpy(), base, atol=1e-10)
+    np.testing.assert_allclose(extras["vertices"].detach().numpy(), verts.numpy(), atol=1e-10)
+    d = avatar.deformation(avatar.encoding, cond)
+    torch.testing.assert_close(gs.means, extras.base_positions + d.d_xyz)
+    assert gs.count == avatar.n_gaussians and gs.shs.shape == (avatar.n_gaussians, 16, 3)
+    if ours:  # untrained HyperGaussians: no offset at all, zero uncertainty
+        assert torch.equal(gs.means, extras.base_positions)
+        assert torch.equal(extras.uncertainty, torch.zeros(avatar.n_gaussians, dtype=torch.float64))
+    else:
+        assert extras.uncertainty is None and not torch.equal(gs.means, extras.base_positions)
+    assert torch.equal(avatar.gaussians_for(cond)[0].means, gs.means)
+
+
+def test_initialize_gaussians_uses_the_frames_head_positions(knn):
+    avatar = Avatar(make_tiny_assets(2), torch.zeros(300), AvatarConfig(ours=False, **SMALL))
+    cond = tiny_condition(3, torch.float32)
+    avatar.initialize_gaussians(cond)
+    means = avatar.deform(cond)[0].means.detach()
+    expected = 0.5 * torch.log(brute_knn(means).clamp_min(1e-7))
+    torch.testing.assert_close(avatar.gaussians.log_scale.detach(), expected[:, None].expand(-1, 3),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(avatar.deform(cond)[0].opacities, torch.full((avatar.n_gaussians, 1), 0.1))
+
+
+def test_gradients_reach_every_trained_tensor_and_optimizers_step(knn):
+    avatar = Avatar(make_tiny_assets(3), torch.zeros(300),
+                    AvatarConfig(ours=True, conditional_appearance=True, camera_conditioning=True, **SMALL))
+    cam = tiny_camera()
+    cond = tiny_condition(4, torch.float32)
+    avatar.initialize_gaussians(cond, cam)
+    with torch.no_grad():  # leave the zero init so that every factor gets a gradient
+        for p in avatar.deformation.head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    g_opt, d_opt = avatar.make_optimizers()
+    gs, extras = avatar.deform(cond, cam)
+    assert gs.colors is not None and gs.shs is None
+    loss = gs.means.square().sum() + gs.scales.sum() + gs.rotations[:, 1:].sum() + gs.colors.sum() \
+        + gs.opacities.sum() + extras.uncertainty.sum()
+    loss.backward()
+    for name, p in avatar.deformation.named_parameters():
+        assert p.numel() == 0 or (p.grad is not None and torch.count_nonzero(p.grad) > 0), name
+    for name in ("log_scale", "rotation"):
+        assert torch.count_nonzero(getattr(avatar.gaussians, name).grad) > 0, name
+    before = avatar.gaussians.log_scale.detach().clone()
+    g_opt.step()
+    d_opt.step()
+    assert not torch.equal(before, avatar.gaussians.log_scale.detach())
+    with pytest.raises(ValueError, match="camera-conditioned"):
+        avatar.deform(cond)
+
+
+def test_condition_is_checked_and_sh_degree_schedule_is_forwarded():
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(**SMALL))
+    with pytest.raises(ValueError, match="120 values"):
+        avatar.deform(torch.zeros(119))
+    assert avatar.update_sh_degree(1000) == 2 and avatar.deform(torch.zeros(120))[0].sh_degree == 2
+
+
+def test_export_ply_writes_the_frame(tmp_path):
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(**SMALL))
+    out = avatar.export_ply(tmp_path / "frame.ply", tiny_condition(1, torch.float32))
+    raw = out.read_bytes()
+    assert f"element vertex {avatar.n_gaussians}\n".encode() in raw
+    assert len(raw) - raw.index(b"end_header\n") - 11 == avatar.n_gaussians * 62 * 4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_hot_path_has_no_host_sync(knn):
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(ours=True, **SMALL), device="cuda")
+    cond = tiny_condition(1, torch.float32).cuda()
+    avatar.initialize_gaussians(cond)
+    g_opt, d_opt = avatar.make_optimizers()
+    gs, extras = avatar.deform(cond)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gs, extras = avatar.deform(cond)
+        (gs.means.sum() + gs.scales.sum() + extras.uncertainty.sum()).backward()
+        g_opt.step()
+        d_opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert gs.means.is_cuda
