@@ -1,0 +1,185 @@
+"""The FLAME layer of SPEC section 3 in torch: parameters (6D rotations) -> posed vertices.
+
+Blendshapes, joint regression, pose correctives, the 5-joint rigid chain, linear blend skinning,
+eyelids after skinning, translation; batched, any device, any float dtype. ``for_shape`` computes
+the identity part once so that per-frame calls only pay for expression, poses and skinning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flame.assets import N_EXPR, N_JOINTS, N_SHAPE, FlameAssets
+from utils.rotations import identity_rot6d, rot6d_to_matrix
+
+__all__ = ["FLAME", "ShapedFLAME"]
+
+
+class FLAME(nn.Module):
+    """FLAME as a module whose buffers follow ``.to(device)``; ``dtype`` is the float type used."""
+
+    def __init__(self, assets: FlameAssets, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not dtype.is_floating_point:
+            raise TypeError(f"FLAME: dtype must be a float type, got {dtype}")
+        V = assets.n_vertices
+        as_t = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
+        # Precomputed in float64, then cast: blendshapes flattened for matmuls (V*3, K), their joint
+        # regressions (5*3, K).
+        sd = np.asarray(assets.shapedirs, dtype=np.float64)
+        J_reg = np.asarray(assets.J_regressor, dtype=np.float64)
+        J_sd = np.einsum("jv,vck->jck", J_reg, sd).reshape(N_JOINTS * 3, N_SHAPE + N_EXPR)
+        sd = sd.reshape(V * 3, N_SHAPE + N_EXPR)
+        self._buffer("v_template", as_t(assets.v_template))
+        self._buffer("shapedirs_id", as_t(sd[:, :N_SHAPE]).contiguous())
+        self._buffer("shapedirs_expr", as_t(sd[:, N_SHAPE:]).contiguous())
+        self._buffer("J_regressor", as_t(J_reg))
+        self._buffer("J_template", as_t(J_reg @ np.asarray(assets.v_template, dtype=np.float64)))
+        self._buffer("J_shapedirs_id", as_t(J_sd[:, :N_SHAPE]).contiguous())
+        self._buffer("J_shapedirs_expr", as_t(J_sd[:, N_SHAPE:]).contiguous())
+        # posedirs (V,3,36) -> (36, V*3) so that offsets = feature @ posedirs.
+        self._buffer("posedirs", as_t(assets.posedirs).reshape(V * 3, -1).T.contiguous())
+        self._buffer("lbs_weights", as_t(assets.weights))
+        self._buffer("faces", torch.as_tensor(assets.faces, dtype=torch.long))
+        zeros = torch.zeros(V, 3, dtype=dtype)
+        self._buffer("l_eyelid", as_t(assets.l_eyelid) if assets.l_eyelid is not None else zeros)
+        self._buffer("r_eyelid", as_t(assets.r_eyelid) if assets.r_eyelid is not None else zeros.clone())
+        self.parents: list[int] = assets.parents
+        self.n_vertices = V
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _buffer(self, name: str, value: Tensor) -> None:
+        # Not persistent: they come from the assets, so checkpoints of modules holding FLAME stay small.
+        self.register_buffer(name, value, persistent=False)
+
+    def _tensor(self, x: Tensor | None, width: int, batch: int, name: str) -> Tensor | None:
+        if x is None:
+            return None
+        x = torch.as_tensor(x, dtype=self.v_template.dtype, device=self.v_template.device)
+        if x.ndim == 1:
+            x = x.unsqueeze(0)
+        if x.ndim != 2 or x.shape[-1] > width:
+            raise ValueError(f"FLAME: {name} must be (B, <= {width}), got {tuple(x.shape)}")
+        if x.shape[0] != batch:
+            if x.shape[0] != 1:
+                raise ValueError(f"FLAME: {name} has batch {x.shape[0]}, expected {batch}")
+            x = x.expand(batch, -1)
+        return x
+
+    def _rot(self, x: Tensor | None, batch: int, name: str, n: int = 1) -> Tensor:
+        """(B, 6n) rotations (or None: identity) -> (B, n, 6)."""
+        if x is None:
+            return identity_rot6d(batch, n, dtype=self.v_template.dtype, device=self.v_template.device)
+        x = self._tensor(x, 6 * n, batch, name)
+        if x.shape[-1] != 6 * n:
+            raise ValueError(f"FLAME: {name} must have {6 * n} numbers (6D rotations), got {x.shape[-1]}")
+        return x.reshape(batch, n, 6)
+
+    def identity_part(self, shape: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, <=300) shape -> rest vertices (B,V,3) and joints (B,5,3) without expression."""
+        k = shape.shape[-1]
+        v = self.v_template + (shape @ self.shapedirs_id[:, :k].T).view(-1, self.n_vertices, 3)
+        J = self.J_template + (shape @ self.J_shapedirs_id[:, :k].T).view(-1, N_JOINTS, 3)
+        return v, J
+
+    def posed(self, v_id: Tensor, J_id: Tensor, expression: Tensor, jaw: Tensor | None, eyes: Tensor | None,
+              eyelids: Tensor | None, neck: Tensor | None, rotation: Tensor | None,
+              translation: Tensor | None) -> Tensor:
+        """Steps 1-6 of SPEC section 3 from the identity part (broadcast over the batch)."""
+        B = expression.shape[0]
+        V = self.n_vertices
+        k = expression.shape[-1]
+        v_shaped = v_id + (expression @ self.shapedirs_expr[:, :k].T).view(B, V, 3)
+        J = J_id + (expression @ self.J_shapedirs_expr[:, :k].T).view(B, N_JOINTS, 3)
+
+        pose6d = torch.cat([self._rot(rotation, B, "rotation"), self._rot(neck, B, "neck"),
+                            self._rot(jaw, B, "jaw"), self._rot(eyes, B, "eyes", 2)], dim=1)
+        R = rot6d_to_matrix(pose6d)  # (B,5,3,3)
+        eye3 = torch.eye(3, dtype=R.dtype, device=R.device)
+        feature = (R[:, 1:] - eye3).reshape(B, 9 * (N_JOINTS - 1))
+        v_posed = v_shaped + (feature @ self.posedirs).view(B, V, 3)
+
+        # Rigid chain: G_i = G_parent(i) [R_i | J_i - J_parent(i)], then remove the rest joint location.
+        G_R: list[Tensor] = []
+        G_t: list[Tensor] = []
+        for i, p in enumerate(self.parents):
+            if p < 0:
+                G_R.append(R[:, i])
+                G_t.append(J[:, i])
+            else:
+                G_R.append(G_R[p] @ R[:, i])
+                G_t.append(G_t[p] + (G_R[p] @ (J[:, i] - J[:, p]).unsqueeze(-1)).squeeze(-1))
+        A_R = torch.stack(G_R, dim=1)  # (B,5,3,3)
+        A_t = torch.stack(G_t, dim=1) - (A_R @ J.unsqueeze(-1)).squeeze(-1)  # (B,5,3)
+
+        W = self.lbs_weights
+        T_R = torch.einsum("vj,bjkl->bvkl", W, A_R)
+        T_t = torch.einsum("vj,bjk->bvk", W, A_t)
+        verts = (T_R @ v_posed.unsqueeze(-1)).squeeze(-1) + T_t
+
+        if eyelids is not None:
+            eyelids = self._tensor(eyelids, 2, B, "eyelids")
+            if eyelids.shape[-1] != 2:
+                raise ValueError(f"FLAME: eyelids must be (B, 2), got {tuple(eyelids.shape)}")
+            verts = verts + eyelids[:, 0, None, None] * self.l_eyelid
+            verts = verts + eyelids[:, 1, None, None] * self.r_eyelid
+        if translation is not None:
+            translation = self._tensor(translation, 3, B, "translation")
+            if translation.shape[-1] != 3:
+                raise ValueError(f"FLAME: translation must be (B, 3), got {tuple(translation.shape)}")
+            verts = verts + translation[:, None, :]
+        return verts
+
+    # -- public API ------------------------------------------------------------------------------
+    def forward(self, shape: Tensor, expression: Tensor, jaw: Tensor | None = None,
+                eyes: Tensor | None = None, eyelids: Tensor | None = None, neck: Tensor | None = None,
+                rotation: Tensor | None = None, translation: Tensor | None = None) -> Tensor:
+        """Posed vertices (B,V,3). ``shape`` (B|1, <=300), ``expression`` (B, <=100), rotations in 6D:
+        ``jaw``/``neck``/``rotation`` (B,6), ``eyes`` (B,12) = [joint 3, joint 4]; ``eyelids`` (B,2);
+        ``translation`` (B,3). Missing poses are identity, missing eyelids/translation zero."""
+        expression = torch.as_tensor(expression, dtype=self.v_template.dtype, device=self.v_template.device)
+        if expression.ndim == 1:
+            expression = expression.unsqueeze(0)
+        B = expression.shape[0]
+        expr = self._tensor(expression, N_EXPR, B, "expression")
+        shape = self._tensor(shape, N_SHAPE, B, "shape")
+        v_id, J_id = self.identity_part(shape)
+        return self.posed(v_id, J_id, expr, jaw, eyes, eyelids, neck, rotation, translation)
+
+    def for_shape(self, shape: Tensor) -> ShapedFLAME:
+        """FLAME with the identity ``shape`` (300,) fixed: its rest mesh and joints computed once."""
+        shape = torch.as_tensor(shape, dtype=self.v_template.dtype, device=self.v_template.device)
+        if shape.ndim == 2 and shape.shape[0] == 1:
+            shape = shape[0]
+        if shape.ndim != 1 or shape.shape[0] > N_SHAPE:
+            raise ValueError(f"FLAME.for_shape: shape must be (<= {N_SHAPE},), got {tuple(shape.shape)}")
+        return ShapedFLAME(self, shape)
+
+
+class ShapedFLAME(nn.Module):
+    """FLAME for one identity; ``forward`` takes only the per-frame parameters."""
+
+    def __init__(self, flame: FLAME, shape: Tensor) -> None:
+        super().__init__()
+        self.flame = flame
+        v_id, J_id = flame.identity_part(shape.unsqueeze(0))
+        self.register_buffer("shape", shape.detach().clone(), persistent=False)
+        self.register_buffer("v_rest", v_id[0], persistent=False)
+        self.register_buffer("J_rest", J_id[0], persistent=False)
+
+    @property
+    def faces(self) -> Tensor:
+        return self.flame.faces
+
+    def forward(self, expression: Tensor, jaw: Tensor | None = None, eyes: Tensor | None = None,
+                eyelids: Tensor | None = None, neck: Tensor | None = None, rotation: Tensor | None = None,
+                translation: Tensor | None = None) -> Tensor:
+        """Posed vertices (B,V,3) for ``expression`` (B, <=100) and the optional per-frame poses."""
+        f = self.flame
+        expression = torch.as_tensor(expression, dtype=f.v_template.dtype, device=f.v_template.device)
+        if expression.ndim == 1:
+            expression = expression.unsqueeze(0)
+        expr = f._tensor(expression, N_EXPR, expression.shape[0], "expression")
+        return f.posed(self.v_rest, self.J_rest, expr, jaw, eyes, eyelids, neck, rotation, translation)
