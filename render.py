@@ -1,0 +1,258 @@
+"""Render a trained avatar (SPEC section 10): the test split, a turntable, cross-reenactment.
+
+    python render.py --idname nf_01 --logname ours --ours [--checkpoint logs/nf_01_ours/ckpt/ckpt30000.pth]
+                     [--rotate] [--cross SRC [--cross_mode relative] [--cross_all]] [--uncertainty] [--error]
+                     [--export_ply] [--export_ply_frames]
+
+Writes ``<log_root>/<idname>_<logname>/frames[_rotate][_uncertainty][_error][_cross]/`` with
+``renders/NNNNN.png`` (NNNNN = 0-based index in the rendered sequence), ``gt/`` and ``mask/`` (where the
+frames have ground truth), ``frame_map.json`` (index -> source subject and frame number, turn angle) and
+``renders.mp4``. ``--export_ply`` writes ``ply/canonical.ply`` in the run folder (zero expression, jaw
+and eyes at rest), ``--export_ply_frames`` one ``ply/NNNNN.ply`` per rendered frame in the frames folder.
+
+Cross-reenactment drives the avatar with SRC's tracked expressions and SRC's cameras (intrinsics
+included). ``--cross_mode relative`` uses target neutral + (SRC frame - SRC neutral): expression and
+eyelids add, jaw and eye rotations compose (R = R_src R_src_neutral^T R_target_neutral). The neutral
+frame of a subject is the tracked frame with the smallest ||expression||^2 + ||jaw - identity||^2 (6D).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from utils.options import RenderConfig, parse_render_args
+from utils.rotations import identity_rot6d, matrix_to_rot6d, rot6d_to_matrix, rotation_about_y
+
+_EXPR, _JAW, _EYES, _LIDS = slice(0, 100), slice(100, 106), slice(106, 118), slice(118, 120)
+
+
+class RenderSetupError(RuntimeError):
+    """Bad input for render.py; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------- conditions and cameras
+def canonical_condition(device: torch.device | str = "cpu") -> Tensor:
+    """The rest pose: zero expression and eyelids, jaw and both eyes at identity (6D (1,0,0,0,1,0))."""
+    c = torch.zeros(120, device=device)
+    c[_JAW] = identity_rot6d(device=device)
+    c[_EYES] = identity_rot6d(2, device=device).reshape(12)
+    return c
+
+
+def neutral_index(conditions: Tensor) -> int:
+    """Index of the most neutral frame: smallest ||expression||^2 + ||jaw - identity||^2 (6D)."""
+    eye = identity_rot6d(device=conditions.device, dtype=conditions.dtype)
+    score = conditions[:, _EXPR].pow(2).sum(-1) + (conditions[:, _JAW] - eye).pow(2).sum(-1)
+    return int(torch.argmin(score))
+
+
+def _compose_rel(src: Tensor, src_n: Tensor, tgt_n: Tensor) -> Tensor:
+    """6D rotations (..., 6): the source's rotation relative to its neutral, applied to the target's."""
+    r_s, r_sn, r_tn = rot6d_to_matrix(src), rot6d_to_matrix(src_n), rot6d_to_matrix(tgt_n)
+    return matrix_to_rot6d(r_s @ r_sn.transpose(-1, -2) @ r_tn)
+
+
+def relative_condition(src: Tensor, src_neutral: Tensor, tgt_neutral: Tensor) -> Tensor:
+    """target neutral + (source - source neutral) for (..., 120) conditions (rotations composed)."""
+    out = tgt_neutral + (src - src_neutral)  # expression and eyelids: additive
+    out[..., _JAW] = _compose_rel(src[..., _JAW], src_neutral[..., _JAW], tgt_neutral[..., _JAW])
+    for eye in (slice(106, 112), slice(112, 118)):
+        out[..., eye] = _compose_rel(src[..., eye], src_neutral[..., eye], tgt_neutral[..., eye])
+    return out
+
+
+def turn_angles(n_frames: int) -> list[float]:
+    """0..359 degrees spread over a third of the frames, repeating (SPEC section 10)."""
+    period = max(1, n_frames // 3)
+    return [360.0 * (k % period) / period for k in range(n_frames)]
+
+
+def turned_camera(camera, angle_deg: float):
+    """The camera looking at the head turned by ``angle_deg`` about FLAME's y axis: R -> R Ry(angle)^T."""
+    import math
+
+    ry = rotation_about_y(math.radians(angle_deg), device=camera.R.device)
+    return camera.with_pose(camera.R @ ry.T, camera.t)
+
+
+# ----------------------------------------------------------------------------- setup
+def newest_checkpoint(model_dir: Path) -> Path:
+    """The ckpt/ckpt<iter>.pth with the largest iteration."""
+    found = []
+    for p in (model_dir / "ckpt").glob("ckpt*.pth"):
+        m = re.fullmatch(r"ckpt(\d+)\.pth", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    if not found:
+        raise RenderSetupError(f"no checkpoint in {model_dir / 'ckpt'}: train first (train.py with the same "
+                               "--idname/--logname/--log_root) or pass --checkpoint")
+    return max(found)[1]
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there; refuse clearly otherwise."""
+    probe = folder / ".write_test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RenderSetupError(f"cannot write the output folder {folder} ({type(exc).__name__}: {exc}); pass "
+                               "a writable --log_root (or fix the folder's permissions)") from exc
+
+
+def _subject(data_root: Path, tracking_root: Path, idname: str, cfg: RenderConfig, device, *,
+             with_images: bool):
+    from scene.subject import Subject
+
+    d = cfg.data
+    if with_images:
+        return Subject(data_root, tracking_root, idname, frame_delta=d.frame_delta, background=d.background,
+                       test_num=d.test_num, eval_num=min(d.eval_num, d.test_num), max_train=d.max_train,
+                       preload="none", device=device)
+    return Subject(data_root, tracking_root, idname, frame_delta=d.frame_delta, background=d.background,
+                   test_num=0, eval_num=0, preload="none", device=device, require_images=False)
+
+
+class Renderer:
+    """Everything render.py builds once: target subject, avatar, the frames to render."""
+
+    def __init__(self, cfg: RenderConfig) -> None:
+        from gaussian_renderer import render
+        from scene.checkpoint import load_checkpoint
+        from scene.subject import SubjectDataError
+        from train import build_avatar
+        from utils.device import resolve_device
+
+        self.cfg = cfg
+        self.render_fn = render
+        r, p = cfg.render, cfg.paths
+        try:
+            self.device = resolve_device(cfg.run.device)
+        except RuntimeError as exc:
+            raise RenderSetupError(str(exc)) from exc
+        self.model_dir = p.model_dir
+        self.checkpoint = r.checkpoint if r.checkpoint is not None else newest_checkpoint(self.model_dir)
+        cross = r.cross is not None
+        if r.error and r.rotate:
+            raise RenderSetupError("--error compares with the ground truth, which turned (--rotate) views "
+                                   "do not have: drop one of the two")
+        self.target = _subject(p.data_root, p.tracking_root, p.idname, cfg, self.device,
+                               with_images=not cross)
+        self.avatar = build_avatar(p, cfg.model, self.target, self.device, seed=0)
+        state = load_checkpoint(self.checkpoint, self.avatar)
+        self.iteration = int(state["iteration"])
+        self.avatar.eval()
+        self.background = self.target.background
+        if cross:
+            root = r.cross_data_root or p.data_root
+            troot = r.cross_tracking_root or p.tracking_root
+            try:
+                self.source = _subject(root, troot, r.cross, cfg, self.device, with_images=False)
+            except SubjectDataError as exc:
+                raise RenderSetupError(f"--cross {r.cross}: the source subject cannot be used: {exc}") \
+                    from exc
+            n = len(self.source)
+            self.indices = list(range(n)) if r.cross_all else list(range(max(0, n - cfg.data.test_num), n))
+        else:
+            self.source = self.target
+            self.indices = list(self.source.test_indices)
+        if r.max_frames is not None:
+            self.indices = self.indices[: r.max_frames]
+        if r.error and not all(self.source.has_image(i) for i in self.indices):
+            raise RenderSetupError(f"--error needs ground truth images, but subject '{self.source.idname}' "
+                                   "has frames without images (cross-reenactment source?)")
+        self.relative = None
+        if cross and r.cross_mode == "relative":
+            s_n = neutral_index(self.source.conditions)
+            t_n = neutral_index(self.target.conditions)
+            self.relative = (self.source.conditions[s_n], self.target.conditions[t_n],
+                             self.source.frame_ids[s_n], self.target.frame_ids[t_n])
+        self.frames_dir = self.model_dir / r.frames_dirname
+        check_writable(self.frames_dir)
+
+    def condition(self, i: int) -> Tensor:
+        c = self.source.condition(i)
+        if self.relative is not None:
+            c = relative_condition(c, self.relative[0], self.relative[1])
+        return c
+
+    @torch.no_grad()
+    def run(self) -> Path:
+        from scene.ply import write_ply
+        from utils.image_io import write_image
+        from utils.training import write_json
+        from utils.video import write_video_from_pngs
+        from utils.visualize import error_map, uncertainty_colors
+
+        r = self.cfg.render
+        angles = turn_angles(len(self.indices)) if r.rotate else [0.0] * len(self.indices)
+        records = []
+        has_gt = False
+        todo = list(zip(self.indices, angles))
+        for k, (i, angle) in enumerate(tqdm(todo, desc=f"render {self.frames_dir.name}")):
+            fr = self.source.frame(i)
+            cam = turned_camera(fr.camera, angle) if r.rotate else fr.camera
+            gaussians, extras = self.avatar.deform(self.condition(i), cam)
+            if r.uncertainty:
+                if extras.uncertainty is None:
+                    raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
+                gaussians.colors = uncertainty_colors(extras.uncertainty)
+            img = self.render_fn(cam, gaussians, self.background, backend=self.cfg.run.backend).image
+            if r.error:
+                img = error_map(img, fr.image, fr.head_mask, self.background)
+            name = f"{k:05d}.png"
+            write_image(self.frames_dir / "renders" / name, img)
+            if fr.image is not None:
+                has_gt = True
+                write_image(self.frames_dir / "gt" / name, fr.image)
+                write_image(self.frames_dir / "mask" / name, fr.head_mask)
+            if r.export_ply_frames:
+                write_ply(self.frames_dir / "ply" / f"{k:05d}.ply", gaussians)
+            records.append({"index": k, "file": name, "source_subject": self.source.idname,
+                            "source_frame": int(fr.frame_id), "rotation_deg": angle if r.rotate else None})
+        info = {"checkpoint": str(self.checkpoint), "iteration": self.iteration,
+                "method": self.avatar.method, "target_subject": self.target.idname,
+                "source_subject": self.source.idname, "cross_mode": r.cross_mode if r.cross else None,
+                "has_ground_truth": has_gt, "frames": records}
+        if self.relative is not None:
+            info["source_neutral_frame"] = int(self.relative[2])
+            info["target_neutral_frame"] = int(self.relative[3])
+        write_json(self.frames_dir / "frame_map.json", info)
+        if r.export_ply:
+            cam = self.source.camera(self.indices[0]) if self.indices else None
+            path = self.model_dir / "ply" / "canonical.ply"
+            self.avatar.export_ply(path, canonical_condition(self.device), cam)
+            print(f"[render] canonical Gaussians -> {path}")
+        if not r.no_video and records:
+            pngs = [self.frames_dir / "renders" / rec["file"] for rec in records]
+            write_video_from_pngs(self.frames_dir / "renders.mp4", pngs, fps=r.fps)
+        print(f"[render] {len(records)} frames -> {self.frames_dir}")
+        return self.frames_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flame.assets import FlameAssetError
+    from scene.checkpoint import CheckpointError
+    from scene.subject import SubjectDataError
+
+    cfg = parse_render_args(argv)
+    try:
+        renderer = Renderer(cfg)
+        if not renderer.indices:
+            raise RenderSetupError("no frames to render (empty test split?)")
+        renderer.run()
+    except (RenderSetupError, CheckpointError, SubjectDataError, FlameAssetError) as exc:
+        print(f"render.py: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
