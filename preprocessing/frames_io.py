@@ -39,6 +39,26 @@ def is_video_file(path: str | Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def scan_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """(image files in natural order, names of other files) of an existing folder; hidden files, OS
+    clutter and subfolders are ignored."""
+    images, strays = [], []
+    for entry in Path(folder).iterdir():
+        if entry.name.startswith(".") or entry.name in IGNORED_NAMES or entry.is_dir():
+            continue
+        if entry.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(entry)
+        else:
+            strays.append(entry.name)
+    return sorted(images, key=lambda p: natural_key(p.name)), sorted(strays, key=natural_key)
+
+
+def stray_files_message(folder: Path, strays: list[str], what: str) -> str:
+    shown = ", ".join(strays[:10]) + (" ..." if len(strays) > 10 else "")
+    return (f"{folder}: {len(strays)} file(s) in the {what} are not images ({', '.join(IMAGE_SUFFIXES)}): "
+            f"{shown}; move them out of the folder")
+
+
 def list_images(folder: str | Path, *, what: str = "frame folder", allow_empty: bool = False) -> list[Path]:
     """Image files of ``folder`` in natural (temporal) order.
 
@@ -47,25 +67,13 @@ def list_images(folder: str | Path, *, what: str = "frame folder", allow_empty: 
     folder = Path(folder)
     if not folder.is_dir():
         raise PreprocessError(f"{folder}: {what} not found (not a directory); check the path")
-    images, strays = [], []
-    for entry in folder.iterdir():
-        if entry.name.startswith(".") or entry.name in IGNORED_NAMES:
-            continue
-        if entry.is_dir():
-            continue
-        if entry.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(entry)
-        else:
-            strays.append(entry.name)
+    images, strays = scan_folder(folder)
     if strays:
-        shown = ", ".join(sorted(strays, key=natural_key)[:10]) + (" ..." if len(strays) > 10 else "")
-        raise PreprocessError(
-            f"{folder}: {len(strays)} file(s) in the {what} are not images ({', '.join(IMAGE_SUFFIXES)}): "
-            f"{shown}; move them out of the folder")
+        raise PreprocessError(stray_files_message(folder, strays, what))
     if not images and not allow_empty:
         raise PreprocessError(f"{folder}: the {what} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                               "point to the folder with the frames, or extract them from the video first")
-    return sorted(images, key=lambda p: natural_key(p.name))
+    return images
 
 
 def check_same_size(paths: list[Path], *, what: str = "frames") -> tuple[int, int]:
@@ -124,13 +132,20 @@ class FrameSource:
             yield self.names[i], frame
 
 
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """The telling last lines of an imageio-ffmpeg error (its message carries ffmpeg's whole banner)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "rror" in ln or "nvalid" in ln or "not found" in ln]
+    return " / ".join((errors or lines)[-2:]) or type(exc).__name__
+
+
 def _video_reader(path: Path):
     import imageio.v2 as imageio
 
     try:
         return imageio.get_reader(str(path), format="FFMPEG")
     except Exception as exc:  # imageio raises several types for undecodable input
-        raise PreprocessError(f"{path}: cannot open the video ({type(exc).__name__}: {exc}); the file is "
+        raise PreprocessError(f"{path}: cannot open the video ({_ffmpeg_reason(exc)}); the file is "
                               "corrupt or not a video ffmpeg can decode - re-encode it (e.g. to H.264 MP4) "
                               "or extract its frames as PNGs") from exc
 
@@ -147,7 +162,7 @@ def iter_video(path: str | Path) -> Iterator[np.ndarray]:
             except (IndexError, StopIteration):
                 break
             except Exception as exc:
-                raise PreprocessError(f"{path}: decoding failed after {count} frame(s) ({exc}); re-encode "
+                raise PreprocessError(f"{path}: decoding failed after {count} frame(s) ({_ffmpeg_reason(exc)}); re-encode "
                                       "the video (e.g. to H.264 MP4) or extract its frames as PNGs") from exc
             count += 1
             yield np.ascontiguousarray(np.asarray(frame)[..., :3])

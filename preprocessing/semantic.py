@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,12 +166,13 @@ class ParsingResult:
 
 
 def parse_folder(input_path: str | Path, output_path: str | Path | None = None, *,
-                 alpha_path: str | Path | None = None, backend=None, resume: bool = True,
+                 alpha_path: str | Path | None = None, backend=None,
+                 backend_factory: Callable[[], object] | None = None, resume: bool = True,
                  show_progress: bool = True) -> ParsingResult:
     """Write ``NAME_neckhead.png`` and ``NAME_mouth.png`` for every frame of ``input_path`` (the comp folder).
 
-    ``backend`` defaults to :func:`make_backend` ``('auto')``. Frames whose two masks exist are skipped
-    with ``resume``."""
+    ``backend`` (or, built only when a frame needs it, ``backend_factory()``) defaults to
+    :func:`make_backend` ``('auto')``. Frames whose two masks exist are skipped with ``resume``."""
     input_path = Path(input_path)
     files = list_images(input_path, what="composite folder (comp/)")
     out_dir = Path(output_path) if output_path is not None else input_path.resolve().parent / "parsing"
@@ -182,7 +184,7 @@ def parse_folder(input_path: str | Path, output_path: str | Path | None = None, 
     todo = [f for f in files if not (resume and all(p.is_file() for p in outputs(f.stem)))]
     if not todo:
         return ParsingResult(written=0, skipped=len(files), out_dir=out_dir)
-    backend = backend or make_backend("auto")
+    backend = backend or (backend_factory() if backend_factory is not None else make_backend("auto"))
     if backend.needs_alpha:
         missing = [f.name for f in todo if _find_alpha(alpha_dir, f.stem) is None]
         if missing:
