@@ -49,7 +49,7 @@ def parse_crop(spec: str) -> str | tuple[int, int, int, int]:
 
 
 def face_crop_box(
-    frame: np.ndarray, scale: float = 2.2, face_model_dir: str | Path | None = None
+    frame: np.ndarray, scale: float = 2.5, face_model_dir: str | Path | None = None
 ) -> tuple[int, int, int, int]:
     """Square box around the detected face (``scale`` x its size, shifted down to take the neck), clamped
     to the frame. Needs the offline face models (see :mod:`preprocessing.face_landmarks`)."""
