@@ -163,7 +163,8 @@ def iter_video(path: str | Path) -> Iterator[np.ndarray]:
                 break
             except Exception as exc:
                 raise PreprocessError(f"{path}: decoding failed after {count} frame(s) "
-                                      f"({_ffmpeg_reason(exc)}); re-encode the video (e.g. to H.264 MP4) or extract its frames as PNGs") from exc
+                                      f"({_ffmpeg_reason(exc)}); re-encode the video (e.g. to H.264 MP4) "
+                                      "or extract its frames as PNGs") from exc
             count += 1
             yield np.ascontiguousarray(np.asarray(frame)[..., :3])
     finally:
