@@ -184,3 +184,17 @@ def test_tracking_without_images(tmp_path: Path) -> None:
     assert s.frame_ids == [0, 1, 2, 3]
     fd = s.frame(3)
     assert fd.image is None and fd.condition[0].item() == 3.0 and fd.camera.name == "00003"
+
+
+@pytest.mark.cuda
+def test_device_preload_matches_cpu(tmp_path: Path) -> None:
+    data, track = make_subject(tmp_path, range(4), range(4))
+    cpu = Subject(data, track, "s", test_num=1)
+    gpu = Subject(data, track, "s", test_num=1, preload="device", device="cuda")
+    assert gpu.conditions.is_cuda and gpu.camera(0).R.is_cuda and gpu.shape.is_cuda
+    for i in range(4):
+        a, b = cpu.frame(i), gpu.frame(i)
+        assert b.image.is_cuda and b.head_mask.is_cuda
+        torch.testing.assert_close(b.image.cpu(), a.image, rtol=0, atol=0)
+        torch.testing.assert_close(b.condition.cpu(), a.condition)
+        torch.testing.assert_close(b.camera.full_proj_transform.cpu(), a.camera.full_proj_transform)
