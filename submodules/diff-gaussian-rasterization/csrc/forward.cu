@@ -1,0 +1,321 @@
+// Forward kernels: per-Gaussian preprocessing, key duplication, tile ranges and per-tile blending
+// (SPEC section 7). Written from the specification; structure follows the tile-based splatting design.
+#include <cooperative_groups.h>
+
+#include "config.h"
+#include "rasterizer.h"
+#include "vec_math.h"
+
+namespace cg = cooperative_groups;
+
+namespace dgr {
+
+// Colour of one Gaussian from its SH coefficients (sh: M x 3, DC first) in direction dir (unit), + 0.5,
+// clamped at 0; clamped[c] records which channels were clamped (they get no gradient).
+__device__ float3 eval_sh_color(int deg, const float* sh, float3 dir, uint8_t* clamped) {
+  float3 r = make_float3(SH_C0 * sh[0], SH_C0 * sh[1], SH_C0 * sh[2]);
+  if (deg > 0) {
+    const float x = dir.x, y = dir.y, z = dir.z;
+#define SH(k) make_float3(sh[3 * (k)], sh[3 * (k) + 1], sh[3 * (k) + 2])
+    r = f3_sub(f3_add(f3_sub(r, f3_scale(SH(1), SH_C1 * y)), f3_scale(SH(2), SH_C1 * z)), f3_scale(SH(3), SH_C1 * x));
+    if (deg > 1) {
+      const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+      r = f3_add(r, f3_scale(SH(4), SH_C2[0] * xy));
+      r = f3_add(r, f3_scale(SH(5), SH_C2[1] * yz));
+      r = f3_add(r, f3_scale(SH(6), SH_C2[2] * (2.f * zz - xx - yy)));
+      r = f3_add(r, f3_scale(SH(7), SH_C2[3] * xz));
+      r = f3_add(r, f3_scale(SH(8), SH_C2[4] * (xx - yy)));
+      if (deg > 2) {
+        r = f3_add(r, f3_scale(SH(9), SH_C3[0] * y * (3.f * xx - yy)));
+        r = f3_add(r, f3_scale(SH(10), SH_C3[1] * xy * z));
+        r = f3_add(r, f3_scale(SH(11), SH_C3[2] * y * (4.f * zz - xx - yy)));
+        r = f3_add(r, f3_scale(SH(12), SH_C3[3] * z * (2.f * zz - 3.f * xx - 3.f * yy)));
+        r = f3_add(r, f3_scale(SH(13), SH_C3[4] * x * (4.f * zz - xx - yy)));
+        r = f3_add(r, f3_scale(SH(14), SH_C3[5] * z * (xx - yy)));
+        r = f3_add(r, f3_scale(SH(15), SH_C3[6] * x * (xx - 3.f * yy)));
+      }
+    }
+#undef SH
+  }
+  r.x += 0.5f;
+  r.y += 0.5f;
+  r.z += 0.5f;
+  clamped[0] = r.x < 0.f;
+  clamped[1] = r.y < 0.f;
+  clamped[2] = r.z < 0.f;
+  return make_float3(fmaxf(r.x, 0.f), fmaxf(r.y, 0.f), fmaxf(r.z, 0.f));
+}
+
+// Sigma = R S S^T R^T with S = diag(scale * modifier); upper triangle (00, 01, 02, 11, 12, 22).
+__device__ void cov3d_from_scale_rot(float3 s, float mod, float4 q, float* cov) {
+  float R[9];
+  quat_to_rotmat(q, R);
+  const float sx = mod * s.x, sy = mod * s.y, sz = mod * s.z;
+  // M = R S: column j scaled by s_j. Sigma_ij = sum_k M_ik M_jk.
+  float M[9] = {R[0] * sx, R[1] * sy, R[2] * sz, R[3] * sx, R[4] * sy, R[5] * sz, R[6] * sx, R[7] * sy, R[8] * sz};
+  cov[0] = M[0] * M[0] + M[1] * M[1] + M[2] * M[2];
+  cov[1] = M[0] * M[3] + M[1] * M[4] + M[2] * M[5];
+  cov[2] = M[0] * M[6] + M[1] * M[7] + M[2] * M[8];
+  cov[3] = M[3] * M[3] + M[4] * M[4] + M[5] * M[5];
+  cov[4] = M[3] * M[6] + M[4] * M[7] + M[5] * M[8];
+  cov[5] = M[6] * M[6] + M[7] * M[7] + M[8] * M[8];
+}
+
+// 2D covariance (a, b, c) by the EWA Jacobian at the view-space mean t, with the guard-band clamp and the
+// +0.3 low-pass. cov2D = T Sigma T^T, T = J W (rows T0, T1).
+__device__ float3 cov2d_ewa(float3 t, float fx, float fy, float tanfovx, float tanfovy, const float* cov,
+                            const float* view) {
+  const float limx = FRUSTUM_GUARD * tanfovx, limy = FRUSTUM_GUARD * tanfovy;
+  const float txtz = t.x / t.z, tytz = t.y / t.z;
+  const float tx = fminf(limx, fmaxf(-limx, txtz)) * t.z;
+  const float ty = fminf(limy, fmaxf(-limy, tytz)) * t.z;
+  const float tz2 = t.z * t.z;
+  const float J00 = fx / t.z, J02 = -(fx * tx) / tz2;
+  const float J11 = fy / t.z, J12 = -(fy * ty) / tz2;
+  // W[i][j] = view rotation row i, column j = view[4 * j + i].
+  const float T0[3] = {J00 * view[0] + J02 * view[2], J00 * view[4] + J02 * view[6], J00 * view[8] + J02 * view[10]};
+  const float T1[3] = {J11 * view[1] + J12 * view[2], J11 * view[5] + J12 * view[6], J11 * view[9] + J12 * view[10]};
+  const float S[9] = {cov[0], cov[1], cov[2], cov[1], cov[3], cov[4], cov[2], cov[4], cov[5]};
+  float u0[3], u1[3];
+#pragma unroll
+  for (int j = 0; j < 3; j++) {
+    u0[j] = T0[0] * S[j] + T0[1] * S[3 + j] + T0[2] * S[6 + j];
+    u1[j] = T1[0] * S[j] + T1[1] * S[3 + j] + T1[2] * S[6 + j];
+  }
+  const float a = u0[0] * T0[0] + u0[1] * T0[1] + u0[2] * T0[2];
+  const float b = u1[0] * T0[0] + u1[1] * T0[1] + u1[2] * T0[2];  // element (1, 0), the original's
+  const float c = u1[0] * T1[0] + u1[1] * T1[1] + u1[2] * T1[2];
+  return make_float3(a + LOWPASS, b, c + LOWPASS);
+}
+
+__global__ void __launch_bounds__(PREPROCESS_THREADS)
+preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const float* __restrict__ scales,
+                  float scale_modifier, const float4* __restrict__ rotations, const float* __restrict__ opacities,
+                  const float* __restrict__ shs, const float* __restrict__ colors_precomp,
+                  const float* __restrict__ cov3D_precomp, Camera cam, dim3 grid, int* __restrict__ radii,
+                  float2* __restrict__ means2D, float* __restrict__ depths, float* __restrict__ cov3Ds,
+                  float* __restrict__ rgb, uint8_t* __restrict__ clamped, float4* __restrict__ conic_opacity,
+                  uint32_t* __restrict__ tiles_touched) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= P) return;
+  radii[idx] = 0;
+  tiles_touched[idx] = 0;
+
+  const float3 m = load_f3(means, idx);
+  if (!finite3(m)) return;
+  const float3 pv = xform_point_4x3(cam.view, m);
+  if (!(pv.z > NEAR_CULL) || !finite3(pv)) return;  // also rejects NaN depth
+
+  const float opacity = opacities[idx];
+  if (!finite_f(opacity)) return;
+
+  float cov[6];
+  if (cov3D_precomp != nullptr) {
+#pragma unroll
+    for (int k = 0; k < 6; k++) cov[k] = cov3D_precomp[6 * idx + k];
+  } else {
+    cov3d_from_scale_rot(load_f3(scales, idx), scale_modifier, rotations[idx], cov);
+#pragma unroll
+    for (int k = 0; k < 6; k++) cov3Ds[6 * idx + k] = cov[k];
+  }
+  const float3 c2 = cov2d_ewa(pv, cam.focal_x, cam.focal_y, cam.tanfovx, cam.tanfovy, cov, cam.view);
+  const float det = c2.x * c2.z - c2.y * c2.y;
+  if (!(det > 0.f) || !isfinite(det) || !finite3(c2)) return;
+  const float det_inv = 1.f / det;
+  const float3 conic = make_float3(c2.z * det_inv, -c2.y * det_inv, c2.x * det_inv);
+
+  const float mid = 0.5f * (c2.x + c2.z);
+  const float root = sqrtf(fmaxf(0.1f, mid * mid - det));
+  const float lambda1 = mid + root, lambda2 = mid - root;
+  const float radius = ceilf(3.f * sqrtf(fmaxf(lambda1, lambda2)));
+  if (!isfinite(radius) || radius > 1.0e9f) return;
+
+  const float4 ph = xform_point_4x4(cam.proj, m);
+  const float pw = 1.0f / (ph.w + W_EPS);
+  const float2 pix = make_float2(ndc_to_pixel(ph.x * pw, cam.width), ndc_to_pixel(ph.y * pw, cam.height));
+  if (!isfinite(pix.x) || !isfinite(pix.y)) return;
+  int2 rmin, rmax;
+  tile_rect(pix, radius, grid, rmin, rmax);
+  const int n_tiles = (rmax.x - rmin.x) * (rmax.y - rmin.y);
+  if (n_tiles <= 0) return;
+
+  float3 color;
+  uint8_t clamp_flags[3] = {0, 0, 0};
+  if (colors_precomp != nullptr) {
+    color = load_f3(colors_precomp, idx);
+  } else {
+    const float3 cp = make_float3(cam.campos[0], cam.campos[1], cam.campos[2]);
+    float3 dir = f3_sub(m, cp);
+    const float len = sqrtf(f3_dot(dir, dir));
+    dir = len > 0.f ? make_float3(dir.x / len, dir.y / len, dir.z / len) : make_float3(0.f, 0.f, 0.f);
+    color = eval_sh_color(D, shs + (size_t)idx * M * 3, dir, clamp_flags);
+  }
+  if (!finite3(color)) return;
+
+  clamped[3 * idx + 0] = clamp_flags[0];
+  clamped[3 * idx + 1] = clamp_flags[1];
+  clamped[3 * idx + 2] = clamp_flags[2];
+  rgb[3 * idx + 0] = color.x;
+  rgb[3 * idx + 1] = color.y;
+  rgb[3 * idx + 2] = color.z;
+  depths[idx] = pv.z;
+  radii[idx] = (int)radius;
+  means2D[idx] = pix;
+  conic_opacity[idx] = make_float4(conic.x, conic.y, conic.z, opacity);
+  tiles_touched[idx] = (uint32_t)n_tiles;
+}
+
+void preprocess(int P, int D, int M, const float* means, const float* scales, float scale_modifier,
+                const float* rotations, const float* opacities, const float* shs, const float* colors_precomp,
+                const float* cov3D_precomp, const Camera& cam, dim3 grid, int* radii, float2* means2D,
+                float* depths, float* cov3Ds, float* rgb, uint8_t* clamped, float4* conic_opacity,
+                uint32_t* tiles_touched, cudaStream_t stream) {
+  if (P == 0) return;
+  preprocess_kernel<<<(P + PREPROCESS_THREADS - 1) / PREPROCESS_THREADS, PREPROCESS_THREADS, 0, stream>>>(
+      P, D, M, means, scales, scale_modifier, reinterpret_cast<const float4*>(rotations), opacities, shs,
+      colors_precomp, cov3D_precomp, cam, grid, radii, means2D, depths, cov3Ds, rgb, clamped, conic_opacity,
+      tiles_touched);
+}
+
+__global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, const float* __restrict__ depths,
+                                 const uint32_t* __restrict__ offsets, const int* __restrict__ radii, dim3 grid,
+                                 uint64_t* __restrict__ keys, uint32_t* __restrict__ values) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= P || radii[idx] <= 0) return;
+  uint32_t off = idx == 0 ? 0 : offsets[idx - 1];
+  int2 rmin, rmax;
+  tile_rect(means2D[idx], (float)radii[idx], grid, rmin, rmax);
+  const uint64_t dbits = (uint64_t)__float_as_uint(depths[idx]);
+  for (int y = rmin.y; y < rmax.y; y++) {
+    for (int x = rmin.x; x < rmax.x; x++) {
+      const uint64_t tile = (uint64_t)(y * grid.x + x);
+      keys[off] = (tile << 32) | dbits;
+      values[off] = (uint32_t)idx;
+      off++;
+    }
+  }
+}
+
+void duplicate_with_keys(int P, const float2* means2D, const float* depths, const uint32_t* offsets,
+                         const int* radii, dim3 grid, uint64_t* keys, uint32_t* values, cudaStream_t stream) {
+  if (P == 0) return;
+  duplicate_kernel<<<(P + 255) / 256, 256, 0, stream>>>(P, means2D, depths, offsets, radii, grid, keys, values);
+}
+
+__global__ void ranges_kernel(int R, const uint64_t* __restrict__ keys, uint2* __restrict__ ranges) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= R) return;
+  const uint32_t tile = (uint32_t)(keys[idx] >> 32);
+  if (idx == 0) {
+    ranges[tile].x = 0;
+  } else {
+    const uint32_t prev = (uint32_t)(keys[idx - 1] >> 32);
+    if (tile != prev) {
+      ranges[prev].y = idx;
+      ranges[tile].x = idx;
+    }
+  }
+  if (idx == R - 1) ranges[tile].y = R;
+}
+
+void tile_ranges(int R, const uint64_t* sorted_keys, uint2* ranges, cudaStream_t stream) {
+  if (R == 0) return;
+  ranges_kernel<<<(R + 255) / 256, 256, 0, stream>>>(R, sorted_keys, ranges);
+}
+
+// One block per 16x16 tile, one thread per pixel. Gaussians of the tile are fetched into shared memory in
+// batches of 256 and blended front to back; the block stops once every pixel is saturated.
+template <bool DEPTH>
+__global__ void __launch_bounds__(TILE_PIXELS)
+render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ point_list, int W, int H,
+              const float2* __restrict__ means2D, const float* __restrict__ rgb,
+              const float4* __restrict__ conic_opacity, const float* __restrict__ depths,
+              const float* __restrict__ bg, float* __restrict__ final_T, uint32_t* __restrict__ n_contrib,
+              float* __restrict__ out_color, float* __restrict__ out_depth, float* __restrict__ out_alpha) {
+  auto block = cg::this_thread_block();
+  const uint32_t tiles_x = (W + TILE_X - 1) / TILE_X;
+  const uint2 pix = make_uint2(blockIdx.x * TILE_X + threadIdx.x, blockIdx.y * TILE_Y + threadIdx.y);
+  const uint32_t pix_id = W * pix.y + pix.x;
+  const float2 pixf = make_float2((float)pix.x, (float)pix.y);
+  const bool inside = pix.x < (uint32_t)W && pix.y < (uint32_t)H;
+  bool done = !inside;
+
+  const uint2 range = ranges[blockIdx.y * tiles_x + blockIdx.x];
+  const int rounds = ((int)(range.y - range.x) + TILE_PIXELS - 1) / TILE_PIXELS;
+  int to_do = (int)(range.y - range.x);
+
+  __shared__ int s_id[TILE_PIXELS];
+  __shared__ float2 s_xy[TILE_PIXELS];
+  __shared__ float4 s_co[TILE_PIXELS];
+  __shared__ float s_depth[DEPTH ? TILE_PIXELS : 1];
+
+  float T = 1.f;
+  uint32_t contributor = 0, last_contributor = 0;
+  float C[NUM_CHANNELS] = {0.f, 0.f, 0.f};
+  float Dacc = 0.f;
+  const int rank = block.thread_rank();
+
+  for (int i = 0; i < rounds; i++, to_do -= TILE_PIXELS) {
+    if (__syncthreads_count(done) == TILE_PIXELS) break;
+    const int progress = i * TILE_PIXELS + rank;
+    if ((int)range.x + progress < (int)range.y) {
+      const int gid = point_list[range.x + progress];
+      s_id[rank] = gid;
+      s_xy[rank] = means2D[gid];
+      s_co[rank] = conic_opacity[gid];
+      if (DEPTH) s_depth[rank] = depths[gid];
+    }
+    block.sync();
+    const int n = min(TILE_PIXELS, to_do);
+    for (int j = 0; !done && j < n; j++) {
+      contributor++;
+      const float2 xy = s_xy[j];
+      const float2 d = make_float2(xy.x - pixf.x, xy.y - pixf.y);
+      const float4 co = s_co[j];
+      const float power = -0.5f * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
+      if (power > 0.f) continue;
+      const float alpha = fminf(ALPHA_CAP, co.w * expf(power));
+      if (alpha < ALPHA_MIN) continue;
+      const float test_T = T * (1.f - alpha);
+      if (test_T < T_MIN) {
+        done = true;
+        continue;
+      }
+      const int gid = s_id[j];
+      // (c * alpha) * T, the original's evaluation order.
+      C[0] += rgb[3 * gid + 0] * alpha * T;
+      C[1] += rgb[3 * gid + 1] * alpha * T;
+      C[2] += rgb[3 * gid + 2] * alpha * T;
+      if (DEPTH) Dacc += s_depth[j] * alpha * T;
+      T = test_T;
+      last_contributor = contributor;
+    }
+  }
+
+  if (inside) {
+    final_T[pix_id] = T;
+    n_contrib[pix_id] = last_contributor;
+    const int HW = H * W;
+#pragma unroll
+    for (int ch = 0; ch < NUM_CHANNELS; ch++) out_color[ch * HW + pix_id] = C[ch] + T * bg[ch];
+    if (DEPTH) out_depth[pix_id] = Dacc;
+    if (out_alpha != nullptr) out_alpha[pix_id] = 1.f - T;
+  }
+}
+
+void render(dim3 grid, const uint2* ranges, const uint32_t* point_list, int W, int H, const float2* means2D,
+            const float* rgb, const float4* conic_opacity, const float* depths, const float* bg,
+            float* final_T, uint32_t* n_contrib, float* out_color, float* out_depth, float* out_alpha,
+            cudaStream_t stream) {
+  const dim3 block(TILE_X, TILE_Y, 1);
+  if (out_depth != nullptr) {
+    render_kernel<true><<<grid, block, 0, stream>>>(ranges, point_list, W, H, means2D, rgb, conic_opacity, depths,
+                                                    bg, final_T, n_contrib, out_color, out_depth, out_alpha);
+  } else {
+    render_kernel<false><<<grid, block, 0, stream>>>(ranges, point_list, W, H, means2D, rgb, conic_opacity,
+                                                     depths, bg, final_T, n_contrib, out_color, out_depth,
+                                                     out_alpha);
+  }
+}
+
+}  // namespace dgr
