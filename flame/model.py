@@ -26,19 +26,19 @@ class FLAME(nn.Module):
             raise TypeError(f"FLAME: dtype must be a float type, got {dtype}")
         V = assets.n_vertices
         as_t = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
-        # Precomputed in float64, then cast: blendshapes flattened for matmuls (V*3, K), their joint
-        # regressions (5*3, K).
+        # Precomputed in float64, then cast: blendshapes flattened and transposed for row-vector
+        # matmuls (K, V*3), their joint regressions (K, 5*3).
         sd = np.asarray(assets.shapedirs, dtype=np.float64)
         J_reg = np.asarray(assets.J_regressor, dtype=np.float64)
         J_sd = np.einsum("jv,vck->jck", J_reg, sd).reshape(N_JOINTS * 3, N_SHAPE + N_EXPR)
         sd = sd.reshape(V * 3, N_SHAPE + N_EXPR)
         self._buffer("v_template", as_t(assets.v_template))
-        self._buffer("shapedirs_id", as_t(sd[:, :N_SHAPE]).contiguous())
-        self._buffer("shapedirs_expr", as_t(sd[:, N_SHAPE:]).contiguous())
+        self._buffer("shapedirs_id", as_t(sd[:, :N_SHAPE].T).contiguous())
+        self._buffer("shapedirs_expr", as_t(sd[:, N_SHAPE:].T).contiguous())
         self._buffer("J_regressor", as_t(J_reg))
         self._buffer("J_template", as_t(J_reg @ np.asarray(assets.v_template, dtype=np.float64)))
-        self._buffer("J_shapedirs_id", as_t(J_sd[:, :N_SHAPE]).contiguous())
-        self._buffer("J_shapedirs_expr", as_t(J_sd[:, N_SHAPE:]).contiguous())
+        self._buffer("J_shapedirs_id", as_t(J_sd[:, :N_SHAPE].T).contiguous())
+        self._buffer("J_shapedirs_expr", as_t(J_sd[:, N_SHAPE:].T).contiguous())
         # posedirs (V,3,36) -> (36, V*3) so that offsets = feature @ posedirs.
         self._buffer("posedirs", as_t(assets.posedirs).reshape(V * 3, -1).T.contiguous())
         self._buffer("lbs_weights", as_t(assets.weights))
@@ -80,8 +80,8 @@ class FLAME(nn.Module):
     def identity_part(self, shape: Tensor) -> tuple[Tensor, Tensor]:
         """(B, <=300) shape -> rest vertices (B,V,3) and joints (B,5,3) without expression."""
         k = shape.shape[-1]
-        v = self.v_template + (shape @ self.shapedirs_id[:, :k].T).view(-1, self.n_vertices, 3)
-        J = self.J_template + (shape @ self.J_shapedirs_id[:, :k].T).view(-1, N_JOINTS, 3)
+        v = self.v_template + (shape @ self.shapedirs_id[:k]).view(-1, self.n_vertices, 3)
+        J = self.J_template + (shape @ self.J_shapedirs_id[:k]).view(-1, N_JOINTS, 3)
         return v, J
 
     def posed(self, v_id: Tensor, J_id: Tensor, expression: Tensor, jaw: Tensor | None, eyes: Tensor | None,
@@ -91,8 +91,8 @@ class FLAME(nn.Module):
         B = expression.shape[0]
         V = self.n_vertices
         k = expression.shape[-1]
-        v_shaped = v_id + (expression @ self.shapedirs_expr[:, :k].T).view(B, V, 3)
-        J = J_id + (expression @ self.J_shapedirs_expr[:, :k].T).view(B, N_JOINTS, 3)
+        v_shaped = v_id + (expression @ self.shapedirs_expr[:k]).view(B, V, 3)
+        J = J_id + (expression @ self.J_shapedirs_expr[:k]).view(B, N_JOINTS, 3)
 
         pose6d = torch.cat([self._rot(rotation, B, "rotation"), self._rot(neck, B, "neck"),
                             self._rot(jaw, B, "jaw"), self._rot(eyes, B, "eyes", 2)], dim=1)
@@ -114,10 +114,11 @@ class FLAME(nn.Module):
         A_R = torch.stack(G_R, dim=1)  # (B,5,3,3)
         A_t = torch.stack(G_t, dim=1) - (A_R @ J.unsqueeze(-1)).squeeze(-1)  # (B,5,3)
 
-        W = self.lbs_weights
-        T_R = torch.einsum("vj,bjkl->bvkl", W, A_R)
-        T_t = torch.einsum("vj,bjk->bvk", W, A_t)
-        verts = (T_R @ v_posed.unsqueeze(-1)).squeeze(-1) + T_t
+        # Blend the 3x4 transforms per vertex with one 2D (V,5) @ (5,B*12) matmul (a broadcast batched
+        # matmul is far slower on CPU), then apply them elementwise.
+        A = torch.cat([A_R, A_t.unsqueeze(-1)], dim=-1).transpose(0, 1).reshape(N_JOINTS, B * 12)
+        T = (self.lbs_weights @ A).view(V, B, 3, 4).transpose(0, 1)
+        verts = (T[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + T[..., 3]
 
         if eyelids is not None:
             eyelids = self._tensor(eyelids, 2, B, "eyelids")

@@ -86,7 +86,8 @@ _NUMPY_ALLOWED = {
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
 }
 _SPARSE_CLASSES = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"}
-_BUILTINS_ALLOWED = {"object", "set", "frozenset", "list", "dict", "tuple", "slice"}
+_BUILTINS_ALLOWED = {"object", "set", "frozenset", "list", "dict", "tuple", "slice", "bytes", "bytearray",
+                     "str", "int", "float", "complex", "bool"}
 
 
 class RestrictedUnpickler(pickle.Unpickler):

@@ -304,7 +304,9 @@ def _skinning(mesh: _Mesh) -> tuple[np.ndarray, np.ndarray]:
     aphi = np.abs(phi)
     widen = 0.55 * np.maximum(0.0, aphi - PHI_MOUTH)
     A = _smoothstep(up_row - widen - 1e-9, low_row + widen, theta)
-    B = 1.0 - _smoothstep(PHI_MOUTH + 0.15, 1.35, aphi)
+    # Lateral falloff: the lower lip follows the jaw fully in the middle and about half at the
+    # corners (an oval opening), the cheeks less and less towards the ears.
+    B = 1.0 - 0.45 * _smoothstep(0.05, PHI_MOUTH, aphi) - 0.55 * _smoothstep(PHI_MOUTH, 1.35, aphi)
     C = _smoothstep(-0.118, -0.088, y)
     w_root = _smoothstep(-0.095, -0.14, y)
     w_jaw = (1.0 - w_root) * A * B * C
@@ -428,10 +430,11 @@ def _eyelid(mesh: _Mesh, e: int) -> np.ndarray:
     push = np.maximum(0.0, EYE_RADIUS + LID_SHELL - dist) * (1.0 + 1.2 * np.clip(elev, 0.0, 1.0)) * front
     out = np.zeros((mesh.verts.shape[0], 3))
     out[:H] = push[:, None] * d / np.maximum(dist, 1e-12)[:, None]
-    lateral = np.exp(-0.5 * (d[:, 0] / (1.2 * r_open)) ** 2)
-    above = _smoothstep(0.6, 1.2, elev) * (1.0 - _smoothstep(1.6, 3.0, elev)) * lateral * front
+    lateral = 1.0 - _smoothstep(0.8 * r_open, 1.8 * r_open, np.abs(d[:, 0]))
+    above = _smoothstep(0.6, 1.2, elev) * (1.0 - _smoothstep(1.6, 2.6, elev)) * lateral * front
     out[:H, 1] -= 0.004 * above
     out[:H, 2] += 0.0015 * above
+    out[np.linalg.norm(out, axis=1) < 1e-7] = 0.0  # cut the far tails: the lid region is exact
     return out
 
 
@@ -453,8 +456,8 @@ def _masks(mesh: _Mesh, weights: np.ndarray, A: np.ndarray,
         masks[f"{side}_pupil"] = mesh.eye_ids[e][mesh.eye_alpha <= PUPIL_ANGLE]
         sign = 1.0 if e == 0 else -1.0
         region = ((theta - THETA_EYE) / 0.17) ** 2 + ((phi - sign * PHI_EYE) / 0.24) ** 2 <= 1.0
-        masks[f"{side}_eye_region"] = ids[region]
-        masks[f"{side}_eyelid"] = np.flatnonzero(np.linalg.norm(eyelids[e], axis=1) > 1e-9)
+        masks[f"{side}_eyelid"] = np.flatnonzero(np.abs(eyelids[e]).sum(axis=1) > 0)
+        masks[f"{side}_eye_region"] = np.union1d(ids[region], masks[f"{side}_eyelid"])
         ear = ((theta - 1.55) / 0.2) ** 2 + ((phi - sign * np.pi / 2) / 0.16) ** 2 <= 1.0
         masks[f"{side}_ear"] = ids[ear]
     masks["eye_region"] = np.union1d(masks["left_eye_region"], masks["right_eye_region"])
