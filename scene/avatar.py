@@ -110,6 +110,10 @@ class Avatar(nn.Module):
         with torch.no_grad():
             canonical = self.flame(torch.zeros(1, 100, dtype=dtype, device=device))[0]
         self.register_buffer("canonical_vertices", canonical, persistent=False)
+        # Global rotation and neck stay identity (tracking bakes them into the camera); passing them as
+        # device tensors made once avoids FLAME building them from host data every frame (a host sync).
+        self.register_buffer("_identity6d", torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]], dtype=dtype,
+                                                         device=device), persistent=False)
         if "boundary" not in assets.masks:
             raise ValueError(f"FLAME masks in {assets.flame_dir} have no 'boundary' key (the neck ring): "
                              "the FLAME_masks.pkl file is incomplete")
@@ -160,8 +164,12 @@ class Avatar(nn.Module):
     # -- per frame -------------------------------------------------------------------------------
     def posed_vertices(self, condition: Tensor) -> Tensor:
         """FLAME vertices (V,3) for one frame's condition (120,) (global pose stays identity)."""
-        c = self._condition(condition)
-        return self.flame(c[None, _EXPR], c[None, _JAW], c[None, _EYES], c[None, _LIDS])[0]
+        return self._posed(self._condition(condition))
+
+    def _posed(self, c: Tensor) -> Tensor:
+        eye = self._identity6d
+        return self.flame(c[None, _EXPR], c[None, _JAW], c[None, _EYES], c[None, _LIDS],
+                          neck=eye, rotation=eye)[0]
 
     def base_positions(self, condition: Tensor) -> Tensor:
         """Gaussian base positions (N,3) on the posed mesh."""
@@ -171,7 +179,7 @@ class Avatar(nn.Module):
         """The frame's activated Gaussians and :class:`DeformExtras`. ``camera`` is needed only with
         camera conditioning (view direction from its centre to each Gaussian's base position)."""
         c = self._condition(condition)
-        vertices = self.flame(c[None, _EXPR], c[None, _JAW], c[None, _EYES], c[None, _LIDS])[0]
+        vertices = self._posed(c)
         base = self.embedding.interpolate(vertices)
         view_dirs = None
         if self.config.camera_conditioning:

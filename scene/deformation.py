@@ -11,7 +11,8 @@ Heads (the only difference between the methods):
 - :class:`DirectHead` (FlashAvatar baseline): the trunk outputs the 10 offsets directly.
 - :class:`HyperHead` (HyperGaussians, ``--ours``): the trunk outputs a latent per Gaussian; three
   :class:`~scene.hypergaussians.HyperGaussian` modules (position 3, rotation 4, scale 3) turn it into the
-  same 10 numbers by their conditional means, plus the summed uncertainty.
+  same 10 numbers by their conditional means, plus the summed uncertainty (the three are blocks of
+  one module: same maths, a third of the kernel launches).
 
 Both heads' 10 numbers go through tanh: d_xyz (3), d_rot (4), d_scale (3). Mapping them onto the
 Gaussians (position + d_xyz, quaternion (exp(d_rot0), d_rot1..3), scale coefficient exp(d_scale)) is
@@ -42,6 +43,7 @@ ENCODING_DIM = 51
 CONDITION_DIM = 120
 GEOMETRY_DIMS = (3, 4, 3)  # d_xyz, d_rot, d_scale
 N_GEOMETRY = sum(GEOMETRY_DIMS)
+APPEARANCE_DIMS = (3, 1)  # colour, opacity logit
 DEFORMATION_LR = 1e-4
 
 
@@ -133,24 +135,24 @@ class DirectHead(nn.Module):
 
 
 class HyperHead(nn.Module):
-    """HyperGaussians: latent per Gaussian -> conditional means of per-attribute HyperGaussians."""
+    """HyperGaussians: latent per Gaussian -> conditional means of per-attribute HyperGaussians.
+
+    ``geometry`` holds the position (3), rotation (4) and scale (3) HyperGaussians as three blocks of one
+    module (independent maths, shared kernels); ``appearance`` the colour (3) and opacity (1) ones."""
 
     def __init__(self, n_gaussians: int, latent_dim: int, appearance: bool,
                  camera_conditioning: bool) -> None:
         super().__init__()
-        self.latent_dim, self.appearance = latent_dim, appearance
+        self.latent_dim, self.appearance_on = latent_dim, appearance
         self.camera_conditioning = camera_conditioning
-        self.position = HyperGaussian(n_gaussians, latent_dim, 3)
-        self.rotation = HyperGaussian(n_gaussians, latent_dim, 4)
-        self.scale = HyperGaussian(n_gaussians, latent_dim, 3)
+        self.geometry = HyperGaussian(n_gaussians, latent_dim, GEOMETRY_DIMS)
         if appearance:
             app_in = latent_dim + (3 if camera_conditioning else 0)
-            self.color = HyperGaussian(n_gaussians, app_in, 3)
-            self.opacity = HyperGaussian(n_gaussians, app_in, 1)
+            self.appearance = HyperGaussian(n_gaussians, app_in, APPEARANCE_DIMS)
 
     @property
     def trunk_out_dim(self) -> int:
-        return self.latent_dim * (2 if self.appearance else 1)
+        return self.latent_dim * (2 if self.appearance_on else 1)
 
     @property
     def trunk_view_dim(self) -> int:
@@ -158,20 +160,18 @@ class HyperHead(nn.Module):
 
     def forward(self, trunk_out: Tensor, view_dirs: Tensor | None) -> DeformationOutput:
         z_geo = trunk_out[:, :self.latent_dim]
-        geo = torch.cat([self.position.conditional_mean(z_geo), self.rotation.conditional_mean(z_geo),
-                         self.scale.conditional_mean(z_geo)], dim=-1)
-        d_xyz, d_rot, d_scale = torch.tanh(geo).split(GEOMETRY_DIMS, dim=-1)
-        uncertainty = self.position.uncertainty() + self.rotation.uncertainty() + self.scale.uncertainty()
-        if not self.appearance:
+        geo = torch.tanh(self.geometry.conditional_mean(z_geo))
+        d_xyz, d_rot, d_scale = geo.split(GEOMETRY_DIMS, dim=-1)
+        uncertainty = self.geometry.uncertainty()
+        if not self.appearance_on:
             return DeformationOutput(d_xyz, d_rot, d_scale, uncertainty=uncertainty)
         z_app = trunk_out[:, self.latent_dim:]
         if self.camera_conditioning:
             if view_dirs is None:
                 raise ValueError("this deformation model is camera-conditioned: pass view_dirs (N, 3)")
             z_app = torch.cat([z_app, view_dirs], dim=-1)
-        colors = torch.sigmoid(self.color.conditional_mean(z_app))
-        return DeformationOutput(d_xyz, d_rot, d_scale, colors, self.opacity.conditional_mean(z_app),
-                                 uncertainty)
+        app = self.appearance.conditional_mean(z_app)
+        return DeformationOutput(d_xyz, d_rot, d_scale, torch.sigmoid(app[:, :3]), app[:, 3:4], uncertainty)
 
 
 class DeformationModel(nn.Module):

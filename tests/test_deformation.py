@@ -85,15 +85,17 @@ def test_hyper_head_uses_conditional_means_of_geometry_and_appearance_halves():
     enc, cond, view = _inputs(5)
     out = model(enc, cond, view)
     z = model.trunk(enc, cond)
-    head = model.head
-    zg, za = z[:, :4], torch.cat([z[:, 4:], view], dim=-1)
-    torch.testing.assert_close(out.d_xyz, torch.tanh(head.position.conditional_mean(zg)))
-    torch.testing.assert_close(out.d_rot, torch.tanh(head.rotation.conditional_mean(zg)))
-    torch.testing.assert_close(out.d_scale, torch.tanh(head.scale.conditional_mean(zg)))
-    torch.testing.assert_close(out.colors, torch.sigmoid(head.color.conditional_mean(za)))
-    torch.testing.assert_close(out.opacity_logits, head.opacity.conditional_mean(za))
-    expected_unc = -2 * (head.position.l11_log_diag.sum(1) + head.rotation.l11_log_diag.sum(1)
-                         + head.scale.l11_log_diag.sum(1))
+    geo, app = model.head.geometry, model.head.appearance
+    assert geo.blocks == (3, 4, 3) and app.blocks == (3, 1) and app.in_dim == 4 + 3
+    g = geo.conditional_mean(z[:, :4])
+    a = app.conditional_mean(torch.cat([z[:, 4:], view], dim=-1))
+    torch.testing.assert_close(out.d_xyz, torch.tanh(g[:, 0:3]))
+    torch.testing.assert_close(out.d_rot, torch.tanh(g[:, 3:7]))
+    torch.testing.assert_close(out.d_scale, torch.tanh(g[:, 7:10]))
+    torch.testing.assert_close(out.colors, torch.sigmoid(a[:, :3]))
+    torch.testing.assert_close(out.opacity_logits, a[:, 3:4])
+    ld = geo.l11_log_diag  # (N, 3 blocks, 4): the 3-blocks' 4th entry is padding, not counted
+    expected_unc = -2 * (ld[:, 0, :3].sum(1) + ld[:, 1].sum(1) + ld[:, 2, :3].sum(1))
     torch.testing.assert_close(out.uncertainty, expected_unc)
     # the view direction matters, and only through the appearance outputs
     out2 = model(enc, cond, -view)
@@ -126,4 +128,4 @@ def test_deformation_optimizer_settings():
     (group,) = opt.param_groups
     assert group["lr"] == 1e-4 and group["eps"] == 1e-8 and group["betas"] == (0.9, 0.999)
     assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
-    assert any(p is model.head.position.l21 for p in group["params"])
+    assert any(p is model.head.geometry.l21 for p in group["params"])

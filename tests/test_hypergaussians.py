@@ -11,69 +11,114 @@ from scene.hypergaussians import HyperGaussian
 
 
 def _randomize(hg: HyperGaussian, seed: int) -> None:
+    """Random parameters; padding entries of smaller blocks stay zero (as the module keeps them)."""
     g = torch.Generator().manual_seed(seed)
+    n = hg.block_dim
     with torch.no_grad():
         for p in hg.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+        for gi, size in enumerate(hg.blocks):
+            hg.mean[:, gi, size:n] = 0
+            hg.l11_log_diag[:, gi, size:] = 0
+            hg.l21[:, gi, :, size:] = 0
+            for r in range(size, n):
+                hg.l11_lower[:, gi, r * (r - 1) // 2:r * (r + 1) // 2] = 0
 
 
 def _dense_reference(hg: HyperGaussian, z: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Build the full Cholesky factor L = [[L11, 0], [L21, L22]] (random L22), Lambda = L L^T,
-    Sigma = Lambda^-1, then condition the joint Gaussian the textbook way."""
+    """Per Gaussian and block: build the full Cholesky factor L = [[L11, 0], [L21, L22]] (random L22),
+    Lambda = L L^T, Sigma = Lambda^-1, then condition the joint Gaussian the textbook way:
+    mu_a + Sigma_ab Sigma_bb^-1 (z - mu_b) and log det(Sigma_aa - Sigma_ab Sigma_bb^-1 Sigma_ba)."""
     rng = np.random.default_rng(seed)
-    n, m = hg.out_dim, hg.in_dim
+    nmax, m = hg.block_dim, hg.in_dim
     mean = hg.mean.detach().numpy()
     log_diag = hg.l11_log_diag.detach().numpy()
     lower = hg.l11_lower.detach().numpy()
     l21 = hg.l21.detach().numpy()
     means, logdets = [], []
     for k in range(hg.n_gaussians):
-        L11 = np.diag(np.exp(log_diag[k]))
-        idx = 0
-        for r in range(n):  # row-major strictly-lower order, written independently of the module
-            for c in range(r):
-                L11[r, c] = lower[k, idx]
-                idx += 1
-        L22 = np.tril(rng.normal(size=(m, m)), -1) + np.diag(np.exp(rng.normal(size=m) * 0.3))
-        L = np.zeros((n + m, n + m))
-        L[:n, :n] = L11
-        L[n:, :n] = l21[k]
-        L[n:, n:] = L22
-        Sigma = np.linalg.inv(L @ L.T)
-        Saa, Sab, Sbb = Sigma[:n, :n], Sigma[:n, n:], Sigma[n:, n:]
-        mu_a, mu_b = mean[k, :n], mean[k, n:]
-        means.append(mu_a + Sab @ np.linalg.solve(Sbb, z[k] - mu_b))
-        logdets.append(np.linalg.slogdet(Saa - Sab @ np.linalg.solve(Sbb, Sab.T))[1])
+        row_mean, row_logdet = [], 0.0
+        for g, n in enumerate(hg.blocks):
+            L11 = np.diag(np.exp(log_diag[k, g, :n]))
+            idx = 0
+            for r in range(nmax):  # row-major strictly-lower order, written independently of the module
+                for c in range(r):
+                    if r < n:
+                        L11[r, c] = lower[k, g, idx]
+                    idx += 1
+            L22 = np.tril(rng.normal(size=(m, m)), -1) + np.diag(np.exp(rng.normal(size=m) * 0.3))
+            L = np.zeros((n + m, n + m))
+            L[:n, :n] = L11
+            L[n:, :n] = l21[k, g, :, :n]
+            L[n:, n:] = L22
+            Sigma = np.linalg.inv(L @ L.T)
+            Saa, Sab, Sbb = Sigma[:n, :n], Sigma[:n, n:], Sigma[n:, n:]
+            mu_a, mu_b = mean[k, g, :n], mean[k, g, nmax:]
+            row_mean.append(mu_a + Sab @ np.linalg.solve(Sbb, z[k] - mu_b))
+            row_logdet += np.linalg.slogdet(Saa - Sab @ np.linalg.solve(Sbb, Sab.T))[1]
+        means.append(np.concatenate(row_mean))
+        logdets.append(row_logdet)
     return np.stack(means), np.array(logdets)
 
 
-@pytest.mark.parametrize("out_dim", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("out_dim", [1, 2, 3, 4, 5, (3, 4, 3), (3, 1), (2, 6)])
 def test_conditional_mean_and_uncertainty_match_dense_formulas(out_dim):
     N, m = 6, 5
     hg = HyperGaussian(N, m, out_dim).double()
-    _randomize(hg, seed=out_dim)
-    z = torch.randn(N, m, dtype=torch.float64, generator=torch.Generator().manual_seed(10 + out_dim))
-    ref_mean, ref_logdet = _dense_reference(hg, z.numpy(), seed=out_dim)
+    seed = 7 * len(str(out_dim)) + hg.out_dim  # deterministic per case
+    _randomize(hg, seed=seed)
+    z = torch.randn(N, m, dtype=torch.float64, generator=torch.Generator().manual_seed(10 + seed))
+    ref_mean, ref_logdet = _dense_reference(hg, z.numpy(), seed=seed)
     got = hg.conditional_mean(z).detach().numpy()
+    assert got.shape == (N, hg.out_dim)
     np.testing.assert_allclose(got, ref_mean, rtol=0, atol=1e-6)
     np.testing.assert_allclose(hg.uncertainty().detach().numpy(), ref_logdet, rtol=0, atol=1e-6)
 
 
+def test_blocks_equal_separate_modules_and_padding_stays_inert():
+    N, m = 8, 6
+    group = HyperGaussian(N, m, (3, 4, 3)).double()
+    _randomize(group, seed=2)
+    singles = [HyperGaussian(N, m, n).double() for n in (3, 4, 3)]
+    with torch.no_grad():
+        for g, (single, n) in enumerate(zip(singles, (3, 4, 3))):
+            single.mean[:, 0, :n] = group.mean[:, g, :n]
+            single.mean[:, 0, n:] = group.mean[:, g, 4:]
+            single.l11_log_diag[:, 0] = group.l11_log_diag[:, g, :n]
+            single.l11_lower[:, 0] = group.l11_lower[:, g, :n * (n - 1) // 2]
+            single.l21[:, 0] = group.l21[:, g, :, :n]
+    z = torch.randn(N, m, dtype=torch.float64)
+    expected = torch.cat([s.conditional_mean(z) for s in singles], dim=-1)
+    torch.testing.assert_close(group.conditional_mean(z), expected, rtol=1e-12, atol=1e-12)
+    per_block = torch.stack([s.uncertainty() for s in singles], dim=-1)
+    torch.testing.assert_close(group.uncertainty(per_block=True), per_block)
+    torch.testing.assert_close(group.uncertainty(), per_block.sum(-1))
+    # padding (rows 3 of the 3-blocks) gets exactly zero gradient, even from the uncertainty
+    (group.conditional_mean(z).sin().sum() + group.uncertainty().sum()).backward()
+    for g in (0, 2):
+        assert not group.l11_log_diag.grad[:, g, 3].any()
+        assert not group.l21.grad[:, g, :, 3].any()
+        assert not group.mean.grad[:, g, 3].any()
+        assert not group.l11_lower.grad[:, g, 3:6].any()
+    assert group.l11_log_diag.grad[:, 1, 3].abs().sum() > 0
+
+
 def test_zero_initialisation_gives_zero_mean_and_unit_factor():
-    hg = HyperGaussian(9, 7, 4)
+    hg = HyperGaussian(9, 7, (3, 4, 3))
     z = torch.randn(9, 7) * 3
-    assert torch.equal(hg.conditional_mean(z), torch.zeros(9, 4))
+    assert torch.equal(hg.conditional_mean(z), torch.zeros(9, 10))
     assert torch.equal(hg.uncertainty(), torch.zeros(9))
-    assert torch.equal(hg.l11(), torch.eye(4).expand(9, 4, 4))
+    assert torch.equal(hg.l11(), torch.eye(4).expand(9, 3, 4, 4))
     assert all(not torch.count_nonzero(p) for p in hg.parameters())
+    assert hg.mean.shape == (9, 3, 4 + 7) and hg.l21.shape == (9, 3, 7, 4)
 
 
-@pytest.mark.parametrize("out_dim", [3, 4])
+@pytest.mark.parametrize("out_dim", [3, 4, (3, 4, 3)])
 def test_unrolled_solve_equals_triangular_solver_values_and_gradients(out_dim, monkeypatch):
     hg = HyperGaussian(11, 8, out_dim).double()
     _randomize(hg, seed=3)
     z = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(11, out_dim, dtype=torch.float64)
+    w = torch.randn(11, hg.out_dim, dtype=torch.float64)
 
     def run():
         hg.zero_grad()
@@ -92,13 +137,15 @@ def test_unrolled_solve_equals_triangular_solver_values_and_gradients(out_dim, m
 def test_l11_is_lower_triangular_with_positive_diagonal():
     hg = HyperGaussian(5, 3, 4).double()
     _randomize(hg, seed=1)
-    L = hg.l11()
+    L = hg.l11()[:, 0]
     assert torch.equal(torch.triu(L, 1), torch.zeros_like(L))
-    torch.testing.assert_close(torch.diagonal(L, dim1=-2, dim2=-1), hg.l11_log_diag.exp())
-    assert L[0, 3, 1].item() == hg.l11_lower[0, 4].item()  # (3,1) is the 5th strictly-lower entry
+    torch.testing.assert_close(torch.diagonal(L, dim1=-2, dim2=-1), hg.l11_log_diag[:, 0].exp())
+    assert L[0, 3, 1].item() == hg.l11_lower[0, 0, 4].item()  # (3,1) is the 5th strictly-lower entry
 
 
-def test_bad_latent_shape_is_refused():
+def test_bad_sizes_are_refused():
     hg = HyperGaussian(4, 3, 2)
     with pytest.raises(ValueError, match=r"latent must be \(4, 3\)"):
         hg.conditional_mean(torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="positive sizes"):
+        HyperGaussian(4, 3, (3, 0))
