@@ -120,12 +120,14 @@ def rasterize_triangles(tri: np.ndarray, width: int, height: int, depth: np.ndar
             key = 1.0 / inv_z
         else:
             key = f.astype(np.float64)
-        # Winner per pixel within the chunk: smallest key, then smallest face index.
-        order = np.lexsort((f, key, pix))
-        pix_s = pix[order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = pix_s[1:] != pix_s[:-1]
-        sel = order[first]
+        # Winner per pixel within the chunk: smallest key, then smallest face index (scatter-min,
+        # no sort: exactly one candidate per covered pixel survives).
+        loc_key = np.full(n_pix, np.inf)
+        np.minimum.at(loc_key, pix, key)
+        win = key == loc_key[pix]
+        loc_face = np.full(n_pix, np.iinfo(np.int64).max)
+        np.minimum.at(loc_face, pix[win], f[win])
+        sel = np.flatnonzero(win & (f == loc_face[pix]))
         p = pix[sel]
         better = (key[sel] < best_key[p]) | ((key[sel] == best_key[p]) & (f[sel] < best_face[p]))
         p = p[better]
