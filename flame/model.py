@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flame.assets import N_EXPR, N_JOINTS, N_SHAPE, FlameAssets
-from utils.rotations import identity_rot6d, rot6d_to_matrix
+from utils.rotations import rot6d_to_matrix
 
 __all__ = ["FLAME", "ShapedFLAME"]
 
@@ -43,6 +43,9 @@ class FLAME(nn.Module):
         self._buffer("posedirs", as_t(assets.posedirs).reshape(V * 3, -1).T.contiguous())
         self._buffer("lbs_weights", as_t(assets.weights))
         self._buffer("faces", torch.as_tensor(assets.faces, dtype=torch.long))
+        # Identity pose and matrix kept as buffers: defaults never copy host data to the device.
+        self._buffer("identity6d", torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype))
+        self._buffer("eye3", torch.eye(3, dtype=dtype))
         zeros = torch.zeros(V, 3, dtype=dtype)
         self._buffer("l_eyelid", as_t(assets.l_eyelid) if assets.l_eyelid is not None else zeros)
         self._buffer("r_eyelid", as_t(assets.r_eyelid) if assets.r_eyelid is not None else zeros.clone())
@@ -71,7 +74,7 @@ class FLAME(nn.Module):
     def _rot(self, x: Tensor | None, batch: int, name: str, n: int = 1) -> Tensor:
         """(B, 6n) rotations (or None: identity) -> (B, n, 6)."""
         if x is None:
-            return identity_rot6d(batch, n, dtype=self.v_template.dtype, device=self.v_template.device)
+            return self.identity6d.expand(batch, n, 6)
         x = self._tensor(x, 6 * n, batch, name)
         if x.shape[-1] != 6 * n:
             raise ValueError(f"FLAME: {name} must have {6 * n} numbers (6D rotations), got {x.shape[-1]}")
@@ -97,8 +100,7 @@ class FLAME(nn.Module):
         pose6d = torch.cat([self._rot(rotation, B, "rotation"), self._rot(neck, B, "neck"),
                             self._rot(jaw, B, "jaw"), self._rot(eyes, B, "eyes", 2)], dim=1)
         R = rot6d_to_matrix(pose6d)  # (B,5,3,3)
-        eye3 = torch.eye(3, dtype=R.dtype, device=R.device)
-        feature = (R[:, 1:] - eye3).reshape(B, 9 * (N_JOINTS - 1))
+        feature = (R[:, 1:] - self.eye3).reshape(B, 9 * (N_JOINTS - 1))
         v_posed = v_shaped + (feature @ self.posedirs).view(B, V, 3)
 
         # Rigid chain: G_i = G_parent(i) [R_i | J_i - J_parent(i)], then remove the rest joint location.

@@ -219,7 +219,15 @@ def _build_mesh(resolution: int) -> _Mesh:
     head_faces = np.concatenate([fan, grid_faces[~is_mouth].reshape(-1, 3)])
     head_uv_faces = np.concatenate([t_fan, grid_uv[~is_mouth].reshape(-1, 3)])
     mouth_faces = grid_faces[is_mouth].reshape(-1, 3)
-    mouth_uv_faces = grid_uv[is_mouth].reshape(-1, 3)
+    # The mouth faces get their own texture box in the free top-left corner of the atlas (like the
+    # original's mouth faces), so the Gaussians inside the mouth do not shrink with the resolution.
+    n_cols = len(cols)
+    uc = 0.03 + 0.18 * np.arange(n_cols) / (n_cols - 1)
+    uv_mouth = np.concatenate([np.stack([uc, np.full(n_cols, 0.975)], -1),      # upper lip row
+                               np.stack([uc, np.full(n_cols, 0.915)], -1)])     # lower lip row
+    k = np.arange(n_cols - 1)
+    mouth_uv_local = np.stack([np.stack([k, k + n_cols, k + 1], -1),
+                               np.stack([k + 1, k + n_cols, k + n_cols + 1], -1)], axis=1).reshape(-1, 3)
 
     # Eyeballs: poles on the gaze axis (+z); alpha = angle from the front pole.
     n_ea, n_eb = max(6, n_lon // 6), max(8, n_lon // 4)
@@ -271,6 +279,8 @@ def _build_mesh(resolution: int) -> _Mesh:
         uv_faces.append(eye_uv_faces + sum(len(t) for t in uv))
         uv.append(box)
         eye_ids.append(np.arange(offset, offset + n_eye))
+    mouth_uv_faces = mouth_uv_local + sum(len(t) for t in uv)
+    uv.append(uv_mouth)
     uv_all = np.concatenate(uv)
     return _Mesh(verts=np.concatenate(verts), theta=theta, phi=phi, n_head=n_head,
                  faces=np.concatenate(faces), mouth_faces=mouth_faces, uv=uv_all,
