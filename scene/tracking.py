@@ -51,14 +51,16 @@ def _numpy_safe_globals() -> list[Any]:
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         items.append((ma._reconstruct, f"{mod}._reconstruct"))
         items.append((ma.scalar, f"{mod}.scalar"))
-    items.append((np.ndarray, "numpy.ndarray"))
-    items.append((np.dtype, "numpy.dtype"))
+    # numpy >= 1.25 builds dtype instances of these classes; torch checks the instance's type, so each
+    # class is listed once (aliases such as LongDType / Int64DType are the same class).
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
-        for name in dir(dtypes):
+        seen: set[type] = set()
+        for name in sorted(dir(dtypes)):
             cls = getattr(dtypes, name)
-            if name.endswith("DType") and isinstance(cls, type):
-                items.append((cls, f"numpy.dtypes.{name}"))
+            if name.endswith("DType") and isinstance(cls, type) and cls not in seen:
+                seen.add(cls)
+                items.append(cls)
     return items
 
 
