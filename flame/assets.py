@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from flame.obj import ObjFormatError, ObjMesh, read_obj
-from flame.safe_pickle import UnsafePickleError, load_pickle, unwrap
+from flame.safe_pickle import ChumpyStub, UnsafePickleError, load_pickle, unwrap
 
 __all__ = [
     "FlameAssetError", "FlameAssetWarning", "UVMesh", "FlameAssets", "ObjMesh", "read_obj",
@@ -119,10 +119,13 @@ def load_flame_pickle(path: str | Path) -> dict[str, Any]:
                               "corrupt or truncated, download it again") from None
     if not isinstance(data, dict):
         raise FlameAssetError(f"{path}: expected a dict in the pickle, found {type(data).__name__}")
-    try:
-        return {str(k): unwrap(v) for k, v in data.items()}
-    except ValueError as exc:
-        raise FlameAssetError(f"{path}: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            out[str(key)] = unwrap(value)
+        except ValueError:
+            out[str(key)] = value  # a chumpy expression without a stored array: fails only if used
+    return out
 
 
 def _dense(value: Any) -> np.ndarray:
@@ -145,16 +148,20 @@ def _parse_model(path: Path, data: dict[str, Any]) -> dict[str, np.ndarray]:
     if missing:
         raise FlameAssetError(f"{path}: missing keys {missing} (found {sorted(data)}); "
                               f"this is not a FLAME generic_model.pkl, get FLAME 2020 from {FLAME_URL}")
-    try:
-        v_template = _dense(data["v_template"])
-        faces = np.asarray(data["f"]).astype(np.int64)
-        shapedirs = _dense(data["shapedirs"])
-        posedirs = _dense(data["posedirs"])
-        J_regressor = _dense(data["J_regressor"])
-        kintree = np.asarray(data["kintree_table"]).astype(np.int64)
-        weights = _dense(data["weights"])
-    except (TypeError, ValueError) as exc:
-        raise FlameAssetError(f"{path}: a model entry is not a numeric array ({exc})") from None
+    arrays: dict[str, np.ndarray] = {}
+    for key in required:
+        try:
+            value = data[key]
+            if isinstance(value, ChumpyStub):
+                raise TypeError(f"a chumpy {type(value).__name__} without a stored array")
+            if key in ("f", "kintree_table"):
+                arrays[key] = np.asarray(value).astype(np.int64)
+            else:
+                arrays[key] = _dense(value)
+        except (TypeError, ValueError) as exc:
+            raise FlameAssetError(f"{path}: '{key}' is not a numeric array ({exc}); the file is corrupt or "
+                                  "not a FLAME model") from None
+    v_template, faces, shapedirs, posedirs, J_regressor, kintree, weights = (arrays[k] for k in required)
     _check_shape(path, "v_template", v_template, (None, 3))
     V = v_template.shape[0]
     _check_shape(path, "f", faces, (None, 3))

@@ -60,18 +60,29 @@ def test_chumpy_pickle_loads_without_chumpy(tmp_path, model, protocol):
             self.x = x
             self._dirty_vars = set()
 
+    class Select:  # a chumpy expression that stores no array of its own
+        def __init__(self):
+            self.idxs = [1, 2]
+
     Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
+    Select.__module__, Select.__qualname__ = "chumpy.reordering", "Select"
     ch_mod.Ch = Ch
+    re_mod = types.ModuleType("chumpy.reordering")
+    re_mod.Select = Select
     root = types.ModuleType("chumpy")
-    root.ch = ch_mod
-    sys.modules["chumpy"], sys.modules["chumpy.ch"] = root, ch_mod
+    root.ch, root.reordering = ch_mod, re_mod
+    names = ("chumpy", "chumpy.ch", "chumpy.reordering")
+    sys.modules.update(zip(names, (root, ch_mod, re_mod)))
     try:
         data = generic_dict(model)
         data["shapedirs"] = Ch(model.shapedirs)
         data["v_template"] = Ch(model.v_template)
+        data["J_prior"] = Select()  # not needed: must not block loading
         path = dump(tmp_path / "generic_model.pkl", data, protocol)
+        bad = dump(tmp_path / "bad" / "generic_model.pkl", {**data, "weights": Select()}, protocol)
     finally:
-        del sys.modules["chumpy"], sys.modules["chumpy.ch"]
+        for name in names:
+            del sys.modules[name]
     assert "chumpy" not in sys.modules
     with open(path, "rb") as fh:
         assert b"chumpy" in fh.read()
@@ -87,6 +98,9 @@ def test_chumpy_pickle_loads_without_chumpy(tmp_path, model, protocol):
     np.testing.assert_array_equal(assets.shapedirs, model.shapedirs)
     np.testing.assert_allclose(assets.J_regressor, model.J_regressor.toarray())
     assert assets.parents == [-1, 0, 1, 1, 1]  # FLAME's unsigned -1 for the root parent
+    with pytest.raises(FlameAssetError, match="'weights' is not a numeric array") as err:
+        load_flame_assets(bad.parent)
+    assert str(bad) in str(err.value)
 
 
 class _RunsCode:
