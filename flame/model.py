@@ -147,7 +147,9 @@ class FLAME(nn.Module):
             expression = expression.unsqueeze(0)
         B = expression.shape[0]
         expr = self._tensor(expression, N_EXPR, B, "expression")
-        shape = self._tensor(shape, N_SHAPE, B, "shape")
+        shape = torch.as_tensor(shape)
+        one_shape = shape.ndim == 1 or (shape.ndim == 2 and shape.shape[0] == 1)
+        shape = self._tensor(shape, N_SHAPE, 1 if one_shape else B, "shape")  # one identity: computed once
         v_id, J_id = self.identity_part(shape)
         return self.posed(v_id, J_id, expr, jaw, eyes, eyelids, neck, rotation, translation)
 

@@ -203,11 +203,9 @@ def _build_mesh(resolution: int) -> _Mesh:
     q = np.sin(0.5 * np.pi * np.minimum(1.0, s / s[eq])) ** 0.7
     u_col = np.arange(n_lon + 1) / n_lon - 0.5                           # n_lon + 1: seam duplicate
     v_row = 0.99 - 0.78 * s
-    uv_head = np.concatenate([[[0.5, 0.99]],
-                              np.stack(np.broadcast_arrays(0.5 + 0.98 * u_col[None, :] * q[1:, None],
-                                                           np.broadcast_to(v_row[1:, None],
-                                                                           (n_lat, n_lon + 1))), -1)
-                              .reshape(-1, 2)])
+    u_ring = 0.5 + 0.98 * u_col[None, :] * q[1:, None]                     # (n_lat, n_lon + 1)
+    v_ring = np.broadcast_to(v_row[1:, None], u_ring.shape)
+    uv_head = np.concatenate([[[0.5, 0.99]], np.stack([u_ring, v_ring], -1).reshape(-1, 2)])
 
     def tid(i, jcol):
         return 1 + (np.asarray(i) - 1) * (n_lon + 1) + np.asarray(jcol)
@@ -532,3 +530,21 @@ def write_synthetic_flame(out_dir: str | Path, *, resolution: int = DEFAULT_RESO
             "n_mouth_faces": int(model.mouth_faces.shape[0])}
     atomic_write_bytes(out / "synthetic_flame.json", (json.dumps(info, indent=2) + "\n").encode())
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flame.synthetic OUT_DIR [--resolution N] [--seed S]``: write the synthetic model."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a synthetic FLAME-format model (no licensed data).")
+    parser.add_argument("out_dir", type=Path, help="folder to write generic_model.pkl etc. into")
+    parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
+                        help=f"grid columns around the head (default {DEFAULT_RESOLUTION}, ~3.4k vertices)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random blendshapes (default 0)")
+    args = parser.parse_args(argv)
+    out = write_synthetic_flame(args.out_dir, resolution=args.resolution, seed=args.seed)
+    print(f"synthetic FLAME model written to {out}")
+
+
+if __name__ == "__main__":
+    main()
