@@ -38,9 +38,8 @@ MEDIAPIPE_HELP = ("the offline face backend needs MediaPipe's bundled face model
                   f"with {DETECTOR_FILE} and {LANDMARK_FILE}; alternatively give BiSeNet weights "
                   "(--bisenet_weights)")
 
-# Lip contours of the 468-point mesh, in order around each loop.
+# Outer lip contour and face oval of the 468-point mesh, in order around each loop.
 LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
              148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 CHIN = 152

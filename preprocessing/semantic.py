@@ -100,7 +100,6 @@ class LandmarkBackend:
         from preprocessing.face_landmarks import FaceLandmarker
 
         self.landmarker = FaceLandmarker(face_model_dir)
-        self.missed: list[str] = []
 
     def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         from preprocessing.face_landmarks import CHIN, FACE_OVAL, FOREHEAD, LIPS_OUTER
