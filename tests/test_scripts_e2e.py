@@ -1,0 +1,258 @@
+"""End to end on CPU with the torch rasterizer on the small synthetic subject: train.py (both methods,
+learning, exact resume, LPIPS guard, demo generation), render.py (test split, --rotate, --cross,
+--uncertainty, --error, PLY export, bad inputs) and metrics.py on its output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import metrics
+import render
+import train
+from utils.image_io import read_image, read_mask
+from utils.video import read_video_frame_count
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--device", "cpu", "--backend", "torch", "--hidden_dim", "64", "--hidden_layers", "3",
+         "--uv_size", "32", "--test_num", "4", "--eval_num", "4"]
+TRAIN_ITERS = 300
+
+
+@pytest.fixture(autouse=True)
+def _no_vgg(tmp_path_factory, monkeypatch):
+    """An empty torch hub cache: the VGG weights are absent, as on a fresh offline machine."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "empty_torch_home"))
+    monkeypatch.setenv("GAUSSIAN_RENDERER_BACKEND", "torch")
+
+
+def _roots(subject) -> list[str]:
+    data_root, tracking_root, idname = subject
+    return ["--idname", idname, "--data_root", str(data_root), "--tracking_root", str(tracking_root)]
+
+
+def _train(subject, log_root: Path, *extra: str) -> int:
+    return train.main([*_roots(subject), "--log_root", str(log_root), *SMALL, "--lambda_lpips", "0", *extra])
+
+
+def _render(subject, log_root: Path, *extra: str) -> int:
+    return render.main([*_roots(subject), "--log_root", str(log_root), *SMALL, *extra])
+
+
+def _log(run_dir: Path) -> dict:
+    return json.loads((run_dir / "train_log.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_subject, tmp_path_factory):
+    """Both methods trained for TRAIN_ITERS iterations, evaluated at 0, half-way and the end."""
+    log_root = tmp_path_factory.mktemp("logs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("no_vgg")))
+    try:
+        half = str(TRAIN_ITERS // 2)
+        for extra in ([], ["--ours"]):
+            rc = _train(synthetic_subject, log_root, "--iterations", str(TRAIN_ITERS), "--eval_every", half,
+                        "--ckpt_every", half, "--grid_every", half, *extra)
+            assert rc == 0
+    finally:
+        mp.undo()
+    return log_root
+
+
+# ----------------------------------------------------------------------------- train.py
+@pytest.mark.parametrize("method", ["baseline", "ours"])
+def test_both_methods_learn(trained, synthetic_subject, method):
+    run = trained / f"{synthetic_subject.idname}_{method}"
+    evals = _log(run)["evaluations"]
+    assert [e["iteration"] for e in evals] == [0, TRAIN_ITERS // 2, TRAIN_ITERS]
+    first, last = evals[0], evals[-1]
+    assert last["PSNR"] >= first["PSNR"] + 6.0, (first, last)
+    assert last["SSIM"] > first["SSIM"]
+    assert last["LPIPS"] is None and "vgg16-397923af.pth" in last["LPIPS_unavailable_reason"]
+    assert np.isfinite(last["FPS"]) and last["FPS"] > 0
+    assert {p.name for p in (run / "ckpt").glob("*.pth")} == {f"ckpt{TRAIN_ITERS}.pth",
+                                                               f"ckpt{TRAIN_ITERS // 2}.pth"}
+    assert (run / "train" / f"{TRAIN_ITERS:05d}.png").is_file()  # render | gt | error grid
+    assert list(run.glob("events.out.tfevents.*"))
+    losses = _log(run)["losses"]
+    assert losses and all(np.isfinite(r["loss"]) for r in losses)
+    ckpt = torch.load(run / "ckpt" / f"ckpt{TRAIN_ITERS}.pth", weights_only=True)
+    assert ckpt["method"] == method and ckpt["iteration"] == TRAIN_ITERS
+    assert ckpt["active_sh_degree"] == 0  # one degree per 500 iterations
+
+
+def test_resume_is_exact(synthetic_subject, tmp_path):
+    common = ["--iterations", "8", "--ckpt_every", "4", "--log_every", "1", "--skip_test",
+              "--grid_every", "0", "--ours"]
+    assert _train(synthetic_subject, tmp_path / "a", *common) == 0
+    run_a = tmp_path / "a" / f"{synthetic_subject.idname}_ours"
+    assert _train(synthetic_subject, tmp_path / "b", *common, "--start_checkpoint",
+                  str(run_a / "ckpt" / "ckpt4.pth")) == 0
+    run_b = tmp_path / "b" / f"{synthetic_subject.idname}_ours"
+    a = torch.load(run_a / "ckpt" / "ckpt8.pth", weights_only=True)
+    b = torch.load(run_b / "ckpt" / "ckpt8.pth", weights_only=True)
+    for part in ("deformation", "gaussians"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for opt in ("gaussians", "deformation"):
+        sa, sb = a["optimizers"][opt]["state"], b["optimizers"][opt]["state"]
+        for pid in sa:
+            for k in sa[pid]:
+                assert torch.equal(torch.as_tensor(sa[pid][k]), torch.as_tensor(sb[pid][k])), (opt, pid, k)
+    assert a["extra"]["sampler"]["order"] == b["extra"]["sampler"]["order"]
+    la = {r["iteration"]: r["loss"] for r in _log(run_a)["losses"]}
+    lb = {r["iteration"]: r["loss"] for r in _log(run_b)["losses"]}
+    assert sorted(lb) == [5, 6, 7, 8]
+    for it in (5, 6, 7, 8):
+        assert la[it] == lb[it], it  # the same next losses, bit for bit
+
+
+def test_train_stops_before_first_iteration_without_vgg(synthetic_subject, tmp_path, capsys):
+    rc = train.main([*_roots(synthetic_subject), "--log_root", str(tmp_path), *SMALL, "--iterations", "20",
+                     "--lpips_start", "10"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "vgg16-397923af.pth" in err and "--lambda_lpips 0" in err
+    assert not (tmp_path / f"{synthetic_subject.idname}_baseline" / "ckpt").exists()
+
+
+def test_train_bad_subject_and_checkpoint(synthetic_subject, tmp_path, capsys):
+    assert train.main(["--idname", "nobody", "--data_root", str(tmp_path), "--tracking_root", str(tmp_path),
+                       "--log_root", str(tmp_path), *SMALL, "--lambda_lpips", "0"]) == 2
+    assert "nobody" in capsys.readouterr().err
+    assert _train(synthetic_subject, tmp_path, "--start_checkpoint", str(tmp_path / "missing.pth")) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_demo_subject_is_generated(tmp_path, capsys):
+    rc = train.main(["--idname", "demo", "--data_root", str(tmp_path / "data"), "--tracking_root",
+                     str(tmp_path / "track"), "--log_root", str(tmp_path / "logs"), *SMALL,
+                     "--iterations", "2", "--lambda_lpips", "0", "--skip_test"])
+    assert rc == 0
+    assert "generating the synthetic demo subject" in capsys.readouterr().out
+    assert len(list((tmp_path / "data" / "demo" / "imgs").glob("*.png"))) > 4
+    assert (tmp_path / "logs" / "demo_baseline" / "ckpt" / "ckpt2.pth").is_file()
+
+
+# ----------------------------------------------------------------------------- render.py + metrics.py
+def test_render_test_split_and_metrics(trained, synthetic_subject):
+    assert _render(synthetic_subject, trained, "--export_ply", "--export_ply_frames") == 0
+    run = trained / f"{synthetic_subject.idname}_baseline"
+    frames = run / "frames"
+    names = [f"{k:05d}.png" for k in range(4)]
+    for sub in ("renders", "gt", "mask"):
+        assert sorted(p.name for p in (frames / sub).glob("*.png")) == names
+    fmap = json.loads((frames / "frame_map.json").read_text())
+    assert [f["source_frame"] for f in fmap["frames"]] == [28, 29, 30, 31]  # the last test_num frames
+    assert read_video_frame_count(frames / "renders.mp4") == 4
+    n = torch.load(run / "ckpt" / f"ckpt{TRAIN_ITERS}.pth", weights_only=True)["n_gaussians"]
+    for ply in (run / "ply" / "canonical.ply", frames / "ply" / "00000.ply"):
+        header = ply.read_bytes()[:2000].split(b"end_header")[0].decode()
+        assert f"element vertex {n}" in header
+    # metrics.py: plausible values, equal to the training evaluation of the same frames
+    assert metrics.main(["-m", str(run), "--device", "cpu"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    per = json.loads((run / "per_view.json").read_text())
+    assert 15 < res["PSNR"] < 60 and 0.5 < res["SSIM"] <= 1.0
+    assert res["LPIPS"] is None and "LPIPS_unavailable_reason" in res
+    assert sorted(per["PSNR"]) == names
+    assert res["PSNR"] == pytest.approx(_log(run)["evaluations"][-1]["PSNR"], abs=1e-3)
+
+
+def test_render_rotate(trained, synthetic_subject):
+    assert _render(synthetic_subject, trained, "--test_num", "9", "--rotate", "--no_video") == 0
+    assert _render(synthetic_subject, trained, "--test_num", "9", "--no_video") == 0
+    run = trained / f"{synthetic_subject.idname}_baseline"
+    fmap = json.loads((run / "frames_rotate" / "frame_map.json").read_text())
+    assert [f["rotation_deg"] for f in fmap["frames"]] == [0.0, 120.0, 240.0] * 3
+    same = read_image(run / "frames_rotate" / "renders" / "00000.png")
+    assert np.array_equal(same, read_image(run / "frames" / "renders" / "00000.png"))  # 0 degrees
+    turned = read_image(run / "frames_rotate" / "renders" / "00001.png")
+    assert np.abs(turned - read_image(run / "frames" / "renders" / "00001.png")).mean() > 0.01
+
+
+@pytest.fixture(scope="module")
+def cross_source(tmp_path_factory):
+    """Another synthetic subject (other seed, 48x48 images) with tracking only: no ground truth."""
+    from preprocessing.synthetic_subject import make_synthetic_subject
+
+    root = tmp_path_factory.mktemp("cross_src")
+    make_synthetic_subject(root / "data", root / "track", "src", n_frames=6, image_size=48, seed=5,
+                           resolution=16)
+    shutil.rmtree(root / "data" / "src" / "imgs")  # tracking without images must work
+    return root
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_render_cross(trained, synthetic_subject, cross_source, mode):
+    rc = _render(synthetic_subject, trained, "--cross", "src", "--cross_data_root",
+                 str(cross_source / "data"), "--cross_tracking_root", str(cross_source / "track"),
+                 "--cross_all", "--cross_mode", mode)
+    assert rc == 0
+    frames = trained / f"{synthetic_subject.idname}_baseline" / "frames_cross"
+    renders = sorted((frames / "renders").glob("*.png"))
+    assert len(renders) == 6
+    assert read_image(renders[0]).shape == (48, 48, 3)  # SRC's cameras and image size
+    assert not (frames / "gt").exists()
+    fmap = json.loads((frames / "frame_map.json").read_text())
+    assert [f["source_frame"] for f in fmap["frames"]] == list(range(6))
+    assert fmap["source_subject"] == "src" and fmap["cross_mode"] == mode
+    if mode == "relative":
+        assert "source_neutral_frame" in fmap and "target_neutral_frame" in fmap
+    assert read_video_frame_count(frames / "renders.mp4") == 6
+
+
+def test_render_uncertainty_and_error(trained, synthetic_subject):
+    from utils.visualize import viridis
+
+    assert _render(synthetic_subject, trained, "--ours", "--uncertainty") == 0
+    run = trained / f"{synthetic_subject.idname}_ours"
+    assert len(list((run / "frames_uncertainty" / "renders").glob("*.png"))) == 4
+    with pytest.raises(SystemExit, match="HyperGaussians"):
+        _render(synthetic_subject, trained, "--uncertainty")  # the baseline has no uncertainty
+    assert _render(synthetic_subject, trained, "--error") == 0
+    err_dir = trained / f"{synthetic_subject.idname}_baseline" / "frames_error"
+    img = read_image(err_dir / "renders" / "00000.png")
+    mask = read_mask(err_dir / "mask" / "00000.png") > 0.99
+    lut = viridis(torch.linspace(0, 1, 1024)).numpy()
+    px = img[mask].reshape(-1, 3)[::7]
+    dist = np.abs(px[:, None, :] - lut[None]).max(-1).min(-1)
+    assert dist.max() < 3 / 255  # every head pixel is a viridis colour
+    assert np.allclose(img[~(read_mask(err_dir / "mask" / "00000.png") > 0)], 1.0)  # white outside
+
+
+def test_render_bad_inputs(trained, synthetic_subject, tmp_path, capsys):
+    run = trained / f"{synthetic_subject.idname}_baseline"
+    ckpt = run / "ckpt" / f"ckpt{TRAIN_ITERS}.pth"
+    # the other method's checkpoint
+    rc = _render(synthetic_subject, trained, "--ours", "--logname", "baseline", "--checkpoint", str(ckpt))
+    assert rc == 2
+    assert "drop --ours" in capsys.readouterr().err
+    # other sizes
+    assert _render(synthetic_subject, trained, "--checkpoint", str(ckpt), "--hidden_dim", "32") == 2
+    assert "hidden_dim" in capsys.readouterr().err
+    # truncated
+    bad = tmp_path / "trunc.pth"
+    bad.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert _render(synthetic_subject, trained, "--checkpoint", str(bad)) == 2
+    assert "truncated" in capsys.readouterr().err
+    # missing checkpoint, and a run folder without any
+    assert _render(synthetic_subject, trained, "--checkpoint", str(tmp_path / "nope.pth")) == 2
+    assert "not found" in capsys.readouterr().err
+    assert _render(synthetic_subject, tmp_path) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    # --cross naming a missing subject
+    assert _render(synthetic_subject, trained, "--cross", "nobody") == 2
+    assert "--cross nobody" in capsys.readouterr().err
+    # an output folder that cannot be written (its parent is a file)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _render(synthetic_subject, blocker / "logs", "--checkpoint", str(ckpt)) == 2
+    assert "cannot write the output folder" in capsys.readouterr().err
