@@ -9,7 +9,7 @@ GPU build of onnxruntime is installed.
 Model I/O (checked when the model is opened): inputs ``src`` (B,3,H,W) float32 RGB in [0,1],
 ``r1i..r4i`` float32 states (a (1,1,1,1) zero tensor at the first frame), ``downsample_ratio`` (1,)
 float32; outputs ``fgr`` (B,3,H,W), ``pha`` (B,1,H,W) in [0,1] and the next states ``r1o..r4o``
-with 16, 20, 40, 64 channels at 1/4 .. 1/32 of the downsampled size.
+with 16, 20, 40, 64 channels at 1/2, 1/4, 1/8, 1/16 of the downsampled size.
 
 Usage: ``python preprocessing/rvm.py --video_path <folder of frames or video file>``. Outputs go to the
 folder's parent (``<dir>/../alpha``, ``<dir>/../comp``) or, for a video file ``clip.mp4``, to

