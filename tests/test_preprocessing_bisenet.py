@@ -129,3 +129,19 @@ def test_bisenet_backend_writes_masks(tmp_path: Path, model: BiSeNet, monkeypatc
     mo = read_mask(tmp_path / "parsing" / "00000_mouth.png") > 0.5
     assert np.array_equal(nh, (labels != 0) & (labels != 16))
     assert np.array_equal(mo, labels == 12)
+
+
+@pytest.mark.cuda
+def test_bisenet_cuda_matches_cpu(model: BiSeNet) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    x = torch.randn(2, 3, 512, 512)
+    with torch.no_grad():
+        cpu = model(x)
+        gpu = model.to("cuda")(x.cuda()).cpu()
+    model.to("cpu")
+    assert (cpu - gpu).abs().max() < 1e-2 * cpu.abs().max()  # TF32 convolutions on recent GPUs
+    img = (np.random.default_rng(1).random((1, 96, 80, 3)) * 255).astype(np.uint8)
+    labels_gpu = parse_labels(model.to("cuda"), img)
+    labels_cpu = parse_labels(model.to("cpu"), img)
+    assert (labels_gpu == labels_cpu).mean() > 0.98
