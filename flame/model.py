@@ -46,10 +46,21 @@ class FLAME(nn.Module):
         # Identity pose and matrix kept as buffers: defaults never copy host data to the device.
         self._buffer("identity6d", torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype))
         self._buffer("eye3", torch.eye(3, dtype=dtype))
-        zeros = torch.zeros(V, 3, dtype=dtype)
-        self._buffer("l_eyelid", as_t(assets.l_eyelid) if assets.l_eyelid is not None else zeros)
-        self._buffer("r_eyelid", as_t(assets.r_eyelid) if assets.r_eyelid is not None else zeros.clone())
+        # Eyelid shapes as (2, V*3) so both apply with one matmul; a missing one is zero.
+        lids = [np.zeros((V, 3)) if x is None else np.asarray(x, dtype=np.float64)
+                for x in (assets.l_eyelid, assets.r_eyelid)]
+        self._buffer("eyelid_dirs", as_t(np.stack(lids).reshape(2, V * 3)))
+        # The kinematic tree, processed level by level (all joints of one depth at once).
         self.parents: list[int] = assets.parents
+        depth = [0] * N_JOINTS
+        for j, p in enumerate(self.parents):
+            depth[j] = 0 if p < 0 else depth[p] + 1
+        self.n_levels = max(depth)
+        self._buffer("parent_idx", torch.tensor([max(p, 0) for p in self.parents], dtype=torch.long))
+        self._buffer("has_parent", torch.tensor([[float(p >= 0)] for p in self.parents], dtype=dtype))
+        levels = [[[[d == k]] for d in depth] for k in range(self.n_levels + 1)]
+        self._buffer("level_masks", torch.tensor(levels))  # (levels, 5, 1, 1) bool
+        self._buffer("last_col", torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=dtype))
         self.n_vertices = V
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -103,22 +114,21 @@ class FLAME(nn.Module):
         feature = (R[:, 1:] - self.eye3).reshape(B, 9 * (N_JOINTS - 1))
         v_posed = v_shaped + (feature @ self.posedirs).view(B, V, 3)
 
-        # Rigid chain: G_i = G_parent(i) [R_i | J_i - J_parent(i)], then remove the rest joint location.
-        G_R: list[Tensor] = []
-        G_t: list[Tensor] = []
-        for i, p in enumerate(self.parents):
-            if p < 0:
-                G_R.append(R[:, i])
-                G_t.append(J[:, i])
-            else:
-                G_R.append(G_R[p] @ R[:, i])
-                G_t.append(G_t[p] + (G_R[p] @ (J[:, i] - J[:, p]).unsqueeze(-1)).squeeze(-1))
-        A_R = torch.stack(G_R, dim=1)  # (B,5,3,3)
-        A_t = torch.stack(G_t, dim=1) - (A_R @ J.unsqueeze(-1)).squeeze(-1)  # (B,5,3)
+        # Rigid chain on 3x4 transforms: local L_i = [R_i | J_i - J_parent(i)] (root: [R_0 | J_0]),
+        # world G_i = G_parent(i) L_i, one tree level at a time; then remove the rest joint location:
+        # A_i = G_i [I | -J_i], so that A_i acts on rest-pose vertices.
+        t_local = J - J[:, self.parent_idx] * self.has_parent
+        L = torch.cat([R, t_local.unsqueeze(-1)], dim=-1)  # (B,5,3,4)
+        G = L
+        for level in range(1, self.n_levels + 1):
+            P = G[:, self.parent_idx]
+            composed = P[..., :3] @ L + P[..., 3:] * self.last_col
+            G = torch.where(self.level_masks[level], composed, G)
+        A = G - (G[..., :3] @ J.unsqueeze(-1)) * self.last_col
 
         # Blend the 3x4 transforms per vertex with one 2D (V,5) @ (5,B*12) matmul (a broadcast batched
         # matmul is far slower on CPU), then apply them elementwise.
-        A = torch.cat([A_R, A_t.unsqueeze(-1)], dim=-1).transpose(0, 1).reshape(N_JOINTS, B * 12)
+        A = A.transpose(0, 1).reshape(N_JOINTS, B * 12)
         T = (self.lbs_weights @ A).view(V, B, 3, 4).transpose(0, 1)
         verts = (T[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + T[..., 3]
 
@@ -126,8 +136,7 @@ class FLAME(nn.Module):
             eyelids = self._tensor(eyelids, 2, B, "eyelids")
             if eyelids.shape[-1] != 2:
                 raise ValueError(f"FLAME: eyelids must be (B, 2), got {tuple(eyelids.shape)}")
-            verts = verts + eyelids[:, 0, None, None] * self.l_eyelid
-            verts = verts + eyelids[:, 1, None, None] * self.r_eyelid
+            verts = verts + (eyelids @ self.eyelid_dirs).view(B, V, 3)
         if translation is not None:
             translation = self._tensor(translation, 3, B, "translation")
             if translation.shape[-1] != 3:
