@@ -24,12 +24,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-# Up to this block size the triangular solve is unrolled into closed-form back substitution over the
-# rows (a few elementwise kernels for all Gaussians and blocks at once); above it, batched
-# ``torch.linalg.solve_triangular``. Measured on an H100 (N = 14.5k, m = 32), both are launch-bound
-# and within 0.1-0.3 ms of each other; the unrolled form needs no LAPACK/cuBLAS batched solver, which
-# keeps CPU runs fast too.
+# How the small triangular solve is done, picked by measurement (H100 and its 16-core CPU, N = 14.5k,
+# m = 32, blocks (3, 4, 3); forward / forward+backward):
+#   CUDA: batched torch.linalg.solve_triangular 0.36 / 2.36 ms, unrolled back substitution 0.52 / 3.40 ms
+#         (launch-bound: the unrolled form's many elementwise kernels lose, above all in backward);
+#   CPU:  unrolled 4.8 / 31 ms, solve_triangular 15 / 49 ms.
+# So: unrolled closed-form back substitution on CPU for blocks up to UNROLL_MAX_OUT, the batched
+# solver on CUDA (and for larger blocks).
 UNROLL_MAX_OUT = 4
+UNROLL_ON_CUDA = False
 
 
 class HyperGaussian(nn.Module):
@@ -88,7 +91,7 @@ class HyperGaussian(nn.Module):
         mu_o, mu_i = self.mean[..., :n], self.mean[..., n:]
         # b = L21^T (z - mu_i): (N, G, n)
         b = torch.einsum("kgmn,kgm->kgn", self.l21, z.unsqueeze(1) - mu_i)
-        if n <= UNROLL_MAX_OUT:
+        if n <= UNROLL_MAX_OUT and (UNROLL_ON_CUDA or not b.is_cuda):
             x = self._back_substitute(b)
         else:
             upper = self.l11().transpose(-1, -2)

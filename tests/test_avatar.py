@@ -195,7 +195,7 @@ def test_cuda_hot_path_has_no_host_sync(knn):
     assert gs.means.is_cuda
 
 
-def test_end_to_end_on_the_synthetic_subject(synthetic_subject, tmp_path):
+def test_end_to_end_on_the_synthetic_subject(synthetic_subject, tmp_path, knn):
     """Subject -> Avatar -> init -> render: the Gaussians land on the head in the image, two training
     steps lower the photometric loss, and a checkpoint reproduces the render exactly."""
     import torch.nn.functional as F
