@@ -204,7 +204,8 @@ def tile_rect(xy: Tensor, radius: Tensor, grid_x: int, grid_y: int) -> tuple[Ten
 
 
 def _finite_rows(t: Tensor) -> Tensor:
-    return torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    f = torch.isfinite(t)
+    return f.flatten(1).all(dim=1) if t.dim() > 1 else f
 
 
 def validate_gaussians(gaussians: GaussianSet, background: Tensor) -> None:
@@ -394,7 +395,11 @@ def render_torch(camera: Any, gaussians: GaussianSet, background: Tensor, scalin
     scales = gaussians.scales.to(dtype)
     rotations = gaussians.rotations.to(dtype)
     opacities = gaussians.opacities.reshape(p).to(dtype)
-    means2d = torch.zeros(p, 3, dtype=dtype, device=device, requires_grad=torch.is_grad_enabled())
+    # viewspace points carry a gradient whenever anything upstream does (as in training)
+    track = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (means, gaussians.scales, gaussians.rotations,
+                                                    gaussians.opacities, gaussians.shs, gaussians.colors, bg))
+    means2d = torch.zeros(p, 3, dtype=dtype, device=device, requires_grad=track)
 
     # (1) which Gaussians are drawn and where: no gradients, all of them
     with torch.no_grad():
