@@ -262,3 +262,35 @@ def test_resolve_flame_dir(tmp_path):
     assert resolve_flame_dir(None, subject) == subject / "flame"
     assert resolve_flame_dir(None, None) == REPO_FLAME_DIR
     assert REPO_FLAME_DIR == Path(__file__).resolve().parents[1] / "flame"
+
+
+def _py2_array(arr: np.ndarray) -> bytes:
+    """The opcodes Python 2's cPickle (protocol 2) writes for a numpy array: byte strings as 'T'
+    (BINSTRING) and the numpy.core module names of that time."""
+    import struct
+
+    def binstring(b: bytes) -> bytes:
+        return b"T" + struct.pack("<i", len(b)) + b
+
+    dt = arr.dtype
+    shape = b"(" + b"".join(b"J" + struct.pack("<i", n) for n in arr.shape) + b"t"
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + binstring(b"b") + b"\x87R"
+            + b"(K\x01" + shape
+            + b"cnumpy\ndtype\n" + binstring(dt.str[1:].encode()) + b"K\x00K\x01\x87R"
+            + b"(K\x03" + binstring(dt.str[:1].encode()) + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+            + b"\x89" + binstring(arr.tobytes()) + b"tb")
+
+
+def test_python2_pickle_with_latin1_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(4, 3))
+    v[0, 0] = np.frombuffer(b"\x80\xff\x00\x01\x02\x03\x04\xe9", dtype="<f8")[0]  # non-ASCII bytes
+    f = np.array([[0, 1, 2], [1, 2, 3]], dtype="<u4")
+    data = (b"\x80\x02}(" + b"U\x0av_template" + _py2_array(v) + b"U\x01f" + _py2_array(f)
+            + b"U\x08bs_styleU\x03lbsu.")
+    path = tmp_path / "py2.pkl"
+    path.write_bytes(data)
+    loaded = load_flame_pickle(path)
+    np.testing.assert_array_equal(loaded["v_template"], v)
+    np.testing.assert_array_equal(loaded["f"], f)
+    assert loaded["f"].dtype == np.uint32 and loaded["bs_style"] == "lbs"
