@@ -97,7 +97,7 @@ def _phi_density(p: np.ndarray) -> np.ndarray:
             + 0.8 * np.exp(-0.5 * ((np.abs(p) - PHI_EYE) / 0.1) ** 2))
 
 
-def surface(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+def _surface(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
     """The neutral head surface at polar angle ``theta`` (0 = crown) and azimuth ``phi`` (0 = +z)."""
     st, ct, sp, cp = np.sin(theta), np.cos(theta), np.sin(phi), np.cos(phi)
     back = cp < 0
@@ -148,7 +148,7 @@ class _Mesh:
 
 
 def _eye_centre(sign: float) -> np.ndarray:
-    p = surface(np.array([THETA_EYE]), np.array([sign * PHI_EYE]))[0]
+    p = _surface(np.array([THETA_EYE]), np.array([sign * PHI_EYE]))[0]
     return p - np.array([0.0, 0.0, EYE_RADIUS - EYE_PROTRUSION])
 
 
@@ -182,8 +182,8 @@ def _build_mesh(resolution: int) -> _Mesh:
     theta_geo = theta.copy()
     theta_geo[vid(i_m, cols)] = mid - 0.5 * gap * open_frac
     theta_geo[vid(i_m + 1, cols)] = mid + 0.5 * gap * open_frac
-    head = surface(theta_geo, phi)
-    head[0] = surface(np.array([0.0]), np.array([0.0]))[0]
+    head = _surface(theta_geo, phi)
+    head[0] = _surface(np.array([0.0]), np.array([0.0]))[0]
 
     # Faces (outward winding: theta-direction edge x phi-direction edge).
     j = np.arange(n_lon)
@@ -311,7 +311,7 @@ def _skinning(mesh: _Mesh) -> tuple[np.ndarray, np.ndarray]:
     low_row = mesh.theta[mesh.lip_rows[1][0]]
     aphi = np.abs(phi)
     widen = 0.55 * np.maximum(0.0, aphi - PHI_MOUTH)
-    A = _smoothstep(up_row - widen - 1e-9, low_row + widen, theta)
+    A = _smoothstep(up_row - widen, low_row + widen, theta)
     # Lateral falloff: the lower lip follows the jaw fully in the middle and about half at the
     # corners (an oval opening), the cheeks less and less towards the ears.
     B = 1.0 - 0.45 * _smoothstep(0.05, PHI_MOUTH, aphi) - 0.55 * _smoothstep(PHI_MOUTH, 1.35, aphi)
