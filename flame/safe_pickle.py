@@ -58,6 +58,15 @@ def unwrap(value: Any) -> Any:
     return value.array if isinstance(value, ChumpyStub) else value
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """The one use of ``_codecs.encode`` a data pickle has: a latin1 string back to bytes."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") not in ("latin1",
+                                                                                                 "iso88591"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}): "
+                                "only latin1 byte strings are allowed")
+    return text.encode("latin1")
+
+
 _chumpy_classes: dict[tuple[str, str], type] = {}
 
 
@@ -108,9 +117,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(builtins, name)
         if module == "_codecs" and name == "encode":
             # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
-            import codecs
-
-            return codecs.encode
+            return _latin1_encode
         if module in ("copyreg", "copy_reg") and name == "_reconstructor":
             return copyreg._reconstructor
         raise UnsafePickleError(

@@ -294,3 +294,18 @@ def test_python2_pickle_with_latin1_bytes(tmp_path):
     np.testing.assert_array_equal(loaded["v_template"], v)
     np.testing.assert_array_equal(loaded["f"], f)
     assert loaded["f"].dtype == np.uint32 and loaded["bs_style"] == "lbs"
+
+
+class _Rot13:
+    def __reduce__(self):
+        import codecs
+
+        return (codecs.encode, ("abc", "rot13"))
+
+
+def test_codecs_encode_only_for_latin1_bytes(tmp_path):
+    path = dump(tmp_path / "codec.pkl", {"x": _Rot13()})
+    with pytest.raises(FlameAssetError, match="only latin1 byte strings"):
+        load_flame_pickle(path)
+    ok = dump(tmp_path / "bytes.pkl", {"x": b"\x00\xff raw"})  # Python 3, protocol 2: _codecs.encode
+    assert load_flame_pickle(ok)["x"] == b"\x00\xff raw"
