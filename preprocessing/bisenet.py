@@ -275,14 +275,16 @@ def preprocess(images: np.ndarray, size: int = INPUT_SIZE) -> Tensor:
 
 
 @torch.no_grad()
-def parse_labels(model: BiSeNet, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    """Per-pixel class labels (B,H,W) uint8 at the input resolution for uint8 RGB images (B,H,W,3)."""
+def parse_labels(model: BiSeNet, images: np.ndarray, batch_size: int = 4,
+                 size: int = INPUT_SIZE) -> np.ndarray:
+    """Per-pixel class labels (B,H,W) uint8 at the input resolution for uint8 RGB images (B,H,W,3);
+    the network sees them at ``size`` x ``size`` (512, its training size)."""
     arr = images[None] if images.ndim == 3 else images
     device = next(model.parameters()).device
     h, w = arr.shape[1:3]
     out = []
     for i in range(0, len(arr), batch_size):
-        logits = model(preprocess(arr[i:i + batch_size]).to(device))
+        logits = model(preprocess(arr[i:i + batch_size], size).to(device))
         if logits.shape[2:] != (h, w):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         out.append(logits.argmax(1).to(torch.uint8).cpu().numpy())

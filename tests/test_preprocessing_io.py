@@ -228,17 +228,19 @@ def test_validator_tracking_size_and_delta(tmp_path: Path) -> None:
     assert not missing.ok and "subject folder not found" in missing.problems[0]
 
 
-def test_validator_and_organize_cli(tmp_path: Path) -> None:
+def test_scripts_from_repo_root(tmp_path: Path, capsys) -> None:
+    """SPEC 1's commands run as scripts from the repo root; validate's CLI lists problems, exit code 1."""
     _raw_subject(tmp_path / "s", ["x1", "x2"])
-    run = [sys.executable, "preprocessing/organize.py", "--data_path", str(tmp_path / "s"), "--dry_run"]
-    out = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=120)
+    script = (
+        f"{sys.executable} preprocessing/rvm.py --help >/dev/null && "
+        f"{sys.executable} preprocessing/semantic.py --help >/dev/null && "
+        f"{sys.executable} preprocessing/organize.py --data_path {tmp_path / 's'} --dry_run"
+    )
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert "imgs/x1.png -> imgs/00000.png" in out.stdout
-    out = subprocess.run(
-        [sys.executable, "-m", "preprocessing.validate", "--data_path", str(tmp_path / "s")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 1 and "not named by a 5-digit frame number" in out.stdout
+    from preprocessing import validate
+
+    assert validate.main(["--data_path", str(tmp_path / "s")]) == 1
+    assert "not named by a 5-digit frame number" in capsys.readouterr().out
+    assert validate.main([]) == 2

