@@ -40,10 +40,13 @@ def find_scene(arg: str | None) -> Path:
                      "shared/data/raster_oracle/head_scene.pt)")
 
 
-def time_cuda(fn: Callable[[], None], iters: int, warmup: int) -> tuple[float, float]:
-    """Median milliseconds per call (CUDA events around each call) and peak extra MiB allocated."""
+def time_cuda(fn: Callable[[], None], iters: int, warmup: int,
+              reset: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """Median milliseconds per call (CUDA events around each call) and the peak MiB allocated above what
+    was in use before (``reset`` runs first, e.g. to drop gradients kept from the warm-ups)."""
     for _ in range(warmup):
         fn()
+    reset()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -115,11 +118,15 @@ def main() -> None:
 
         def fwd_bwd(fn=fn) -> None:
             for t in leaves.values():
-                t.grad = None
+                t.grad = None  # as optimizer.zero_grad(set_to_none=True)
             fn().sum().backward()
 
-        f_ms, f_mb = time_cuda(fwd, iters, args.warmup)
-        fb_ms, fb_mb = time_cuda(fwd_bwd, iters, args.warmup)
+        def drop_grads() -> None:
+            for t in [*leaves.values(), means2d]:
+                t.grad = None
+
+        f_ms, f_mb = time_cuda(fwd, iters, args.warmup, drop_grads)
+        fb_ms, fb_mb = time_cuda(fwd_bwd, iters, args.warmup, drop_grads)
         rows.append({"backend": name, "forward_ms": f_ms, "forward_backward_ms": fb_ms,
                      "forward_peak_mib": f_mb, "forward_backward_peak_mib": fb_mb, "iters": iters})
 

@@ -56,6 +56,13 @@ dgr::Camera make_camera(const torch::Tensor& viewmatrix, const torch::Tensor& pr
   return cam;
 }
 
+// A pinned host word for the one device-to-host read (the pair count), allocated once per thread.
+uint32_t* pinned_count() {
+  static thread_local uint32_t* p = nullptr;
+  if (p == nullptr) C10_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p), sizeof(uint32_t), cudaHostAllocPortable));
+  return p;
+}
+
 int highest_bit(uint32_t n) {
   int b = 0;
   while ((n >> b) != 0 && b < 32) b++;
@@ -125,7 +132,7 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
 
   // Per-Gaussian state (one allocation for the float parts).
   torch::Tensor radii = torch::empty({P}, iopt);
-  torch::Tensor fbuf = torch::empty({P * 16}, fopt);  // xy 2 | depth 1 | cov 6 | rgb 3 | conic_opacity 4
+  torch::Tensor fbuf = torch::empty({P * 16}, fopt);  // conic_opacity 4 | xy 2 | depth 1 | rgb 3 | cov 6
   torch::Tensor conic_op = fbuf.narrow(0, 0, 4 * P).view({P, 4});
   torch::Tensor xy = fbuf.narrow(0, 4 * P, 2 * P).view({P, 2});
   torch::Tensor depths = fbuf.narrow(0, 6 * P, P);
@@ -133,19 +140,14 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   torch::Tensor cov3D = fbuf.narrow(0, 10 * P, 6 * P).view({P, 6});
   torch::Tensor clamped = torch::empty({P, 3}, fopt.dtype(torch::kUInt8));
   torch::Tensor tiles = torch::empty({2 * P}, iopt);  // tiles touched | inclusive prefix sum
-
-  // Per-pixel outputs and state, allocated before the one host sync.
-  torch::Tensor out_color = torch::empty({3, H, W}, fopt);
-  torch::Tensor out_depth = return_depth ? torch::empty({1, H, W}, fopt) : torch::empty({0}, fopt);
-  torch::Tensor out_alpha = return_alpha ? torch::empty({1, H, W}, fopt) : torch::empty({0}, fopt);
-  torch::Tensor final_T = torch::empty({H, W}, fopt);
-  torch::Tensor n_contrib = torch::empty({H, W}, iopt);
-  torch::Tensor ranges = torch::zeros({n_tiles, 2}, iopt);
-
   uint32_t* touched = reinterpret_cast<uint32_t*>(tiles.data_ptr<int>());
   uint32_t* offsets = touched + P;
-  int64_t num_rendered = 0;
+
+  uint32_t* count_host = pinned_count();
   if (P > 0) {
+    size_t scan_bytes = 0;
+    cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, touched, offsets, (int)P, stream);
+    torch::Tensor scan_tmp = torch::empty({(int64_t)scan_bytes}, fopt.dtype(torch::kUInt8));
     dgr::preprocess((int)P, (int)degree, M, means3D.data_ptr<float>(), has_cov ? nullptr : scales.data_ptr<float>(),
                     (float)scale_modifier, has_cov ? nullptr : rotations.data_ptr<float>(), opacity.data_ptr<float>(),
                     has_colors ? nullptr : sh.data_ptr<float>(), has_colors ? colors.data_ptr<float>() : nullptr,
@@ -155,15 +157,23 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
                     reinterpret_cast<float4*>(conic_op.data_ptr<float>()), touched, stream);
     check_launch("preprocess");
     debug_check(debug, "preprocess");
-    size_t scan_bytes = 0;
-    cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, touched, offsets, (int)P, stream);
-    torch::Tensor scan_tmp = torch::empty({(int64_t)scan_bytes}, fopt.dtype(torch::kUInt8));
     cub::DeviceScan::InclusiveSum(scan_tmp.data_ptr(), scan_bytes, touched, offsets, (int)P, stream);
     check_launch("prefix sum");
-    uint32_t total = 0;
-    C10_CUDA_CHECK(cudaMemcpyAsync(&total, offsets + P - 1, sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
-    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-    num_rendered = total;
+    C10_CUDA_CHECK(cudaMemcpyAsync(count_host, offsets + P - 1, sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
+  }
+
+  // Per-pixel outputs and state, allocated while the GPU preprocesses (before the one host sync).
+  torch::Tensor out_color = torch::empty({3, H, W}, fopt);
+  torch::Tensor out_depth = return_depth ? torch::empty({1, H, W}, fopt) : torch::empty({0}, fopt);
+  torch::Tensor out_alpha = return_alpha ? torch::empty({1, H, W}, fopt) : torch::empty({0}, fopt);
+  torch::Tensor final_T = torch::empty({H, W}, fopt);
+  torch::Tensor n_contrib = torch::empty({H, W}, iopt);
+  torch::Tensor ranges = torch::zeros({n_tiles, 2}, iopt);
+
+  int64_t num_rendered = 0;
+  if (P > 0) {
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));  // the number of (tile, Gaussian) pairs sizes the sort
+    num_rendered = *count_host;
     TORCH_CHECK(num_rendered < (int64_t)1 << 31, "diff_gaussian_rasterization: ", num_rendered,
                 " Gaussian-tile pairs overflow the 32-bit index; render fewer or smaller Gaussians");
   }
@@ -171,10 +181,22 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   torch::Tensor point_list;
   const int R = (int)num_rendered;
   if (R > 0) {
-    torch::Tensor kbuf = torch::empty({2 * (int64_t)R}, fopt.dtype(torch::kInt64));
+    const int end_bit = 32 + highest_bit((uint32_t)n_tiles);
+    size_t sort_bytes = 0;
+    {
+      cub::DoubleBuffer<uint64_t> qk(nullptr, nullptr);
+      cub::DoubleBuffer<uint32_t> qv(nullptr, nullptr);
+      cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, qk, qv, R, 0, end_bit, stream);
+    }
+    // Keys (double buffer) and the sort's scratch in one allocation; the values stay their own tensor
+    // because the sorted ones are kept for the backward pass.
+    const int64_t key_bytes = 16 * (int64_t)R;
+    const int64_t tmp_off = (key_bytes + 255) / 256 * 256;
+    torch::Tensor kbuf = torch::empty({tmp_off + (int64_t)sort_bytes}, fopt.dtype(torch::kUInt8));
     torch::Tensor vbuf = torch::empty({2 * (int64_t)R}, iopt);
-    uint64_t* keys_in = reinterpret_cast<uint64_t*>(kbuf.data_ptr<int64_t>());
+    uint64_t* keys_in = reinterpret_cast<uint64_t*>(kbuf.data_ptr<uint8_t>());
     uint64_t* keys_alt = keys_in + R;
+    void* sort_tmp = kbuf.data_ptr<uint8_t>() + tmp_off;
     uint32_t* vals_in = reinterpret_cast<uint32_t*>(vbuf.data_ptr<int>());
     uint32_t* vals_alt = vals_in + R;
     dgr::duplicate_with_keys((int)P, reinterpret_cast<const float2*>(xy.data_ptr<float>()), depths.data_ptr<float>(),
@@ -183,11 +205,7 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     debug_check(debug, "duplicate_with_keys");
     cub::DoubleBuffer<uint64_t> dkeys(keys_in, keys_alt);
     cub::DoubleBuffer<uint32_t> dvals(vals_in, vals_alt);
-    const int end_bit = 32 + highest_bit((uint32_t)n_tiles);
-    size_t sort_bytes = 0;
-    cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, dkeys, dvals, R, 0, end_bit, stream);
-    torch::Tensor sort_tmp = torch::empty({(int64_t)sort_bytes}, fopt.dtype(torch::kUInt8));
-    cub::DeviceRadixSort::SortPairs(sort_tmp.data_ptr(), sort_bytes, dkeys, dvals, R, 0, end_bit, stream);
+    cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, dkeys, dvals, R, 0, end_bit, stream);
     check_launch("radix sort");
     debug_check(debug, "radix sort");
     dgr::tile_ranges(R, dkeys.Current(), reinterpret_cast<uint2*>(ranges.data_ptr<int>()), stream);

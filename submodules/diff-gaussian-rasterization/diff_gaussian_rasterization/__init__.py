@@ -57,6 +57,8 @@ def _f32(t: Tensor | None, name: str, like: Tensor) -> Tensor:
     """Contiguous float32 on the means' device, or an empty tensor for None."""
     if t is None:
         return _empty(like)
+    if isinstance(t, Tensor) and t.dtype == torch.float32 and t.device == like.device and t.is_contiguous():
+        return t
     if not isinstance(t, Tensor):
         t = torch.as_tensor(t)
     if t.device != like.device:
