@@ -244,7 +244,7 @@ def _subject_paths(data_root: Path, tracking_root: Path, idname: str) -> dict[st
             "flame": subj / "flame", "checkpoint": tracking_root / idname / "checkpoint"}
 
 
-def make_synthetic_subject(data_root: str | Path, tracking_root: str | Path, idname: str = "demo", *,
+def make_synthetic_subject(data_root: str | Path, tracking_root: str | Path, idname: str = "demo",
                            n_frames: int = DEFAULT_FRAMES, image_size: int = DEFAULT_SIZE, seed: int = 0,
                            resolution: int = DEFAULT_RESOLUTION, supersample: int = 3,
                            verbose: bool = False) -> Path:
