@@ -19,6 +19,7 @@ compatible). The pipeline around them is written here from MediaPipe's published
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def _interpreter(path: Path):
     except ImportError as exc:
         raise ModelNotFoundError(f"the LiteRT runtime (ai-edge-litert) is not installed; "
                                  f"{MEDIAPIPE_HELP}") from exc
-    interp = Interpreter(model_path=str(path), num_threads=2)
+    interp = Interpreter(model_path=str(path), num_threads=min(4, os.cpu_count() or 1))
     interp.allocate_tensors()
     return interp
 

@@ -119,6 +119,10 @@ def extract_frames(
     out_dir = Path(out_dir)
     if every < 1:
         raise PreprocessError(f"--every {every}: must be >= 1")
+    if Path(video_path).resolve() == (out_dir / "imgs").resolve():
+        raise PreprocessError(f"{video_path}: the input is the subject's own imgs/ folder; for frames "
+                              "already in place run rvm.py, semantic.py and organize.py on it, or give "
+                              "another --output_path")
     source = open_frames(video_path)
     indices = list(range(0, len(source), every))
     if max_frames is not None:
