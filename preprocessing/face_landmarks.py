@@ -10,6 +10,7 @@ compatible). The pipeline around them is written here from MediaPipe's published
    grid with 2 anchors per cell at stride 8, an 8x8 grid with 6 per cell at stride 16, unit size,
    centred in their cell); box = (dx, dy, w, h) / 128 relative to the anchor; score = sigmoid; six
    keypoints (right eye, left eye, nose tip, mouth, right ear, left ear).
+   Overlapping confident anchors (IoU > 0.3 with the best) are blended by score (weighted NMS).
 2. Face region: the box, rotated so the eye line is horizontal, made square on its long side, x1.5.
 3. Face mesh: that region warped to 192x192, RGB in [0, 1]; outputs 468 (x, y, z) in crop pixels and
    a face-presence logit. A second pass re-centres the region on the landmarks (their bounding box,
@@ -165,14 +166,24 @@ class FaceLandmarker:
         best = int(np.argmax(score))
         if score[best] < self.min_score:
             return None
-        a = self.anchors[best]
-        r = reg[best] / 128.0
-        cx, cy, bw, bh = r[0] + a[0], r[1] + a[1], r[2], r[3]
-        kps = r[4:16].reshape(6, 2) + a
-        to_px = np.array([side, side])
+        # decode every confident anchor, then blend those overlapping the best (weighted NMS)
+        keep = np.nonzero(score >= self.min_score)[0]
+        r = reg[keep] / 128.0
+        a = self.anchors[keep]
+        centre = r[:, :2] + a
+        boxes = np.concatenate([centre - r[:, 2:4] / 2, centre + r[:, 2:4] / 2], axis=1)
+        kps = r[:, 4:16].reshape(-1, 6, 2) + a[:, None]
+        b0 = boxes[int(np.nonzero(keep == best)[0][0])]
+        inter = np.clip(np.minimum(boxes[:, 2:], b0[2:]) - np.maximum(boxes[:, :2], b0[:2]), 0, None).prod(1)
+        area = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+        iou = inter / np.maximum(area + (b0[2:] - b0[:2]).prod() - inter, 1e-12)
+        wts = score[keep] * (iou > 0.3)
+        wts = wts / wts.sum()
+        box = (wts[:, None] * boxes).sum(0)
+        kp = (wts[:, None, None] * kps).sum(0)
         off = np.array([pad_x, pad_y])
-        box = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]) * side - np.tile(off, 2)
-        return FaceDetection(box=box, keypoints=kps * to_px - off, score=float(score[best]))
+        return FaceDetection(box=box * side - np.tile(off, 2), keypoints=kp * side - off,
+                             score=float(score[best]))
 
     def _mesh(self, img: torch.Tensor, cx: float, cy: float, size: float,
               angle: float) -> tuple[np.ndarray, float]:
