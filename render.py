@@ -200,11 +200,13 @@ class Renderer:
             fr = self.source.frame(i)
             cam = turned_camera(fr.camera, angle) if r.rotate else fr.camera
             gaussians, extras = self.avatar.deform(self.condition(i), cam)
+            colors = None
             if r.uncertainty:
                 if extras.uncertainty is None:
                     raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
-                gaussians.colors = uncertainty_colors(extras.uncertainty)
-            img = self.render_fn(cam, gaussians, self.background, backend=self.cfg.run.backend).image
+                colors = uncertainty_colors(extras.uncertainty)
+            img = self.render_fn(cam, gaussians, self.background, override_color=colors,
+                                 backend=self.cfg.run.backend).image
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
             name = f"{k:05d}.png"

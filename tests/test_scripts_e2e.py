@@ -18,8 +18,6 @@ import train
 from utils.image_io import read_image, read_mask
 from utils.video import read_video_frame_count
 
-pytestmark = pytest.mark.slow
-
 SMALL = ["--device", "cpu", "--backend", "torch", "--hidden_dim", "64", "--hidden_layers", "3",
          "--uv_size", "32", "--test_num", "4", "--eval_num", "4"]
 TRAIN_ITERS = 300
@@ -67,6 +65,7 @@ def trained(synthetic_subject, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- train.py
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["baseline", "ours"])
 def test_both_methods_learn(trained, synthetic_subject, method):
     run = trained / f"{synthetic_subject.idname}_{method}"
@@ -88,6 +87,7 @@ def test_both_methods_learn(trained, synthetic_subject, method):
     assert ckpt["active_sh_degree"] == 0  # one degree per 500 iterations
 
 
+@pytest.mark.slow
 def test_resume_is_exact(synthetic_subject, tmp_path):
     common = ["--iterations", "8", "--ckpt_every", "4", "--log_every", "1", "--skip_test",
               "--grid_every", "0", "--ours"]
@@ -114,6 +114,7 @@ def test_resume_is_exact(synthetic_subject, tmp_path):
         assert la[it] == lb[it], it  # the same next losses, bit for bit
 
 
+@pytest.mark.slow
 def test_train_stops_before_first_iteration_without_vgg(synthetic_subject, tmp_path, capsys):
     rc = train.main([*_roots(synthetic_subject), "--log_root", str(tmp_path), *SMALL, "--iterations", "20",
                      "--lpips_start", "10"])
@@ -123,6 +124,7 @@ def test_train_stops_before_first_iteration_without_vgg(synthetic_subject, tmp_p
     assert not (tmp_path / f"{synthetic_subject.idname}_baseline" / "ckpt").exists()
 
 
+@pytest.mark.slow
 def test_train_bad_subject_and_checkpoint(synthetic_subject, tmp_path, capsys):
     assert train.main(["--idname", "nobody", "--data_root", str(tmp_path), "--tracking_root", str(tmp_path),
                        "--log_root", str(tmp_path), *SMALL, "--lambda_lpips", "0"]) == 2
@@ -131,6 +133,7 @@ def test_train_bad_subject_and_checkpoint(synthetic_subject, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_subject_is_generated(tmp_path, capsys):
     rc = train.main(["--idname", "demo", "--data_root", str(tmp_path / "data"), "--tracking_root",
                      str(tmp_path / "track"), "--log_root", str(tmp_path / "logs"), *SMALL,
@@ -142,6 +145,7 @@ def test_demo_subject_is_generated(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- render.py + metrics.py
+@pytest.mark.slow
 def test_render_test_split_and_metrics(trained, synthetic_subject):
     assert _render(synthetic_subject, trained, "--export_ply", "--export_ply_frames") == 0
     run = trained / f"{synthetic_subject.idname}_baseline"
@@ -166,6 +170,7 @@ def test_render_test_split_and_metrics(trained, synthetic_subject):
     assert res["PSNR"] == pytest.approx(_log(run)["evaluations"][-1]["PSNR"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_render_rotate(trained, synthetic_subject):
     assert _render(synthetic_subject, trained, "--test_num", "9", "--rotate", "--no_video") == 0
     assert _render(synthetic_subject, trained, "--test_num", "9", "--no_video") == 0
@@ -190,6 +195,7 @@ def cross_source(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["absolute", "relative"])
 def test_render_cross(trained, synthetic_subject, cross_source, mode):
     rc = _render(synthetic_subject, trained, "--cross", "src", "--cross_data_root",
@@ -209,6 +215,7 @@ def test_render_cross(trained, synthetic_subject, cross_source, mode):
     assert read_video_frame_count(frames / "renders.mp4") == 6
 
 
+@pytest.mark.slow
 def test_render_uncertainty_and_error(trained, synthetic_subject):
     from utils.visualize import viridis
 
@@ -228,6 +235,7 @@ def test_render_uncertainty_and_error(trained, synthetic_subject):
     assert np.allclose(img[~(read_mask(err_dir / "mask" / "00000.png") > 0)], 1.0)  # white outside
 
 
+@pytest.mark.slow
 def test_render_bad_inputs(trained, synthetic_subject, tmp_path, capsys):
     run = trained / f"{synthetic_subject.idname}_baseline"
     ckpt = run / "ckpt" / f"ckpt{TRAIN_ITERS}.pth"
@@ -256,3 +264,60 @@ def test_render_bad_inputs(trained, synthetic_subject, tmp_path, capsys):
     blocker.write_text("x")
     assert _render(synthetic_subject, blocker / "logs", "--checkpoint", str(ckpt)) == 2
     assert "cannot write the output folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fast helpers
+def test_frame_sampler_epochs_and_resume():
+    from utils.training import FrameSampler
+
+    s = FrameSampler([3, 5, 7, 9], seed=1)
+    first = [s.next() for _ in range(4)]
+    second = [s.next() for _ in range(4)]
+    assert sorted(first) == sorted(second) == [3, 5, 7, 9]  # every frame once per epoch
+    assert s.epoch == 2
+    state = s.state_dict()
+    expected = [s.next() for _ in range(6)]
+    t = FrameSampler([3, 5, 7, 9], seed=99)
+    t.load_state_dict(state)
+    assert [t.next() for _ in range(6)] == expected
+    with pytest.raises(ValueError, match="split"):
+        FrameSampler([1, 2], seed=0).load_state_dict(state)
+
+
+def test_turn_angles_and_turned_camera():
+    from scene.cameras import Camera
+
+    assert render.turn_angles(9) == [0.0, 120.0, 240.0] * 3
+    assert render.turn_angles(2) == [0.0, 0.0]
+    K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
+    cam = Camera(torch.eye(3), torch.tensor([0.0, 0.0, 2.0]), K, 64, 64)
+    turned = render.turned_camera(cam, 90.0)
+    # R -> R Ry(90)^T: the point +x of the head goes to where +z was: x_cam = R Ry^T p
+    p = torch.tensor([1.0, 0.0, 0.0])
+    q = turned.R @ p + turned.t
+    assert torch.allclose(q, torch.tensor([0.0, 0.0, 1.0]) + torch.tensor([0.0, 0.0, 2.0]), atol=1e-6)
+    assert torch.equal(turned.t, cam.t) and torch.equal(turned.K, cam.K)
+
+
+def test_neutral_and_relative_condition():
+    from utils.rotations import matrix_to_rot6d, rot6d_to_matrix, rotation_about_y
+
+    base = render.canonical_condition()
+    assert torch.equal(base[100:106], torch.tensor([1.0, 0, 0, 0, 1, 0]))
+    conds = base.repeat(3, 1)
+    conds[0, :100] = 0.5
+    conds[1, :100] = 0.1  # smallest expression, jaw at rest: the neutral frame
+    conds[2, :100] = 0.09  # 0.81 + jaw term 0.245 > 1.0 of frame 1
+    conds[2, 100:106] = matrix_to_rot6d(rotation_about_y(0.5))
+    assert render.neutral_index(conds) == 1
+    src = conds[2].clone()
+    src_n, tgt_n = conds[1].clone(), base.clone()
+    tgt_n[:100] = -0.2
+    tgt_n[100:106] = matrix_to_rot6d(rotation_about_y(0.2))
+    out = render.relative_condition(src, src_n, tgt_n)
+    assert torch.allclose(out[:100], torch.full((100,), -0.2 + 0.09 - 0.1))
+    # the jaw turns by the source's 0.5 rad relative to its neutral (at rest), on top of the target's 0.2
+    assert torch.allclose(rot6d_to_matrix(out[100:106]), rotation_about_y(0.7), atol=1e-6)
+    assert torch.allclose(out[106:118], base[106:118], atol=1e-6)  # eyes at rest stay at rest
+    # source == its neutral -> the target's neutral exactly
+    assert torch.allclose(render.relative_condition(src_n, src_n, tgt_n), tgt_n, atol=1e-6)
