@@ -331,23 +331,28 @@ def _blend_chunk(xy: Tensor, conic: Tensor, opacity: Tensor, feats: Tensor, cell
         op = torch.where(valid, opacity[idx], zero)  # padding: alpha 0, skipped
         dx = gxy[:, None, :, 0] - px[alive, :, None]  # (m, cell x, L)
         dy = gxy[:, None, :, 1] - py[alive, :, None]  # (m, cell y, L)
-        qa = (con[:, None, :, 0] * dx) * dx
-        qc = (con[:, None, :, 2] * dy) * dy
+        # power = -0.5 (a dx dx + c dy dy) - b dx dy, pixels laid out (m, y, x, L); the factor -0.5 is
+        # applied to each square first, which is exact (a power of two) and saves a full-size pass
+        qa = -0.5 * ((con[:, None, :, 0] * dx) * dx)
+        qc = -0.5 * ((con[:, None, :, 2] * dy) * dy)
         bx = con[:, None, :, 1] * dx
-        # power = -0.5 (a dx dx + c dy dy) - b dx dy, pixels laid out (m, y, x, L)
-        power = -0.5 * (qa[:, None, :, :] + qc[:, :, None, :]) - bx[:, None, :, :] * dy[:, :, None, :]
+        power = (qa[:, None, :, :] + qc[:, :, None, :]) - bx[:, None, :, :] * dy[:, :, None, :]
         power = power.reshape(m, npix, e - s)
         power = torch.where(power > 0, -torch.inf, power)  # power > 0: skipped (alpha becomes 0)
         alpha = op[:, None, :] * torch.exp(power)
-        capped = alpha > ALPHA_CAP
-        if bool(capped.any()):  # min(0.99, alpha) with the gradient passed straight through
-            alpha = torch.where(capped, ALPHA_CAP + (alpha - alpha.detach()), alpha)
+        if bool((op > ALPHA_CAP).any()):  # alpha <= opacity: only then can the cap bind
+            # min(0.99, alpha) with the gradient passed straight through
+            alpha = torch.where(alpha > ALPHA_CAP, ALPHA_CAP + (alpha - alpha.detach()), alpha)
         alpha = torch.where(alpha < alpha_min, zero, alpha)
         t_in = trans[alive]
         run = torch.cumprod(torch.cat([t_in[..., None], 1.0 - alpha], dim=-1), dim=-1)  # T before / after
         # a prefix: stop before the Gaussian that would bring T below 1e-4; stopped pixels stay stopped
-        keep = (run[..., 1:] >= T_MIN) & ~stopped[alive, :, None]
-        weight = torch.where(keep, alpha * run[..., :-1], zero)
+        keep = run[..., 1:] >= T_MIN
+        if s > 0:
+            keep &= ~stopped[alive, :, None]
+        weight = alpha * run[..., :-1]
+        if not bool(keep.all()):
+            weight = torch.where(keep, weight, zero)
         acc = acc.index_add(0, alive, torch.bmm(weight, feats[idx]))
         n_keep = keep.sum(dim=-1, keepdim=True)
         trans = trans.index_copy(0, alive, run.gather(-1, n_keep).squeeze(-1))
