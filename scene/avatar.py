@@ -12,6 +12,7 @@ Per frame (SPEC sections 3-6): condition (120) -> FLAME(expression, jaw, eyes, e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +197,50 @@ class Avatar(nn.Module):
         return self.deform(condition, camera)
 
     forward = deform
+
+    def inference_graph(self) -> Callable[..., tuple[GaussianSet, DeformExtras]]:
+        """A CUDA-graph replay of :meth:`deform` without gradients, for rendering and evaluation.
+
+        The per-frame chain is a few hundred tiny kernels, so eager execution is bound by launch
+        overhead; replaying one captured graph removes it. Returns ``fn(condition, camera=None) ->
+        (GaussianSet, DeformExtras)`` with the same values as ``deform`` under ``torch.no_grad()``.
+        The returned tensors are static buffers overwritten by the next call: use (render) them before
+        calling again, or clone. Parameters are read in place, so later training updates are seen;
+        re-capture after changing the model's structure. CUDA only.
+        """
+        if self.device.type != "cuda":
+            raise RuntimeError("Avatar.inference_graph needs the avatar on a CUDA device; on CPU use deform")
+        static_cond = torch.zeros(CONDITION_DIM, device=self.device, dtype=self.dtype)
+        static_centre = torch.zeros(3, device=self.device, dtype=torch.float32)
+
+        class _Centre:  # stands in for a Camera inside the capture: only camera_center is read
+            camera_center = static_centre
+
+        camera_arg = _Centre() if self.config.camera_conditioning else None
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):  # warm up allocations and lazy initialisation outside the capture
+                self.deform(static_cond, camera_arg)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            static_gs, static_extras = self.deform(static_cond, camera_arg)
+
+        def run(condition: Tensor, camera: Camera | None = None) -> tuple[GaussianSet, DeformExtras]:
+            static_cond.copy_(condition.reshape(-1), non_blocking=True)
+            if camera_arg is not None:
+                if camera is None:
+                    raise ValueError("this avatar is camera-conditioned: pass the camera")
+                static_centre.copy_(camera.camera_center, non_blocking=True)
+            graph.replay()
+            gs = GaussianSet(static_gs.means, static_gs.scales, static_gs.rotations, static_gs.opacities,
+                             shs=static_gs.shs, colors=static_gs.colors,
+                             sh_degree=self.gaussians.active_sh_degree)
+            return gs, static_extras
+
+        run.graph = graph  # keep the graph (and its memory pool) alive with the function
+        return run
 
     @torch.no_grad()
     def initialize_gaussians(self, condition: Tensor, camera: Camera | None = None) -> None:

@@ -248,3 +248,32 @@ def test_end_to_end_on_the_synthetic_subject(synthetic_subject, tmp_path, knn):
         a = render(frame.camera, avatar.deform(frame.condition, frame.camera)[0], background, backend="torch")
         b = render(frame.camera, fresh.deform(frame.condition, frame.camera)[0], background, backend="torch")
     assert torch.equal(a.image, b.image)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("camera_conditioning", [False, True])
+def test_cuda_inference_graph_matches_eager_deform(knn, camera_conditioning):
+    cfg = AvatarConfig(ours=True, conditional_appearance=camera_conditioning,
+                       camera_conditioning=camera_conditioning, **SMALL)
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), cfg, device="cuda")
+    avatar.initialize_gaussians(tiny_condition(0, torch.float32).cuda(), tiny_camera().to("cuda"))
+    with torch.no_grad():
+        for p in avatar.deformation.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    run = avatar.inference_graph()
+    for seed in (1, 2, 3):
+        cond = tiny_condition(seed, torch.float32).cuda()
+        cam = tiny_camera()
+        cam = cam.with_pose(cam.R, cam.t + seed * 0.1).to("cuda")
+        with torch.no_grad():
+            ref, ref_extras = avatar.deform(cond, cam)
+        got, extras = run(cond, cam)
+        for name in ("means", "scales", "rotations", "opacities", "shs", "colors"):
+            a, b = getattr(got, name), getattr(ref, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(extras.uncertainty, ref_extras.uncertainty)
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(**SMALL)).inference_graph()
