@@ -13,6 +13,7 @@ caller adds, e.g. the frame sampler's state).
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -120,10 +121,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                                       "logs/<id>_<log>/ckpt/ckpt<iter>.pth)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # garbage bytes fail in the unpickler too
+            raise _unreadable(path, exc) from exc
+        raise CheckpointError(f"checkpoint {path} holds Python objects that a safe (weights-only) load "
+                              "refuses: it was not written by this project's train.py (checkpoints of the "
+                              "original FlashAvatar / HyperGaussians code cannot be loaded)") from exc
     except Exception as exc:  # zip / pickle / EOF errors all mean the same to the user
-        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {msg}); the file is "
-                              "truncated or corrupt: use an earlier ckpt<iter>.pth or retrain") from exc
+        raise _unreadable(path, exc) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} was not written by this project's train.py (no "
                               f"'{CHECKPOINT_FORMAT}' marker); checkpoints of the original FlashAvatar / "
@@ -137,6 +142,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; the file is damaged")
     return state
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {msg}); the file is "
+                           "truncated or corrupt: use an earlier ckpt<iter>.pth or retrain")
 
 
 def check_compatible(state: dict, avatar: Avatar, path: str | os.PathLike = "<checkpoint>") -> None:

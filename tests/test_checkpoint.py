@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 
 import numpy as np
@@ -132,6 +133,10 @@ def test_foreign_and_future_checkpoints_are_refused(tmp_path):
     torch.save({"network": {}, "iteration": 3}, foreign)
     with pytest.raises(CheckpointError, match="not written by this project"):
         read_checkpoint(foreign)
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"args": argparse.Namespace(iterations=30000)}, pickled)  # like the original's checkpoints
+    with pytest.raises(CheckpointError, match=r"pickled\.pth holds Python objects .* not written by this"):
+        read_checkpoint(pickled)
     future = tmp_path / "future.pth"
     torch.save({"format": ckpt_mod.CHECKPOINT_FORMAT, "version": ckpt_mod.CHECKPOINT_VERSION + 1}, future)
     with pytest.raises(CheckpointError, match="format version 2"):
