@@ -40,7 +40,10 @@ def ensure_subject(cfg: TrainConfig) -> None:
 
     print(f"[train] demo subject not found under {p.data_root / p.idname}: generating the synthetic demo "
           "subject (no licensed data; takes a little while once)")
-    ensure_demo_subject(p.data_root, p.tracking_root, idname=p.idname)
+    try:
+        ensure_demo_subject(p.data_root, p.tracking_root, idname=p.idname)
+    except FileExistsError as exc:
+        raise TrainingSetupError(str(exc)) from exc
 
 
 def resolve_preload(cfg: TrainConfig, device: torch.device) -> str:
