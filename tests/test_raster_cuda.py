@@ -236,7 +236,7 @@ def test_equal_depths_keep_index_order() -> None:
     gs = GaussianSet(means.cuda(), torch.full((n, 3), 0.01).cuda(), rot.cuda(),
                      torch.full((n, 1), 0.02).cuda(), colors=colors.cuda())
     out = render_cuda(camera, gs, torch.zeros(3, device="cuda"), 1.0, False, False)
-    centre = out.image[:, 256, 256].double().cpu().numpy()
+    centre = out.image[:, 256, 256].detach().double().cpu().numpy()
 
     def blend(order: np.ndarray) -> np.ndarray:
         c, T = np.zeros(3), 1.0
