@@ -20,10 +20,8 @@ from gaussian_renderer.cuda_backend import cuda_backend_available, render_cuda
 from gaussian_renderer.types import GaussianSet
 from scene.cameras import Camera
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not cuda_backend_available(), reason="needs a CUDA GPU and the built extension"),
-]
+needs_gpu = pytest.mark.skipif(not cuda_backend_available(),
+                               reason="needs a CUDA GPU and the built extension")
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 512
@@ -148,6 +146,8 @@ CASES = [
 ]
 
 
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("n,sh_degree,off_centre", CASES)
 def test_forward_backward_matches_torch(n: int, sh_degree: int | None, off_centre: bool) -> None:
     camera = make_camera(off_centre)
@@ -188,6 +188,8 @@ def test_forward_backward_matches_torch(n: int, sh_degree: int | None, off_centr
     assert grads[0]["means2D"][:, 2].abs().max() == 0
 
 
+@pytest.mark.cuda
+@needs_gpu
 def test_default_call_returns_color_radii_and_image_gradients() -> None:
     """Without return_depth / return_alpha the rasterizer returns exactly (color, radii)."""
     import diff_gaussian_rasterization as dgr
@@ -223,6 +225,8 @@ def test_default_call_returns_color_radii_and_image_gradients() -> None:
     assert_image_close(c_mod, c_scl, "scale_modifier")
 
 
+@pytest.mark.cuda
+@needs_gpu
 def test_equal_depths_keep_index_order() -> None:
     """300 Gaussians at one point (equal depth, more than one 256-batch) blend in index order: the centre
     pixel equals a float64 front-to-back sum in index order, and differs from the reversed order."""
@@ -252,6 +256,8 @@ def test_equal_depths_keep_index_order() -> None:
     assert np.abs(expected - reversed_).max() > 1e-3  # the test can tell the orders apart
 
 
+@pytest.mark.cuda
+@needs_gpu
 def test_oracle_scene_reproduced() -> None:
     path = _oracle_path()
     if path is None:
@@ -281,6 +287,8 @@ def test_oracle_scene_reproduced() -> None:
     assert_image_close(out.image, image, "oracle image (adapter)", max_over=MAX_PIXELS_OVER_ORACLE)
 
 
+@pytest.mark.cuda
+@needs_gpu
 def test_nan_inf_and_camera_centre_are_safe() -> None:
     """Non-finite inputs, a Gaussian at the camera centre, one just in front of it and an enormous one: no
     crash, no NaN in the images or gradients, those Gaussians culled (radius 0) and the rest of the image
@@ -318,6 +326,8 @@ def test_nan_inf_and_camera_centre_are_safe() -> None:
     assert torch.equal(out.image, ref.image)
 
 
+@pytest.mark.cuda
+@needs_gpu
 def test_empty_and_fully_culled_scenes_give_background() -> None:
     camera = make_camera(True)
     bg = torch.tensor([0.1, 0.5, 0.9], device="cuda")
@@ -329,3 +339,27 @@ def test_empty_and_fully_culled_scenes_give_background() -> None:
         assert torch.equal(out.image, bg[:, None, None].expand(3, SIZE, SIZE))
         assert out.depth.abs().max() == 0 and out.alpha.abs().max() == 0
         assert out.radii.shape == (n,) and (out.radii == 0).all()
+
+
+def test_import_without_built_extension_explains_how_to_build(tmp_path: Path) -> None:
+    """CPU: the package without its compiled ``_C`` fails to import with a message on how to build it."""
+    import importlib.util
+    import shutil
+
+    pkg = tmp_path / "dgr_unbuilt"
+    pkg.mkdir()
+    shutil.copy(REPO / "submodules/diff-gaussian-rasterization/diff_gaussian_rasterization/__init__.py",
+                pkg / "__init__.py")
+    spec = importlib.util.spec_from_file_location("dgr_unbuilt", pkg / "__init__.py",
+                                                  submodule_search_locations=[str(pkg)])
+    module = importlib.util.module_from_spec(spec)
+    with pytest.raises(ImportError, match="build_ext --inplace"):
+        spec.loader.exec_module(module)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_render_cuda_without_gpu_says_so() -> None:
+    camera = make_camera(False, device="cpu")
+    gs = make_gaussians(10, camera, seed=0, sh_degree=0)
+    with pytest.raises(RuntimeError, match="CUDA backend"):
+        render_cuda(camera, gs, torch.ones(3), 1.0, False, False)
