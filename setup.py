@@ -88,7 +88,10 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "ruff>=0.5"],
+        # preprocessing a custom video: RVM matting (ONNX) and the offline face-landmark models (LiteRT)
+        "preprocess": ["onnxruntime>=1.19", "ai-edge-litert>=2.3,<3"],
+        # skimage ships the real portrait (astronaut) the preprocessing tests run on
+        "test": ["pytest>=7.4", "ruff>=0.5", "scikit-image>=0.24"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
