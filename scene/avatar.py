@@ -13,7 +13,7 @@ Per frame (SPEC sections 3-6): condition (120) -> FLAME(expression, jaw, eyes, e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,9 +272,3 @@ class Avatar(nn.Module):
         gaussians, _ = self.deform(condition, camera)
         return write_ply(path, gaussians)
 
-
-def options_dict(options: Any) -> dict:
-    """Model options (dataclass, dict or object) -> plain dict of :class:`AvatarConfig` fields."""
-    if is_dataclass(options) and not isinstance(options, type):
-        options = asdict(options)
-    return AvatarConfig.from_options(options).to_dict()

@@ -36,10 +36,6 @@ INIT_OPACITY = 0.1
 MIN_DIST2 = 1e-7
 
 
-def inverse_sigmoid(x: Tensor) -> Tensor:
-    return torch.log(x / (1.0 - x))
-
-
 def sh_degree_for_iteration(iteration: int, max_degree: int = 3) -> int:
     """Active SH degree while rendering (1-based) ``iteration``: starts at 0, +1 every 500, up to 3."""
     return min(max_degree, max(0, iteration) // SH_DEGREE_INTERVAL)
