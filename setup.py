@@ -56,7 +56,7 @@ def cuda_extensions() -> tuple[list, dict]:
         name="diff_gaussian_rasterization._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, RASTER_DIR, "csrc")],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
