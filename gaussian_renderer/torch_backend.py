@@ -46,6 +46,7 @@ DEFAULT_CELL = 8
 #: Gaussians per blending step along each cell's depth-sorted list; cells whose pixels have all stopped
 #: (T would fall below 1e-4) leave after a step, which saves most of the work on opaque scenes.
 DEFAULT_SEGMENT = 64
+DEFAULT_SEGMENT_CUDA = 256  # on a GPU the launch count matters more than the skipped work
 
 
 @dataclass
@@ -379,22 +380,28 @@ def _gaussian_colors(gaussians: GaussianSet, means: Tensor, campos: Tensor) -> T
 def render_torch(camera: Any, gaussians: GaussianSet, background: Tensor, scaling_modifier: float = 1.0,
                  return_depth: bool = False, return_alpha: bool = False,
                  chunk_elements: int | None = None, cell: int = DEFAULT_CELL,
-                 segment: int = DEFAULT_SEGMENT) -> RenderOutput:
+                 segment: int | None = None) -> RenderOutput:
     """Rasterize ``gaussians`` seen by ``camera`` over ``background`` (3,) with the SPEC section 7 rules.
 
     ``gaussians.colors`` (P, 3), when set, replaces the SH colour. Returns image (3, H, W), int32 radii,
     the visibility filter, ``viewspace_points`` whose gradient is the NDC-unit screen gradient, and
     depth / alpha (1, H, W) when asked for. Speed / memory knobs that never change the result:
-    ``chunk_elements`` bounds the dense blending block (None: a per-device default), ``cell`` (1, 2, 4,
-    8 or 16) is the pixel block the blending works in, ``segment`` the Gaussians per blending step.
+    ``chunk_elements`` bounds the dense blending block, ``cell`` (1, 2, 4, 8 or 16) is the pixel block
+    the blending works in, ``segment`` the Gaussians per blending step (None: per-device defaults).
     """
     if cell not in (1, 2, 4, 8, 16):
         raise ValueError(f"render_torch: cell must divide the 16-pixel tile (1, 2, 4, 8 or 16), got {cell}")
     validate_gaussians(gaussians, background)
     means = gaussians.means
     device, dtype = means.device, means.dtype
+    on_gpu = device.type == "cuda"
     if chunk_elements is None:
-        chunk_elements = DEFAULT_CHUNK_ELEMENTS_CUDA if device.type == "cuda" else DEFAULT_CHUNK_ELEMENTS
+        chunk_elements = DEFAULT_CHUNK_ELEMENTS_CUDA if on_gpu else DEFAULT_CHUNK_ELEMENTS
+    if segment is None:
+        segment = DEFAULT_SEGMENT_CUDA if on_gpu else DEFAULT_SEGMENT
+    if segment < 1 or chunk_elements < 1:
+        raise ValueError(f"render_torch: segment and chunk_elements must be positive, got {segment}, "
+                         f"{chunk_elements}")
     p = means.shape[0]
     cam = _camera_consts(camera, dtype, device)
     width, height = cam.width, cam.height
