@@ -8,9 +8,16 @@ and its floating-point evaluation order, so its float32 image matches the origin
 Pipeline: (1) preprocess every Gaussian without gradients to find which ones are drawn (radius,
 tile rectangle); (2) recompute the differentiable quantities for the drawn ones only (culled and
 non-finite Gaussians never enter the graph, so they get exactly zero gradient); (3) list the
-(tile, Gaussian) pairs sorted by (tile, depth, index); (4) blend tiles in chunks as dense
-[tiles, 256 pixels, K Gaussians] blocks, which bounds memory (chunks are checkpointed when
-gradients are needed and the scene is large).
+(cell, Gaussian) pairs sorted by (cell, depth, index), where a cell is a block of pixels inside a
+16x16 tile and a Gaussian is listed for the cells of its tile rectangle that it can reach with
+alpha >= 1/255 (dropping the others changes no pixel: the 1/255 rule skips them); (4) blend cells
+in memory-bounded chunks as dense [cells, pixels, Gaussians] blocks, walking the depth-sorted lists
+in segments so that cells whose pixels have all stopped leave early (chunks are checkpointed when
+gradients are needed and the scene is large). Gradients come from autograd.
+
+float32 parity details copied from the original: the sums of its matrix products in its order,
+CUDA's fused multiply-adds in the point transforms and the 2D determinant (emulated through
+float64), NDC -> pixel in double, the original's float constants.
 """
 
 from __future__ import annotations
