@@ -22,6 +22,17 @@ WHITE = (1.0, 1.0, 1.0)
 GREEN = (0.0, 1.0, 0.0)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default where it says something (not None / False) and the help text has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        silent = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or silent or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -63,15 +74,14 @@ class PathOptions:
                        help="run name; outputs go to <log_root>/<idname>_<logname>/ "
                             "(default: 'ours' with --ours, else 'baseline')")
         g.add_argument("--data_root", type=Path, default=DEFAULT_DATA_ROOT,
-                       help=f"folder holding <idname>/imgs, alpha, parsing (default {DEFAULT_DATA_ROOT})")
+                       help="folder holding <idname>/imgs, alpha, parsing")
         g.add_argument("--tracking_root", type=Path, default=DEFAULT_TRACKING_ROOT,
-                       help="folder holding <idname>/checkpoint/NNNNN.frame (metrical-tracker output; "
-                            f"default {DEFAULT_TRACKING_ROOT})")
+                       help="folder holding <idname>/checkpoint/NNNNN.frame (metrical-tracker output)")
         g.add_argument("--flame_dir", type=Path, default=None,
                        help="FLAME assets folder (default: the subject's own flame/ when it has one, "
                             "else the repository's flame/)")
         g.add_argument("--log_root", type=Path, default=DEFAULT_LOG_ROOT,
-                       help=f"folder for run outputs (default {DEFAULT_LOG_ROOT})")
+                       help="folder for run outputs")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> PathOptions:
@@ -149,14 +159,13 @@ class ModelOptions:
         g.add_argument("--uv_size", type=_positive_int, default=128,
                        help="UV grid size (one Gaussian per texel)")
         g.add_argument("--conditional_appearance", action="store_true",
-                       help="HyperGaussians also predict colour and opacity (needs --ours)")
+                       help="also predict colour and opacity per frame (HyperGaussians: two more modules; "
+                            "baseline: four more MLP outputs)")
         g.add_argument("--camera_conditioning", action="store_true",
                        help="condition the appearance on the view direction (needs --conditional_appearance)")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> ModelOptions:
-        if ns.conditional_appearance and not ns.ours:
-            raise SystemExit("--conditional_appearance needs --ours (HyperGaussians)")
         if ns.camera_conditioning and not ns.conditional_appearance:
             raise SystemExit("--camera_conditioning needs --conditional_appearance")
         return cls(ours=ns.ours, latent_dim=ns.latent_dim, hidden_dim=ns.hidden_dim,
@@ -203,8 +212,8 @@ class TrainOptions:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("training")
-        g.add_argument("--iterations", type=_positive_int, default=30000)
-        g.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the frame order")
+        g.add_argument("--iterations", type=_positive_int, default=30000, help="training iterations")
+        g.add_argument("--seed", type=int, default=0, help="seeds torch (model init) and the frame order")
         g.add_argument("--start_checkpoint", type=Path, default=None,
                        help="resume exactly from ckpt/ckpt<iter>.pth (model, Gaussians, optimisers, RNG)")
         g.add_argument("--lambda_lpips", type=_non_negative_float, default=0.05,
@@ -267,7 +276,8 @@ class RenderOptions:
                        help="cross-reenactment: drive the avatar with subject SRC's expressions and cameras")
         g.add_argument("--cross_mode", choices=["absolute", "relative"], default="absolute",
                        help="absolute: SRC's expressions as they are; relative: target neutral + "
-                            "(SRC - SRC neutral), neutral = the frame whose condition is closest to zero")
+                            "(SRC - SRC neutral); a subject's neutral frame is the one with the smallest "
+                            "||expression||^2 + ||jaw - rest||^2 (6D)")
         g.add_argument("--cross_all", action="store_true",
                        help="cross-reenact all of SRC's frames, not its test split")
         g.add_argument("--cross_data_root", type=Path, default=None,
@@ -331,16 +341,19 @@ def build_parser(script: str) -> argparse.ArgumentParser:
     """The argument parser of ``train``, ``render`` or ``metrics``."""
     if script == "train":
         p = argparse.ArgumentParser(
+            formatter_class=_HelpFormatter,
             description="Train a FlashAvatar (baseline) or HyperGaussians (--ours) avatar.")
         for group in (PathOptions, DataOptions, ModelOptions, TrainOptions, RunOptions):
             group.add_arguments(p)
     elif script == "render":
         p = argparse.ArgumentParser(
+            formatter_class=_HelpFormatter,
             description="Render a trained avatar: test split, rotation, cross-reenactment.")
         for group in (PathOptions, DataOptions, ModelOptions, RenderOptions, RunOptions):
             group.add_arguments(p)
     elif script == "metrics":
-        p = argparse.ArgumentParser(description="Masked PSNR / SSIM / LPIPS of rendered frames.")
+        p = argparse.ArgumentParser(formatter_class=_HelpFormatter,
+                                    description="Masked PSNR / SSIM / LPIPS of rendered frames.")
         p.add_argument("-m", "--model_paths", nargs="+", required=True, type=Path, metavar="DIR",
                        help="run folders (holding frames/) or frames folders (holding renders/ gt/ mask/)")
         p.add_argument("--device", default="auto", help="device for LPIPS")
