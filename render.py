@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from flame.assets import FlameAssetError
     from scene.checkpoint import CheckpointError
     from scene.subject import SubjectDataError
+    from utils.video import VideoWriterUnavailableError
 
     cfg = parse_render_args(argv)
     try:
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         if not renderer.indices:
             raise RenderSetupError("no frames to render (empty test split?)")
         renderer.run()
-    except (RenderSetupError, CheckpointError, SubjectDataError, FlameAssetError) as exc:
+    except (RenderSetupError, CheckpointError, SubjectDataError, FlameAssetError,
+            VideoWriterUnavailableError) as exc:
         print(f"render.py: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -321,3 +321,53 @@ def test_neutral_and_relative_condition():
     assert torch.allclose(out[106:118], base[106:118], atol=1e-6)  # eyes at rest stay at rest
     # source == its neutral -> the target's neutral exactly
     assert torch.allclose(render.relative_condition(src_n, src_n, tgt_n), tgt_n, atol=1e-6)
+
+
+def test_video_writer(tmp_path):
+    from utils.video import write_video
+
+    frames = [torch.full((3, 33, 41), k / 10.0) for k in range(5)]  # odd sizes are padded, not scaled
+    path = write_video(tmp_path / "v.mp4", frames, fps=10)
+    assert read_video_frame_count(path) == 5
+    import imageio.v2 as imageio
+
+    first = imageio.get_reader(str(path), format="FFMPEG").get_data(0)
+    assert first.shape == (34, 42, 3)
+    assert abs(float(first.mean()) - 0.0) < 3  # frame 0 is black (lossy codec: a few levels)
+    with pytest.raises(ValueError, match="expected"):
+        write_video(tmp_path / "w.mp4", [np.zeros((8, 8, 3), np.uint8), np.zeros((10, 8, 3), np.uint8)])
+    assert not (tmp_path / "w.mp4").exists()  # nothing half-written
+    with pytest.raises(ValueError, match="no frames"):
+        write_video(tmp_path / "e.mp4", [])
+
+
+def test_visualize_helpers():
+    from matplotlib import colormaps
+
+    from utils.visualize import error_map, image_grid, uncertainty_colors, viridis
+
+    x = torch.tensor([0.0, 0.25, 1.0, 2.0, -1.0])
+    lut = colormaps["viridis"].resampled(256)
+    got = viridis(x)
+    assert np.allclose(got[0].numpy(), lut(0)[:3], atol=1e-6)
+    assert np.allclose(got[2].numpy(), lut(255)[:3], atol=1e-6)
+    assert torch.equal(got[3], got[2]) and torch.equal(got[4], got[0])  # clamped
+    mid = 0.25 * 255  # between LUT entries 63 and 64: linear interpolation
+    expect = np.array(lut(63)[:3]) * (1 - (mid - 63)) + np.array(lut(64)[:3]) * (mid - 63)
+    assert np.allclose(got[1].numpy(), expect, atol=1e-6)
+    u = torch.tensor([0.0, 10.0])
+    assert torch.allclose(uncertainty_colors(u), viridis(torch.sigmoid(2.5 * u)))
+    render_img = torch.zeros(3, 4, 4)
+    gt = torch.zeros(3, 4, 4)
+    gt[:, 0, 0] = 0.3
+    mask = torch.zeros(1, 4, 4)
+    mask[:, :2] = 1
+    em = error_map(render_img, gt, mask)
+    assert torch.allclose(em[:, 0, 0], viridis(torch.sigmoid(torch.tensor(3.0))))  # 10 * 0.3
+    assert torch.allclose(em[:, 1, 1], viridis(torch.tensor(0.5)))  # zero error -> sigmoid(0)
+    assert torch.equal(em[:, 3, 3], torch.ones(3))  # outside the head: background
+    grid = image_grid([torch.zeros(3, 2, 3), torch.ones(3, 2, 3) * 0.5, torch.ones(3, 2, 3)], ncols=2, pad=1)
+    assert grid.shape == (3, 5, 7)
+    assert torch.equal(grid[:, 0:2, 4:7], torch.full((3, 2, 3), 0.5))
+    assert torch.equal(grid[:, 3:5, 0:3], torch.ones(3, 2, 3))
+    assert torch.equal(grid[:, 3:5, 4:7], torch.ones(3, 2, 3))  # empty cell keeps the pad value

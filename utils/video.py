@@ -35,11 +35,22 @@ def _to_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+class VideoWriterUnavailableError(RuntimeError):
+    """imageio / imageio-ffmpeg (which ships the ffmpeg binary) is not installed."""
+
+
 def write_video(path: str | Path, frames: Iterable[np.ndarray | torch.Tensor], fps: float = 25.0) -> Path:
     """Write ``frames`` (uint8 (H,W,3), float in [0,1], or (3,H,W) tensors) to ``path`` as H.264 MP4.
 
-    Returns the path. Raises ValueError when there are no frames or their sizes differ."""
-    import imageio.v2 as imageio
+    Returns the path. Raises ValueError when there are no frames or their sizes differ, and
+    VideoWriterUnavailableError when imageio-ffmpeg is missing."""
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary imageio's FFMPEG plugin uses)
+    except ImportError as exc:
+        raise VideoWriterUnavailableError(
+            f"cannot write {path}: {exc}; install it with `pip install imageio imageio-ffmpeg` "
+            "(render.py: or pass --no_video)") from exc
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
