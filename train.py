@@ -111,8 +111,8 @@ class Trainer:
             raise TrainingSetupError(str(exc)) from exc
         self.run_dir = cfg.paths.model_dir
         seed_everything(cfg.train.seed)
+        self.lpips, self.lpips_reason = load_perceptual(cfg, self.device)  # fail fast, before any work
         ensure_subject(cfg)
-        self.lpips, self.lpips_reason = load_perceptual(cfg, self.device)
         self.subject = load_subject(cfg, self.device)
         self.avatar = build_avatar(cfg.paths, cfg.model, self.subject, self.device, cfg.train.seed)
         self.optimizers = self.avatar.make_optimizers()
@@ -121,7 +121,11 @@ class Trainer:
         self.iteration = 0
         if cfg.train.start_checkpoint is not None:
             self._resume(cfg.train.start_checkpoint)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainingSetupError(f"cannot create the output folder {self.run_dir} ({exc}); pass a "
+                                     "writable --log_root") from exc
         config = {"options": _plain(asdict(cfg)), "device": str(self.device),
                   "n_gaussians": self.avatar.n_gaussians, "subject": repr(self.subject)}
         self.logger = RunLogger(self.run_dir, config, resume_from=self.iteration)
