@@ -131,6 +131,10 @@ def test_train_bad_subject_and_checkpoint(synthetic_subject, tmp_path, capsys):
     assert "nobody" in capsys.readouterr().err
     assert _train(synthetic_subject, tmp_path, "--start_checkpoint", str(tmp_path / "missing.pth")) == 2
     assert "not found" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _train(synthetic_subject, blocker / "logs", "--iterations", "1") == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
