@@ -51,7 +51,8 @@ def cuda_extensions() -> tuple[list, dict]:
     if not sources:
         _say(f"no sources under {RASTER_DIR}/csrc: skipping the CUDA rasterizer.")
         return [], {}
-    _say(f"building the CUDA rasterizer for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')}")
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "auto")
+    _say(f"building the CUDA rasterizer for TORCH_CUDA_ARCH_LIST={arch}")
     ext = CUDAExtension(
         name="diff_gaussian_rasterization._C",
         sources=sources,

@@ -64,7 +64,8 @@ class Camera:
         self.fx, self.fy = float(Kc[0, 0]), float(Kc[1, 1])
         self.cx, self.cy = float(Kc[0, 2]), float(Kc[1, 2])
         if self.fx <= 0 or self.fy <= 0:
-            raise ValueError(f"camera {self.name!r}: focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
+            raise ValueError(f"camera {self.name!r}: focal lengths must be positive, "
+                             f"got fx={self.fx}, fy={self.fy}")
         self.projection = projection_matrix(self.fx, self.fy, self.cx, self.cy, self.image_width,
                                             self.image_height, self.znear, self.zfar).to(device)
         self.full_proj_transform = self.projection @ V  # float32, formed once (SPEC section 7)

@@ -12,7 +12,8 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine; "
+                           "use --device cpu or auto")
     return device
 
 
