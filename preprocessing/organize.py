@@ -14,10 +14,8 @@ Usage: ``python preprocessing/organize.py --data_path <dir>/.. [--dry_run]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from preprocessing.frames_io import FRAME_NAME, PreprocessError, list_images, natural_key
+from utils.atomic import write_json
 
 PARSING_KINDS = ("neckhead", "mouth")
 MAP_FILE = "organize_map.json"
@@ -139,23 +138,11 @@ def plan_organize(data_path: str | Path, start: int = 0) -> OrganizePlan:
     return OrganizePlan(data_path=data_path, order=order, mapping=mapping, renames=renames)
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def apply_plan(plan: OrganizePlan) -> None:
     """Rename in two phases (to unique temporary names, then to the final ones); record the mapping first."""
     if not plan.renames:
         return
-    _write_json_atomic(plan.data_path / MAP_FILE, {"frames": plan.mapping})
+    write_json(plan.data_path / MAP_FILE, {"frames": plan.mapping})
     staged = []
     for i, (src, dst) in enumerate(plan.renames):
         tmp = src.with_name(f".organize-{os.getpid()}-{i}{src.suffix}")

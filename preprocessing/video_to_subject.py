@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from preprocessing.frames_io import FRAME_NAME, PreprocessError, open_frames, progress
+from utils.atomic import write_json
 from utils.image_io import write_image
 
 SETTINGS_FILE = "preprocess.json"
@@ -97,12 +98,6 @@ def crop_resize(frame: np.ndarray, box: tuple[int, int, int, int], size: int) ->
     return out
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def extract_frames(
     video_path: str | Path,
     out_dir: str | Path,
@@ -154,7 +149,7 @@ def extract_frames(
                 "use the same options to resume, another --idname, or --overwrite"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(settings_path, settings)
+    write_json(settings_path, settings)
     imgs = out_dir / "imgs"
     imgs.mkdir(exist_ok=True)
     wanted = {src: k for k, src in enumerate(indices)}

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from scene.avatar import MODEL_OPTION_FIELDS, Avatar
+from utils.atomic import atomic_open
 
 CHECKPOINT_FORMAT = "gaussian-head-avatar-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -98,16 +98,8 @@ def save_checkpoint(path: str | os.PathLike, avatar: Avatar,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = checkpoint_dict(avatar, optimizers, iteration, extra=extra)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(state, f)
     return path
 
 

@@ -10,13 +10,13 @@ normals are zero. Written with numpy structured arrays (no extra dependency) and
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gaussian_renderer.types import GaussianSet
+from utils.atomic import atomic_open
 
 SH_C0 = 0.28209479177387814
 N_REST = 15  # degree 3: 16 coefficients per channel, DC first
@@ -71,17 +71,8 @@ def write_ply(path: str | os.PathLike, gaussians: GaussianSet) -> Path:
     header += [f"property float {n}" for n in data.dtype.names]
     header.append("end_header")
     payload = ("\n".join(header) + "\n").encode("ascii") + data.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        f.write(payload)
     return path
 
 

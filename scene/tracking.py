@@ -10,8 +10,6 @@ and the fix.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from utils.atomic import atomic_open
 from utils.rotations import matrix_to_rot6d
 
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -254,14 +253,6 @@ def save_tracked_frame(path: str | Path, *, shape: Any, expression: Any, R: Any,
         "frame_id": int(frame_id),
         "global_step": int(global_step),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(data, fh)
     return path

@@ -7,13 +7,13 @@ so a crash never leaves a half-written PNG that a later run would trust.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from utils.atomic import atomic_open
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -104,14 +104,6 @@ def write_image(path: str | Path, array: np.ndarray | torch.Tensor) -> Path:
     Accepts (H,W), (H,W,3), (3,H,W) or (1,H,W), numpy or torch. Creates parent folders."""
     path = Path(path)
     data = to_uint8(array)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(data).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(data).save(fh, format="PNG")
     return path

@@ -6,13 +6,13 @@ written to a temporary file next to the target and moved into place, so a crash 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.atomic import atomic_path
 
 
 def _to_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -53,12 +53,9 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray | torch.Tensor], f
             "(render.py: or pass --no_video)") from exc
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
     count, size = 0, None
-    try:
-        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+    with atomic_path(path, suffix=".mp4") as tmp:
+        writer = imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                     pixelformat="yuv420p", macro_block_size=1, quality=8,
                                     ffmpeg_log_level="error")
         try:
@@ -74,10 +71,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray | torch.Tensor], f
             writer.close()
         if count == 0:
             raise ValueError(f"write_video {path}: no frames to write")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
