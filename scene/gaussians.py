@@ -129,8 +129,3 @@ class GaussianModel(nn.Module):
         return torch.optim.Adam(self.param_groups(), lr=0.0, eps=GAUSSIAN_EPS,
                                 fused=fused_adam_ok(self.parameters()))
 
-
-def opacity_regularizer(opacities: Tensor) -> Tensor:
-    """mean((1 - opacity)^2) over activated opacities: the SPEC section 9 term (weight
-    ``lambda_opacity_reg``, default 0), pushing Gaussians towards opaque."""
-    return torch.mean((1.0 - opacities) ** 2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scene.deformation import DeformationOutput
-from scene.gaussians import GaussianModel, opacity_regularizer, sh_degree_for_iteration
+from scene.gaussians import GaussianModel, sh_degree_for_iteration
 
 N = 7
 
@@ -134,11 +134,6 @@ def test_gaussian_optimizer_groups():
         assert math.isclose(groups[name]["lr"], lr, rel_tol=0, abs_tol=1e-15)
         assert groups[name]["eps"] == 1e-15
         assert groups[name]["params"] == [param]
-
-
-def test_opacity_regularizer():
-    op = torch.tensor([[0.0], [0.5], [1.0], [0.9]])
-    assert math.isclose(opacity_regularizer(op).item(), (1 + 0.25 + 0 + 0.01) / 4, rel_tol=1e-6)
 
 
 def _parse_ply(path) -> tuple[list[str], np.ndarray]:
