@@ -1,0 +1,101 @@
+"""Where one training step's time goes: frame fetch, deformation (FLAME + MLP + heads), render forward,
+loss + backward, the two optimiser steps, and the whole step without inner syncs.
+
+Runs on any device, through the same ``Trainer`` that ``train.py`` builds (same options), so the numbers
+are the training loop's own. Component times sync the device around each part (so they add up to a bit
+more than the whole step, where the GPU overlaps host work); the whole step is timed over ``--steps``
+steps with one sync at the end.
+
+    python bench/bench_train_step.py --idname demo --uv_size 64 --test_num 8 --device cpu
+    python bench/bench_train_step.py --idname s512 --data_root ... --tracking_root ... --ours   # on a GPU
+Any train.py option is accepted; ``--steps`` and ``--warmup`` are this script's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from utils.losses import photometric_loss  # noqa: E402
+from utils.options import parse_train_args  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    own, rest = ap.parse_known_args(argv)
+    cfg = parse_train_args(rest + ["--lambda_lpips", "0", "--skip_test", "--log_root",
+                                   str(Path("/tmp") / "bench_train_step_logs")])
+    trainer = train.Trainer(cfg)
+    dev, avatar, subject = trainer.device, trainer.avatar, trainer.subject
+    g_opt, d_opt = trainer.optimizers
+    first = subject.frame(trainer.sampler.peek())
+    avatar.initialize_gaussians(first.condition, first.camera)
+    avatar.update_sh_degree(2000)  # the full SH degree, as in most of a run
+
+    def step(parts: dict[str, list[float]] | None) -> None:
+        def mark(name: str, t0: float) -> float:
+            if parts is not None:
+                _sync(dev)
+                t1 = time.perf_counter()
+                parts.setdefault(name, []).append((t1 - t0) * 1e3)
+                return t1
+            return t0
+
+        t = time.perf_counter()
+        frame = subject.frame(trainer.sampler.next())
+        t = mark("frame fetch", t)
+        gaussians, _ = avatar.deform(frame.condition, frame.camera)
+        t = mark("deform (FLAME + MLP + heads)", t)
+        out = trainer.render_fn(frame.camera, gaussians, trainer.background, backend=cfg.run.backend)
+        t = mark("render forward", t)
+        loss = photometric_loss(out.image, frame.image, frame.mouth_mask).total
+        loss.backward()
+        t = mark("loss + backward", t)
+        g_opt.step()
+        d_opt.step()
+        g_opt.zero_grad(set_to_none=True)
+        d_opt.zero_grad(set_to_none=True)
+        mark("two optimiser steps", t)
+
+    for _ in range(own.warmup):
+        step(None)
+    parts: dict[str, list[float]] = {}
+    for _ in range(own.steps):
+        step(parts)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(own.steps):
+        step(None)
+    _sync(dev)
+    whole = (time.perf_counter() - t0) * 1e3 / own.steps
+
+    threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
+    print(f"device: {name}; {avatar.method}, {avatar.n_gaussians} Gaussians, "
+          f"{subject.img_size[1]}x{subject.img_size[0]}, median of {own.steps} steps after {own.warmup}")
+    print(f"{'part':32s} {'ms':>9s}")
+    for k, v in parts.items():
+        print(f"{k:32s} {statistics.median(v):9.3f}")
+    print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
+    print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
