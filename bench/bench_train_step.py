@@ -34,10 +34,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _profile(step, steps: int, device: torch.device) -> None:
+    """Print the device time of the kernels per step (what the step would cost with no host overhead),
+    the launches per step, and the ten costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not kernels:
+        print("profile: no device kernels recorded (CPU run)")
+        return
+    total_us = sum(e.device_time for e in kernels)
+    print(f"profile: {len(kernels) / steps:.0f} kernels per step, {total_us / steps / 1e3:.3f} ms of kernel "
+          f"time per step")
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:10]
+    for name, times in top:
+        print(f"  {sum(times) / steps / 1e3:8.3f} ms  {len(times) / steps:5.1f}x  {name[:90]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile --steps steps: kernel time and launches per step, top kernels")
     own, rest = ap.parse_known_args(argv)
     cfg = parse_train_args(rest + ["--lambda_lpips", "0", "--skip_test", "--log_root",
                                    str(Path("/tmp") / "bench_train_step_logs")])
@@ -84,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         step(None)
     _sync(dev)
     whole = (time.perf_counter() - t0) * 1e3 / own.steps
+
+    if own.profile:
+        _profile(lambda: step(None), own.steps, dev)
 
     threads = torch.get_num_threads()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
