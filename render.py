@@ -196,10 +196,11 @@ class Renderer:
         records = []
         has_gt = False
         todo = list(zip(self.indices, angles))
+        deform = self.avatar.inference_deformer(self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
         for k, (i, angle) in enumerate(tqdm(todo, desc=f"render {self.frames_dir.name}")):
             fr = self.source.frame(i)
             cam = turned_camera(fr.camera, angle) if r.rotate else fr.camera
-            gaussians, extras = self.avatar.deform(self.condition(i), cam)
+            gaussians, extras = deform(self.condition(i), cam)
             colors = None
             if r.uncertainty:
                 if extras.uncertainty is None:

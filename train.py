@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,6 +125,8 @@ class Trainer:
         self.background = self.subject.background.to(self.device)
         self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)
         self.iteration = 0
+        self.train_deform = None  # set by prepare(): eager deform, or its CUDA-graphed form
+        self._eval_deform = None
         if cfg.train.start_checkpoint is not None:
             self._resume(cfg.train.start_checkpoint)
         try:
@@ -150,15 +153,40 @@ class Trainer:
         print(f"[train] resumed from {path} at iteration {self.iteration}")
 
     # -- pieces ------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Before the first step: initialise the Gaussians (fresh runs) and set up the per-frame
+        deformation, CUDA-graphed on CUDA (unless --no_cuda_graphs), eager elsewhere."""
+        first = self.subject.frame(self.sampler.peek())
+        if self.iteration == 0:
+            self.avatar.initialize_gaussians(first.condition, first.camera)
+        graphs = self.cfg.run.cuda_graphs and self.device.type == "cuda"
+        if graphs:
+            try:
+                self.train_deform = self.avatar.training_graph(first.condition, first.camera)
+            except RuntimeError as exc:  # a capture this torch/driver refuses: train eagerly, slower
+                warnings.warn(f"CUDA-graph capture of the deformation failed ({exc}); training with the "
+                              "eager deformation instead (slower). --no_cuda_graphs silences this.",
+                              stacklevel=1)
+                graphs = False
+        if not graphs:
+            self.train_deform = lambda condition, camera: self.avatar.deform(condition, camera)[0]
+        self._eval_deform = None  # captured at the first evaluation
+
     def render_frame(self, frame) -> torch.Tensor:
-        gaussians, _ = self.avatar.deform(frame.condition, frame.camera)
+        """Render one frame without gradients (evaluation): the inference graph on CUDA."""
+        if self._eval_deform is None:
+            self._eval_deform = self.avatar.inference_deformer(self.cfg.run.cuda_graphs)
+        gaussians, _ = self._eval_deform(frame.condition, frame.camera)
         return self.render_fn(frame.camera, gaussians, self.background, backend=self.cfg.run.backend).image
 
     def loss(self, it: int, frame):
         """The SPEC section 9 loss of one frame -> (total, parts, render)."""
         from utils.losses import opacity_regulariser, photometric_loss
 
-        gaussians, _ = self.avatar.deform(frame.condition, frame.camera)
+        if self.train_deform is not None:
+            gaussians = self.train_deform(frame.condition, frame.camera)
+        else:  # before prepare(): plain eager deformation
+            gaussians, _ = self.avatar.deform(frame.condition, frame.camera)
         out = self.render_fn(frame.camera, gaussians, self.background, backend=self.cfg.run.backend)
         img = out.image
         terms = photometric_loss(img, frame.image, frame.mouth_mask)
@@ -208,11 +236,10 @@ class Trainer:
     def run(self) -> dict | None:
         t = self.cfg.train
         g_opt, d_opt = self.optimizers
-        if self.iteration == 0:
-            first = self.subject.frame(self.sampler.peek())
-            self.avatar.initialize_gaussians(first.condition, first.camera)
-            if not t.skip_test and t.eval_every > 0:
-                self.evaluate(0)  # the untrained avatar: the reference for "how much was learnt"
+        fresh = self.iteration == 0
+        self.prepare()
+        if fresh and not t.skip_test and t.eval_every > 0:
+            self.evaluate(0)  # the untrained avatar: the reference for "how much was learnt"
         start = self.iteration
         last_eval = None
         bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",

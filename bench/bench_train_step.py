@@ -60,6 +60,31 @@ def _profile(step, steps: int, device: torch.device) -> None:
         print(f"  {sum(times) / steps / 1e3:8.3f} ms  {len(times) / steps:5.1f}x  {name[:90]}")
 
 
+def _inference_speed(trainer: train.Trainer, frames: int) -> None:
+    """Frames per second of deformation + render without gradients (what render.py and the evaluations
+    do), eager and with the inference graph where there is one; one frame at a time, one sync at the end."""
+    avatar, subject, dev = trainer.avatar, trainer.subject, trainer.device
+    modes = [("eager", avatar.deform)]
+    if dev.type == "cuda":
+        modes.append(("CUDA graph", avatar.inference_graph()))
+    idx = subject.train_indices[:frames]
+    loaded = [subject.frame(i) for i in idx]
+    for name, deform in modes:
+        with torch.no_grad():
+            for _ in range(2):
+                for fr in loaded[:5]:
+                    trainer.render_fn(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
+                                      backend=trainer.cfg.run.backend)
+            _sync(dev)
+            t0 = time.perf_counter()
+            for fr in loaded:
+                trainer.render_fn(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
+                                  backend=trainer.cfg.run.backend)
+            _sync(dev)
+        ms = (time.perf_counter() - t0) * 1e3 / len(loaded)
+        print(f"inference ({name}): {ms:.3f} ms a frame, {1000 / ms:.0f} FPS over {len(loaded)} frames")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--steps", type=int, default=50)
@@ -72,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = train.Trainer(cfg)
     dev, avatar, subject = trainer.device, trainer.avatar, trainer.subject
     g_opt, d_opt = trainer.optimizers
-    first = subject.frame(trainer.sampler.peek())
-    avatar.initialize_gaussians(first.condition, first.camera)
+    trainer.prepare()  # Gaussian init and the training deformation (CUDA-graphed on CUDA), as train.py
     avatar.update_sh_degree(2000)  # the full SH degree, as in most of a run
 
     def step(parts: dict[str, list[float]] | None) -> None:
@@ -88,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         frame = subject.frame(trainer.sampler.next())
         t = mark("frame fetch", t)
-        gaussians, _ = avatar.deform(frame.condition, frame.camera)
+        gaussians = trainer.train_deform(frame.condition, frame.camera)
         t = mark("deform (FLAME + MLP + heads)", t)
         out = trainer.render_fn(frame.camera, gaussians, trainer.background, backend=cfg.run.backend)
         t = mark("render forward", t)
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:32s} {statistics.median(v):9.3f}")
     print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
+    _inference_speed(trainer, own.steps)
     return 0
 
 

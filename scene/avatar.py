@@ -87,6 +87,28 @@ class DeformExtras:
         return getattr(self, key, default)
 
 
+@dataclass
+class _CameraCentre:
+    """Stands in for a Camera inside graph captures: only ``camera_center`` is read by ``deform``."""
+
+    camera_center: Tensor
+
+
+class _DeformAsTensors(nn.Module):
+    """``Avatar.deform`` as a module over tensors (condition[, camera centre]) -> (means, scales,
+    rotations, opacities, SH or colours): the form ``torch.cuda.make_graphed_callables`` captures; its
+    parameters are the avatar's."""
+
+    def __init__(self, avatar: Avatar) -> None:
+        super().__init__()
+        self.avatar = avatar
+
+    def forward(self, condition: Tensor, centre: Tensor | None = None) -> tuple[Tensor, ...]:
+        gs, _ = self.avatar.deform(condition, None if centre is None else _CameraCentre(centre))
+        colour = gs.colors if gs.colors is not None else gs.shs
+        return gs.means, gs.scales, gs.rotations, gs.opacities, colour
+
+
 class Avatar(nn.Module):
     """One subject's avatar. Build once with :meth:`Avatar.build` (or the constructor), then per frame
     ``gaussians, extras = avatar.deform(condition, camera)``.
@@ -208,15 +230,10 @@ class Avatar(nn.Module):
         calling again, or clone. Parameters are read in place, so later training updates are seen;
         re-capture after changing the model's structure. CUDA only.
         """
-        if self.device.type != "cuda":
-            raise RuntimeError("Avatar.inference_graph needs the avatar on a CUDA device; on CPU use deform")
+        self._require_cuda("inference_graph")
         static_cond = torch.zeros(CONDITION_DIM, device=self.device, dtype=self.dtype)
-        static_centre = torch.zeros(3, device=self.device, dtype=torch.float32)
-
-        class _Centre:  # stands in for a Camera inside the capture: only camera_center is read
-            camera_center = static_centre
-
-        camera_arg = _Centre() if self.config.camera_conditioning else None
+        static_centre = _CameraCentre(torch.zeros(3, device=self.device, dtype=torch.float32))
+        camera_arg = static_centre if self.config.camera_conditioning else None
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.no_grad(), torch.cuda.stream(side):
@@ -230,9 +247,7 @@ class Avatar(nn.Module):
         def run(condition: Tensor, camera: Camera | None = None) -> tuple[GaussianSet, DeformExtras]:
             static_cond.copy_(condition.reshape(-1), non_blocking=True)
             if camera_arg is not None:
-                if camera is None:
-                    raise ValueError("this avatar is camera-conditioned: pass the camera")
-                static_centre.copy_(camera.camera_center, non_blocking=True)
+                static_centre.camera_center.copy_(self._camera_centre(camera), non_blocking=True)
             graph.replay()
             gs = GaussianSet(static_gs.means, static_gs.scales, static_gs.rotations, static_gs.opacities,
                              shs=static_gs.shs, colors=static_gs.colors,
@@ -241,6 +256,53 @@ class Avatar(nn.Module):
 
         run.graph = graph  # keep the graph (and its memory pool) alive with the function
         return run
+
+    def training_graph(self, sample_condition: Tensor,
+                       sample_camera: Camera | None = None) -> Callable[..., GaussianSet]:
+        """:meth:`deform` for training, with its forward and its backward each one CUDA-graph replay.
+
+        Eager, one training step's deformation is ~350 small kernels forward and as many backward, so
+        the step waits on kernel launches; ``torch.cuda.make_graphed_callables`` captures both
+        directions once, and autograd runs the captured backward when the loss is back-propagated,
+        accumulating the parameters' gradients as usual. Returns ``fn(condition, camera=None) ->
+        GaussianSet``. Its tensors are static buffers overwritten by the next call, so finish each
+        step's backward before the next call (as a training loop does). Parameters must keep their
+        storage (in-place optimiser updates and ``load_state_dict`` do). ``sample_*``: a real frame's
+        values for the warm-up runs. CUDA only."""
+        self._require_cuda("training_graph")
+        colours = self.config.conditional_appearance
+        with_centre = self.config.camera_conditioning
+        module = _DeformAsTensors(self)
+        args: tuple[Tensor, ...] = (self._condition(sample_condition).clone(),)
+        if with_centre:
+            args += (self._camera_centre(sample_camera).clone(),)
+        graphed = torch.cuda.make_graphed_callables(module, args, allow_unused_input=True)
+
+        def run(condition: Tensor, camera: Camera | None = None) -> GaussianSet:
+            inputs: tuple[Tensor, ...] = (self._condition(condition),)
+            if with_centre:
+                inputs += (self._camera_centre(camera),)
+            means, scales, rotations, opacities, colour = graphed(*inputs)
+            return GaussianSet(means, scales, rotations, opacities, shs=None if colours else colour,
+                               colors=colour if colours else None, sh_degree=self.gaussians.active_sh_degree)
+
+        run.module = graphed  # keep the graphs (and their memory pools) alive with the function
+        return run
+
+    def inference_deformer(self, use_graph: bool = True) -> Callable[..., tuple[GaussianSet, DeformExtras]]:
+        """The fastest gradient-free per-frame deformation here: :meth:`inference_graph` on CUDA (unless
+        ``use_graph`` is False), else :meth:`deform`. Call under ``torch.no_grad()``; the graph's outputs
+        are overwritten by its next call."""
+        return self.inference_graph() if use_graph and self.device.type == "cuda" else self.deform
+
+    def _require_cuda(self, what: str) -> None:
+        if self.device.type != "cuda":
+            raise RuntimeError(f"Avatar.{what} needs the avatar on a CUDA device; on CPU use deform")
+
+    def _camera_centre(self, camera: Camera | None) -> Tensor:
+        if camera is None:
+            raise ValueError("this avatar is camera-conditioned (--camera_conditioning): pass the camera")
+        return camera.camera_center.to(device=self.device, dtype=torch.float32).reshape(3)
 
     @torch.no_grad()
     def initialize_gaussians(self, condition: Tensor, camera: Camera | None = None) -> None:

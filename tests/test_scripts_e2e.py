@@ -114,6 +114,30 @@ def test_resume_is_exact(synthetic_subject, tmp_path):
         assert la[it] == lb[it], it  # the same next losses, bit for bit
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.filterwarnings("error:CUDA-graph capture")  # the graphed run must not fall back to eager
+@pytest.mark.parametrize("method", ["baseline", "ours"])
+def test_cuda_train_graphed_matches_eager_and_learns(synthetic_subject, tmp_path, method):
+    """train.py on the GPU with the CUDA-graphed deformation (the default) follows the eager run
+    (--no_cuda_graphs): same losses up to float noise, both learn."""
+    common = [*_roots(synthetic_subject), "--device", "cuda", "--backend", "cuda", "--hidden_dim", "64",
+              "--hidden_layers", "3", "--uv_size", "32", "--test_num", "4", "--eval_num", "4",
+              "--lambda_lpips", "0", "--iterations", "300", "--eval_every", "300", "--log_every", "25",
+              "--grid_every", "0", "--ckpt_every", "0"] + (["--ours"] if method == "ours" else [])
+    assert train.main([*common, "--log_root", str(tmp_path / "graphs")]) == 0
+    assert train.main([*common, "--log_root", str(tmp_path / "eager"), "--no_cuda_graphs"]) == 0
+    name = f"{synthetic_subject.idname}_{method}"
+    graphs, eager = _log(tmp_path / "graphs" / name), _log(tmp_path / "eager" / name)
+    first_g, first_e = graphs["losses"][0], eager["losses"][0]
+    assert first_g["iteration"] == first_e["iteration"] == 25
+    assert abs(first_g["loss"] - first_e["loss"]) <= 1e-3 * first_e["loss"], (first_g, first_e)
+    for log in (graphs, eager):
+        ev = log["evaluations"]
+        assert ev[-1]["PSNR"] >= ev[0]["PSNR"] + 6.0, ev
+    assert abs(graphs["evaluations"][-1]["PSNR"] - eager["evaluations"][-1]["PSNR"]) < 1.0
+
+
 @pytest.mark.slow
 def test_train_stops_before_first_iteration_without_vgg(synthetic_subject, tmp_path, capsys):
     rc = train.main([*_roots(synthetic_subject), "--log_root", str(tmp_path), *SMALL, "--iterations", "20",

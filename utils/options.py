@@ -180,6 +180,7 @@ class RunOptions:
 
     device: str
     backend: str | None
+    cuda_graphs: bool = True
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,10 +188,13 @@ class RunOptions:
         g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
         g.add_argument("--backend", choices=["auto", "torch", "cuda"], default=None,
                        help="rasterizer backend (default: $GAUSSIAN_RENDERER_BACKEND, else auto)")
+        g.add_argument("--no_cuda_graphs", action="store_true",
+                       help="run the deformation eagerly on CUDA instead of replaying captured CUDA graphs "
+                            "(slower; for debugging)")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> RunOptions:
-        return cls(device=ns.device, backend=ns.backend)
+        return cls(device=ns.device, backend=ns.backend, cuda_graphs=not ns.no_cuda_graphs)
 
 
 @dataclass
