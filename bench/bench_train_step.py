@@ -45,7 +45,8 @@ def _profile(step, steps: int, device: torch.device) -> None:
         for _ in range(steps):
             step()
         _sync(device)
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]  # annotation ranges would count twice
     if not kernels:
         print("profile: no device kernels recorded (CPU run)")
         return
