@@ -6,6 +6,7 @@
 # Usage (CUDA machine, repo root):
 #   OUT=/some/dir [STAGES="tests bench step train"] [METHODS="baseline ours"] [STEP_METHODS=...] \
 #       bash bench/gpu_full_run.sh [iters]
+# STEP_EAGER_METHODS also benches those methods' steps with --no_cuda_graphs.
 # FRAMES, SIZE, UV and EXTRA (more train.py flags) shrink it for a dry run on a CPU.
 # The work folder (subject, build, runs) defaults to .devbuild/gpu_work, which git ignores, so a second call
 # on a still-warm machine reuses the subject and the build. Logs go to $OUT/logs.tgz; the key figures to
@@ -45,6 +46,10 @@ if has step; then
   for m in ${STEP_METHODS:-$METHODS}; do
     python bench/bench_train_step.py "${COMMON[@]}" $(flag_of "$m") --steps 50 --warmup 20 --profile \
         2>&1 | grep -v "^\(USDT\|ERROR\|WARNING\)" | tee "$L/step_$m.log" | tail -22
+  done
+  for m in ${STEP_EAGER_METHODS:-}; do  # the same without CUDA graphs, for comparison in the same call
+    python bench/bench_train_step.py "${COMMON[@]}" $(flag_of "$m") --steps 50 --warmup 20 --no_cuda_graphs \
+        2>&1 | tee "$L/step_${m}_eager.log" | tail -11
   done
 fi
 if has train; then
