@@ -277,12 +277,12 @@ class Avatar(nn.Module):
         args: tuple[Tensor, ...] = (self._condition(sample_condition).clone(),)
         if with_centre:
             args += (self._camera_centre(sample_camera).clone(),)
-        graphed = torch.cuda.make_graphed_callables(module, args, allow_unused_input=True)
-        # The capture (on torch's side stream) creates the parameters' AccumulateGrad nodes, and the
-        # captured outputs keep them alive, so each later backward on the default stream adds a GPU-side
-        # stream wait and torch warns about the mismatch once. Harmless (no host sync; measured in
-        # bench/NOTES.md): keep the warning out of users' logs.
+        # The warm-up and capture run on torch's side streams and create the parameters' AccumulateGrad
+        # nodes there; the captured outputs keep them alive, so backward passes on another stream add a
+        # GPU-side stream wait and torch warns about the mismatch. Harmless (no host sync; the step
+        # times in bench/NOTES.md include it): keep the warning out of users' logs.
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+        graphed = torch.cuda.make_graphed_callables(module, args, allow_unused_input=True)
 
         def run(condition: Tensor, camera: Camera | None = None) -> GaussianSet:
             inputs: tuple[Tensor, ...] = (self._condition(condition),)
