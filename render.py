@@ -183,20 +183,14 @@ class Renderer:
             c = relative_condition(c, self.relative[0], self.relative[1])
         return c
 
-    @torch.no_grad()
-    def run(self) -> Path:
+    def _render_frames(self, todo, deform, writer) -> tuple[list[dict], bool]:
+        """Render (frame index, turn angle) pairs; queue the PNGs on ``writer``. -> (records, has_gt)."""
         from scene.ply import write_ply
-        from utils.image_io import write_image
-        from utils.training import write_json
-        from utils.video import write_video_from_pngs
         from utils.visualize import error_map, uncertainty_colors
 
         r = self.cfg.render
-        angles = turn_angles(len(self.indices)) if r.rotate else [0.0] * len(self.indices)
-        records = []
+        records: list[dict] = []
         has_gt = False
-        todo = list(zip(self.indices, angles))
-        deform = self.avatar.inference_deformer(self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
         for k, (i, angle) in enumerate(tqdm(todo, desc=f"render {self.frames_dir.name}")):
             fr = self.source.frame(i)
             cam = turned_camera(fr.camera, angle) if r.rotate else fr.camera
@@ -211,15 +205,29 @@ class Renderer:
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
             name = f"{k:05d}.png"
-            write_image(self.frames_dir / "renders" / name, img)
+            writer.submit(self.frames_dir / "renders" / name, img)
             if fr.image is not None:
                 has_gt = True
-                write_image(self.frames_dir / "gt" / name, fr.image)
-                write_image(self.frames_dir / "mask" / name, fr.head_mask)
+                writer.submit(self.frames_dir / "gt" / name, fr.image)
+                writer.submit(self.frames_dir / "mask" / name, fr.head_mask)
             if r.export_ply_frames:
                 write_ply(self.frames_dir / "ply" / f"{k:05d}.ply", gaussians)
             records.append({"index": k, "file": name, "source_subject": self.source.idname,
                             "source_frame": int(fr.frame_id), "rotation_deg": angle if r.rotate else None})
+        return records, has_gt
+
+    @torch.no_grad()
+    def run(self) -> Path:
+        from utils.image_io import ImageWriter
+        from utils.training import write_json
+        from utils.video import write_video_from_pngs
+
+        r = self.cfg.render
+        angles = turn_angles(len(self.indices)) if r.rotate else [0.0] * len(self.indices)
+        todo = list(zip(self.indices, angles))
+        deform = self.avatar.inference_deformer(self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
+        with ImageWriter() as writer:  # PNG encoding overlaps the next frame's rendering
+            records, has_gt = self._render_frames(todo, deform, writer)
         info = {"checkpoint": str(self.checkpoint), "iteration": self.iteration,
                 "method": self.avatar.method, "target_subject": self.target.idname,
                 "source_subject": self.source.idname, "cross_mode": r.cross_mode if r.cross else None,

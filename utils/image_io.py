@@ -107,3 +107,46 @@ def write_image(path: str | Path, array: np.ndarray | torch.Tensor) -> Path:
     with atomic_open(path, "wb") as fh:
         Image.fromarray(data).save(fh, format="PNG")
     return path
+
+
+class ImageWriter:
+    """Writes PNGs on a small thread pool, so that encoding (zlib, which releases the GIL) overlaps the
+    next frame's rendering. ``submit(path, array)`` converts to 8 bit at once on the calling thread (so a
+    GPU tensor or a buffer that will be overwritten is read now) and queues the atomic write; at most
+    ``max_pending`` writes wait at a time. Leaving the ``with`` block waits for every write and raises
+    the first error, naming the file. Same bytes as :func:`write_image`."""
+
+    def __init__(self, workers: int | None = None, max_pending: int | None = None) -> None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+        self.max_pending = max_pending or 4 * self.workers
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="png")
+        self._pending: list = []
+
+    def submit(self, path: str | Path, array: np.ndarray | torch.Tensor) -> None:
+        data = to_uint8(array)
+        if data is array or not data.flags.owndata:  # a view of the caller's memory: snapshot it now
+            data = data.copy()
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(write_image, Path(path), data))
+
+    def close(self) -> None:
+        """Wait for all writes; raise the first failure."""
+        pending, self._pending = self._pending, []
+        try:
+            for fut in pending:
+                fut.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an error is already on its way: still finish (or drop) what is queued, quietly
+            self._pool.shutdown(wait=True)
