@@ -21,11 +21,15 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from utils.options import TrainConfig, parse_train_args
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gaussian_renderer.types import GaussianSet
 
 DEMO_IDNAME = "demo"
 
@@ -125,8 +129,9 @@ class Trainer:
         self.background = self.subject.background.to(self.device)
         self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)
         self.iteration = 0
-        self.train_deform = None  # set by prepare(): eager deform, or its CUDA-graphed form
-        self._eval_deform = None
+        # per-frame deformations: eager until prepare() swaps in the CUDA-graphed ones on CUDA
+        self.train_deform = self._eager_train_deform
+        self._eval_deform = self.avatar.deform
         if cfg.train.start_checkpoint is not None:
             self._resume(cfg.train.start_checkpoint)
         try:
@@ -169,14 +174,15 @@ class Trainer:
                               stacklevel=1)
                 graphs = False
         if not graphs:
-            self.train_deform = lambda condition, camera: self.avatar.deform(condition, camera)[0]
-        # evaluation's deformation: captured here, so that no evaluation's FPS counts the capture
-        self._eval_deform = None if self.cfg.train.skip_test else self.avatar.inference_deformer(graphs)
+            self.train_deform = self._eager_train_deform
+        if not self.cfg.train.skip_test:  # captured here, so that no evaluation's FPS counts the capture
+            self._eval_deform = self.avatar.inference_deformer(graphs)
+
+    def _eager_train_deform(self, condition: torch.Tensor, camera) -> GaussianSet:
+        return self.avatar.deform(condition, camera)[0]
 
     def render_frame(self, frame) -> torch.Tensor:
-        """Render one frame without gradients (evaluation): the inference graph on CUDA."""
-        if self._eval_deform is None:
-            self._eval_deform = self.avatar.inference_deformer(self.cfg.run.cuda_graphs)
+        """Render one frame without gradients (evaluation): the inference graph on CUDA after prepare()."""
         gaussians, _ = self._eval_deform(frame.condition, frame.camera)
         return self.render_fn(frame.camera, gaussians, self.background, backend=self.cfg.run.backend).image
 
@@ -184,10 +190,7 @@ class Trainer:
         """The SPEC section 9 loss of one frame -> (total, parts, render)."""
         from utils.losses import opacity_regulariser, photometric_loss
 
-        if self.train_deform is not None:
-            gaussians = self.train_deform(frame.condition, frame.camera)
-        else:  # before prepare(): plain eager deformation
-            gaussians, _ = self.avatar.deform(frame.condition, frame.camera)
+        gaussians = self.train_deform(frame.condition, frame.camera)
         out = self.render_fn(frame.camera, gaussians, self.background, backend=self.cfg.run.backend)
         img = out.image
         terms = photometric_loss(img, frame.image, frame.mouth_mask)

@@ -271,4 +271,3 @@ def test_metrics_script_bad_inputs(tmp_path, capsys, monkeypatch):
     os.remove(empty / "frames" / "gt" / "00001.png")
     assert metrics.main(["-m", str(empty), "--no_lpips"]) == 2
     assert "missing" in capsys.readouterr().err
-

@@ -7,6 +7,9 @@ so a crash never leaves a half-written PNG that a later run would trust.
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -117,25 +120,22 @@ class ImageWriter:
     the first error, naming the file. Same bytes as :func:`write_image`."""
 
     def __init__(self, workers: int | None = None, max_pending: int | None = None) -> None:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
         self.workers = workers or max(1, min(8, os.cpu_count() or 1))
         self.max_pending = max_pending or 4 * self.workers
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="png")
-        self._pending: list = []
+        self._pending: deque[Future] = deque()
 
     def submit(self, path: str | Path, array: np.ndarray | torch.Tensor) -> None:
         data = to_uint8(array)
         if data is array or not data.flags.owndata:  # a view of the caller's memory: snapshot it now
             data = data.copy()
         while len(self._pending) >= self.max_pending:
-            self._pending.pop(0).result()
+            self._pending.popleft().result()
         self._pending.append(self._pool.submit(write_image, Path(path), data))
 
     def close(self) -> None:
         """Wait for all writes; raise the first failure."""
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, deque()
         try:
             for fut in pending:
                 fut.result()
@@ -148,5 +148,5 @@ class ImageWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # an error is already on its way: still finish (or drop) what is queued, quietly
-            self._pool.shutdown(wait=True)
+        else:  # an error is already on its way: drop the queued writes, let running ones finish
+            self._pool.shutdown(wait=True, cancel_futures=True)
