@@ -1,4 +1,4 @@
-"""Masked PSNR / SSIM / LPIPS of rendered frames (SPEC section 10).
+"""Masked PSNR / SSIM / LPIPS of rendered frames (docs/maths.md section 10).
 
     python metrics.py -m logs/nf_01_ours [more run folders or frames folders ...]
 
@@ -18,18 +18,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.atomic import write_json
 from utils.device import resolve_device
+from utils.errors import InputError
 from utils.image_io import read_image, read_mask
 from utils.image_metrics import masked, psnr, ssim
 from utils.lpips_loader import LPIPSVGG, try_load_lpips_vgg
 from utils.options import parse_metrics_args
-from utils.training import write_json
 
 LPIPS_ORIGINAL_SCALE = 0.05
 LPIPS_ORIGINAL_KEY = "LPIPS_x0.05_original_scale"
 
 
-class MetricsInputError(RuntimeError):
+class MetricsInputError(InputError):
     """A model folder without the renders / gt / mask images metrics.py needs."""
 
 

@@ -1,4 +1,4 @@
-"""Render a trained avatar (SPEC section 10): the test split, a turntable, cross-reenactment.
+"""Render a trained avatar (docs/maths.md section 10): the test split, a turntable, cross-reenactment.
 
     python render.py --idname nf_01 --logname ours --ours [--checkpoint logs/nf_01_ours/ckpt/ckpt30000.pth]
                      [--rotate] [--cross SRC [--cross_mode relative] [--cross_all]] [--uncertainty] [--error]
@@ -26,59 +26,31 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from flame.condition import canonical_condition, neutral_index, relative_condition
+from gaussian_renderer import render
+from scene.assemble import build_avatar, open_subject
+from scene.data.subject import SubjectDataError
+from scene.model.checkpoint import load_checkpoint
+from scene.model.cuda_graphs import inference_deformer
+from scene.model.ply import write_ply
+from utils.atomic import write_json
+from utils.device import resolve_device
+from utils.errors import InputError
+from utils.image_io import ImageWriter
 from utils.options import RenderConfig, parse_render_args
-from utils.rotations import identity_rot6d, matrix_to_rot6d, rot6d_to_matrix, rotation_about_y
+from utils.video import write_video_from_pngs
+from utils.visualize import error_map, uncertainty_colors
 
-_EXPR, _JAW, _EYES, _LIDS = slice(0, 100), slice(100, 106), slice(106, 118), slice(118, 120)
 
-
-class RenderSetupError(RuntimeError):
+class RenderSetupError(InputError):
     """Bad input for render.py; the message says what to change."""
 
 
 # ----------------------------------------------------------------------------- conditions and cameras
-def canonical_condition(device: torch.device | str = "cpu") -> Tensor:
-    """The rest pose: zero expression and eyelids, jaw and both eyes at identity (6D (1,0,0,0,1,0))."""
-    c = torch.zeros(120, device=device)
-    c[_JAW] = identity_rot6d(device=device)
-    c[_EYES] = identity_rot6d(2, device=device).reshape(12)
-    return c
-
-
-def neutral_index(conditions: Tensor) -> int:
-    """Index of the most neutral frame: smallest ||expression||^2 + ||jaw - identity||^2 (6D)."""
-    eye = identity_rot6d(device=conditions.device, dtype=conditions.dtype)
-    score = conditions[:, _EXPR].pow(2).sum(-1) + (conditions[:, _JAW] - eye).pow(2).sum(-1)
-    return int(torch.argmin(score))
-
-
-def _compose_rel(src: Tensor, src_n: Tensor, tgt_n: Tensor) -> Tensor:
-    """6D rotations (..., 6): the source's rotation relative to its neutral, applied to the target's."""
-    r_s, r_sn, r_tn = rot6d_to_matrix(src), rot6d_to_matrix(src_n), rot6d_to_matrix(tgt_n)
-    return matrix_to_rot6d(r_s @ r_sn.transpose(-1, -2) @ r_tn)
-
-
-def relative_condition(src: Tensor, src_neutral: Tensor, tgt_neutral: Tensor) -> Tensor:
-    """target neutral + (source - source neutral) for (..., 120) conditions (rotations composed)."""
-    out = tgt_neutral + (src - src_neutral)  # expression and eyelids: additive
-    out[..., _JAW] = _compose_rel(src[..., _JAW], src_neutral[..., _JAW], tgt_neutral[..., _JAW])
-    for eye in (slice(106, 112), slice(112, 118)):
-        out[..., eye] = _compose_rel(src[..., eye], src_neutral[..., eye], tgt_neutral[..., eye])
-    return out
-
-
 def turn_angles(n_frames: int) -> list[float]:
-    """0..359 degrees spread over a third of the frames, repeating (SPEC section 10)."""
+    """0..359 degrees spread over a third of the frames, repeating (docs/maths.md section 10)."""
     period = max(1, n_frames // 3)
     return [360.0 * (k % period) / period for k in range(n_frames)]
-
-
-def turned_camera(camera, angle_deg: float):
-    """The camera looking at the head turned by ``angle_deg`` about FLAME's y axis: R -> R Ry(angle)^T."""
-    import math
-
-    ry = rotation_about_y(math.radians(angle_deg), device=camera.R.device)
-    return camera.with_pose(camera.R @ ry.T, camera.t)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -107,31 +79,11 @@ def check_writable(folder: Path) -> None:
                                "a writable --log_root (or fix the folder's permissions)") from exc
 
 
-def _subject(data_root: Path, tracking_root: Path, idname: str, cfg: RenderConfig, device, *,
-             with_images: bool):
-    from scene.subject import Subject
-
-    d = cfg.data
-    if with_images:
-        return Subject(data_root, tracking_root, idname, frame_delta=d.frame_delta, background=d.background,
-                       test_num=d.test_num, eval_num=min(d.eval_num, d.test_num), max_train=d.max_train,
-                       preload="none", device=device)
-    return Subject(data_root, tracking_root, idname, frame_delta=d.frame_delta, background=d.background,
-                   test_num=0, eval_num=0, preload="none", device=device, require_images=False)
-
-
 class Renderer:
     """Everything render.py builds once: target subject, avatar, the frames to render."""
 
     def __init__(self, cfg: RenderConfig) -> None:
-        from gaussian_renderer import render
-        from scene.checkpoint import load_checkpoint
-        from scene.subject import SubjectDataError
-        from train import build_avatar
-        from utils.device import resolve_device
-
         self.cfg = cfg
-        self.render_fn = render
         r, p = cfg.render, cfg.paths
         try:
             self.device = resolve_device(cfg.run.device)
@@ -143,8 +95,8 @@ class Renderer:
         if r.error and r.rotate:
             raise RenderSetupError("--error compares with the ground truth, which turned (--rotate) views "
                                    "do not have: drop one of the two")
-        self.target = _subject(p.data_root, p.tracking_root, p.idname, cfg, self.device,
-                               with_images=not cross)
+        self.target = open_subject(p.data_root, p.tracking_root, p.idname, cfg.data, self.device,
+                                   with_images=not cross, preload="none")
         self.avatar = build_avatar(p, cfg.model, self.target, self.device, seed=0)
         state = load_checkpoint(self.checkpoint, self.avatar)
         self.iteration = int(state["iteration"])
@@ -154,7 +106,7 @@ class Renderer:
             root = r.cross_data_root or p.data_root
             troot = r.cross_tracking_root or p.tracking_root
             try:
-                self.source = _subject(root, troot, r.cross, cfg, self.device, with_images=False)
+                self.source = open_subject(root, troot, r.cross, cfg.data, self.device, with_images=False)
             except SubjectDataError as exc:
                 raise RenderSetupError(f"--cross {r.cross}: the source subject cannot be used: {exc}") \
                     from exc
@@ -185,22 +137,19 @@ class Renderer:
 
     def _render_frames(self, todo, deform, writer) -> tuple[list[dict], bool]:
         """Render (frame index, turn angle) pairs; queue the PNGs on ``writer``. -> (records, has_gt)."""
-        from scene.ply import write_ply
-        from utils.visualize import error_map, uncertainty_colors
-
         r = self.cfg.render
         records: list[dict] = []
         has_gt = False
         for k, (i, angle) in enumerate(tqdm(todo, desc=f"render {self.frames_dir.name}")):
             fr = self.source.frame(i)
-            cam = turned_camera(fr.camera, angle) if r.rotate else fr.camera
+            cam = fr.camera.turned_about_y(angle) if r.rotate else fr.camera
             gaussians, extras = deform(self.condition(i), cam)
             colors = None
             if r.uncertainty:
                 if extras.uncertainty is None:
                     raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
                 colors = uncertainty_colors(extras.uncertainty)
-            img = self.render_fn(cam, gaussians, self.background, override_color=colors,
+            img = render(cam, gaussians, self.background, override_color=colors,
                                  backend=self.cfg.run.backend).image
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
@@ -218,14 +167,10 @@ class Renderer:
 
     @torch.no_grad()
     def run(self) -> Path:
-        from utils.image_io import ImageWriter
-        from utils.training import write_json
-        from utils.video import write_video_from_pngs
-
         r = self.cfg.render
         angles = turn_angles(len(self.indices)) if r.rotate else [0.0] * len(self.indices)
         todo = list(zip(self.indices, angles))
-        deform = self.avatar.inference_deformer(self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
+        deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
         with ImageWriter() as writer:  # PNG encoding overlaps the next frame's rendering
             records, has_gt = self._render_frames(todo, deform, writer)
         info = {"checkpoint": str(self.checkpoint), "iteration": self.iteration,
@@ -249,19 +194,13 @@ class Renderer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flame.assets import FlameAssetError
-    from scene.checkpoint import CheckpointError
-    from scene.subject import SubjectDataError
-    from utils.video import VideoWriterUnavailableError
-
     cfg = parse_render_args(argv)
     try:
         renderer = Renderer(cfg)
         if not renderer.indices:
             raise RenderSetupError("no frames to render (empty test split?)")
         renderer.run()
-    except (RenderSetupError, CheckpointError, SubjectDataError, FlameAssetError,
-            VideoWriterUnavailableError) as exc:
+    except InputError as exc:
         print(f"render.py: {exc}", file=sys.stderr)
         return 2
     return 0

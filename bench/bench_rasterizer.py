@@ -27,17 +27,18 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from gaussian_renderer.types import GaussianSet  # noqa: E402
-from scene.cameras import Camera  # noqa: E402
+from scene.data.cameras import Camera  # noqa: E402
 
 
 def find_scene(arg: str | None) -> Path:
-    candidates = [arg, os.environ.get("RASTER_ORACLE"), REPO / "shared/data/raster_oracle/head_scene.pt",
-                  REPO.parent / "shared/data/raster_oracle/head_scene.pt", REPO / ".devdata/head_scene.pt"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    raise SystemExit("bench_rasterizer: head_scene.pt not found; pass --scene PATH (the raster oracle scene, "
-                     "shared/data/raster_oracle/head_scene.pt)")
+    """--scene, else ``$RASTER_ORACLE_DIR/head_scene.pt`` (default ``shared/data/raster_oracle/`` beside the
+    checkout), the same rule as the tests' ``raster_oracle`` fixture."""
+    folder = os.environ.get("RASTER_ORACLE_DIR") or REPO.parent / "shared" / "data" / "raster_oracle"
+    path = Path(arg) if arg else Path(folder) / "head_scene.pt"
+    if not path.is_file():
+        raise SystemExit(f"bench_rasterizer: {path} not found; pass --scene PATH or set RASTER_ORACLE_DIR "
+                         "(the raster oracle scene, shared/data/raster_oracle/head_scene.pt)")
+    return path
 
 
 def time_cuda(fn: Callable[[], None], iters: int, warmup: int,

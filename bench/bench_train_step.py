@@ -24,7 +24,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
+from gaussian_renderer import render  # noqa: E402
+from scene.model.cuda_graphs import inference_graph  # noqa: E402
+from scene.trainer import Trainer  # noqa: E402
 from utils.losses import photometric_loss  # noqa: E402
 from utils.options import parse_train_args  # noqa: E402
 
@@ -61,25 +63,25 @@ def _profile(step, steps: int, device: torch.device) -> None:
         print(f"  {sum(times) / steps / 1e3:8.3f} ms  {len(times) / steps:5.1f}x  {name[:90]}")
 
 
-def _inference_speed(trainer: train.Trainer, frames: int) -> None:
+def _inference_speed(trainer: Trainer, frames: int) -> None:
     """Frames per second of deformation + render without gradients (what render.py and the evaluations
     do), eager and with the inference graph where there is one; one frame at a time, one sync at the end."""
     avatar, subject, dev = trainer.avatar, trainer.subject, trainer.device
     modes = [("eager", avatar.deform)]
     if dev.type == "cuda":
-        modes.append(("CUDA graph", avatar.inference_graph()))
+        modes.append(("CUDA graph", inference_graph(avatar)))
     idx = subject.train_indices[:frames]
     loaded = [subject.frame(i) for i in idx]
     for name, deform in modes:
         with torch.no_grad():
             for _ in range(2):
                 for fr in loaded[:5]:
-                    trainer.render_fn(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
+                    render(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
                                       backend=trainer.cfg.run.backend)
             _sync(dev)
             t0 = time.perf_counter()
             for fr in loaded:
-                trainer.render_fn(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
+                render(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
                                   backend=trainer.cfg.run.backend)
             _sync(dev)
         ms = (time.perf_counter() - t0) * 1e3 / len(loaded)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     own, rest = ap.parse_known_args(argv)
     cfg = parse_train_args(rest + ["--lambda_lpips", "0", "--skip_test", "--log_root",
                                    str(Path("/tmp") / "bench_train_step_logs")])
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     dev, avatar, subject = trainer.device, trainer.avatar, trainer.subject
     g_opt, d_opt = trainer.optimizers
     trainer.prepare()  # Gaussian init and the training deformation (CUDA-graphed on CUDA), as train.py
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         t = mark("frame fetch", t)
         gaussians = trainer.train_deform(frame.condition, frame.camera)
         t = mark("deform (FLAME + MLP + heads)", t)
-        out = trainer.render_fn(frame.camera, gaussians, trainer.background, backend=cfg.run.backend)
+        out = render(frame.camera, gaussians, trainer.background, backend=cfg.run.backend)
         t = mark("render forward", t)
         loss = photometric_loss(out.image, frame.image, frame.mouth_mask).total
         loss.backward()

@@ -19,7 +19,7 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 W=${WORK:-$PWD/.devbuild/gpu_work}; L="$W/out_logs"; mkdir -p "$L"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export PYTHONPATH=$PWD:$PWD/submodules/simple-knn:$PWD/submodules/diff-gaussian-rasterization:${PYTHONPATH:-}
-export RASTER_ORACLE=${RASTER_ORACLE:-$PWD/.devdata/head_scene.pt} RASTER_ORACLE_DIR=${RASTER_ORACLE_DIR:-$PWD/.devdata}
+export RASTER_ORACLE_DIR=${RASTER_ORACLE_DIR:-$PWD/.devdata}
 trap 'tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null' EXIT
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 say() { echo "$*" | tee -a "$OUT/summary.txt"; }

@@ -1,4 +1,4 @@
-"""Find and load the FLAME files of SPEC section 2, checked, without chumpy.
+"""Find and load the FLAME files of docs/maths.md section 2, checked, without chumpy.
 
 ``load_flame_assets(flame_dir)`` reads ``generic_model.pkl`` (required), the masks, the UV mesh
 (``FlameMesh.obj``, else ``head_template_mesh.obj``) and the eyelid blendshapes (optional, one
@@ -17,6 +17,7 @@ import numpy as np
 
 from flame.obj import ObjFormatError, ObjMesh, read_obj
 from flame.safe_pickle import ChumpyStub, UnsafePickleError, load_pickle, unwrap
+from utils.errors import InputError
 
 __all__ = [
     "FlameAssetError", "FlameAssetWarning", "UVMesh", "FlameAssets", "ObjMesh", "read_obj",
@@ -36,7 +37,7 @@ UV_FALLBACK_FILE = "head_template_mesh.obj"
 EYELID_FILES = (Path("blendshapes") / "l_eyelid.npy", Path("blendshapes") / "r_eyelid.npy")
 
 
-class FlameAssetError(RuntimeError):
+class FlameAssetError(InputError):
     """A FLAME file is missing, unreadable or has the wrong content; the message names file and fix."""
 
 
@@ -240,7 +241,7 @@ def _load_uv_mesh(path: Path, n_vertices: int, model_faces: np.ndarray) -> UVMes
 
 
 def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
-    """Load the FLAME folder ``flame_dir`` (layout of SPEC section 2) into :class:`FlameAssets`."""
+    """Load the FLAME folder ``flame_dir`` (layout of docs/maths.md section 2) into :class:`FlameAssets`."""
     flame_dir = Path(flame_dir).expanduser()
     model_path = flame_dir / MODEL_FILE
     if not model_path.is_file():

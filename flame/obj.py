@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from utils.atomic import atomic_open
+from utils.errors import InputError
 
 
-class ObjFormatError(ValueError):
+class ObjFormatError(InputError, ValueError):
     """An OBJ file that cannot be read as a triangle mesh."""
 
 

@@ -9,15 +9,19 @@ that would run code on load (``os.system`` via ``__reduce__`` and the like) neve
 
 from __future__ import annotations
 
+import builtins
 import copyreg
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse
+
+from utils.errors import InputError
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InputError, pickle.UnpicklingError):
     """Raised when a pickle asks for a class outside the allow list."""
 
 
@@ -108,11 +112,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _NUMPY_ALLOWED:
             return _numpy_attr(module, name)
         if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_CLASSES:
-            import scipy.sparse
 
             return getattr(scipy.sparse, name)
         if module in ("builtins", "__builtin__") and name in _BUILTINS_ALLOWED:
-            import builtins
 
             return getattr(builtins, name)
         if module == "_codecs" and name == "encode":

@@ -1,4 +1,4 @@
-"""Differentiable Gaussian rendering (SPEC section 7) behind one call, with a choice of backend.
+"""Differentiable Gaussian rendering (docs/maths.md section 7) behind one call, with a choice of backend.
 
 ``render()`` dispatches to the project's CUDA extension (``gaussian_renderer.cuda_backend``) or to
 the pure-PyTorch reference (``gaussian_renderer.torch_backend``). Both implement the same rules;
@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import Tensor
 
-from gaussian_renderer.torch_backend import render_torch, validate_gaussians
-from gaussian_renderer.types import GaussianSet, RenderOutput
+from gaussian_renderer.torch_backend import render_torch
+from gaussian_renderer.types import GaussianSet, RenderOutput, validate_gaussians
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "GaussianSet", "RenderOutput", "render", "resolve_backend"]
 
@@ -66,7 +66,7 @@ def resolve_backend(backend: str | None, on_cuda: bool) -> str:
 def render(camera: Any, gaussians: GaussianSet, background: Tensor, scaling_modifier: float = 1.0,
            override_color: Tensor | None = None, backend: str | None = None, return_depth: bool = False,
            return_alpha: bool = False) -> RenderOutput:
-    """Render ``gaussians`` seen by ``camera`` (a ``scene.cameras.Camera``) over ``background`` (3,).
+    """Render ``gaussians`` seen by ``camera`` (a ``scene.data.cameras.Camera``) over ``background`` (3,).
 
     ``override_color`` (P, 3) replaces the SH / given colours (used as is: no +0.5, no clamp).
     ``backend``: "auto" | "torch" | "cuda" (None: ``GAUSSIAN_RENDERER_BACKEND``, default "auto").

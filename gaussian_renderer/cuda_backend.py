@@ -1,4 +1,4 @@
-"""Adapter from ``scene.cameras.Camera`` + ``GaussianSet`` to our CUDA rasterizer extension.
+"""Adapter from ``scene.data.cameras.Camera`` + ``GaussianSet`` to our CUDA rasterizer extension.
 
 ``diff_gaussian_rasterization`` (``submodules/diff-gaussian-rasterization``) takes the original's API:
 view and full-projection matrices transposed (its kernels read them column-major), the principal point

@@ -1,4 +1,4 @@
-"""Real spherical harmonics up to degree 3 (SPEC section 7), the one implementation in the project.
+"""Real spherical harmonics up to degree 3 (docs/maths.md section 7), the one implementation in the project.
 
 The sums are written in the original rasterizer's evaluation order (left to right, constants
 multiplied first) so that float32 results match it to the last bit as far as torch allows.

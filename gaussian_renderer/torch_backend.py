@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference Gaussian rasterizer (SPEC section 7), differentiable by autograd.
+"""Pure-PyTorch reference Gaussian rasterizer (docs/maths.md section 7), differentiable by autograd.
 
 Runs on any device and in float32 or float64. Forward semantics follow the original tile
 rasterizer rule for rule (near cull, EWA covariance with the guard-band clamp, 3-sigma radius,
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from gaussian_renderer.sh import MAX_SH_DEGREE, eval_sh, sh_coefficient_count
+from gaussian_renderer.sh import eval_sh
 from gaussian_renderer.types import GaussianSet, RenderOutput
 
 BLOCK = 16  # tile side in pixels
@@ -77,7 +77,7 @@ def _camera_consts(camera: Any, dtype: torch.dtype, device: torch.device) -> _Ca
     for name in ("image_width", "image_height", "tanfovx", "tanfovy", "world_view_transform",
                  "full_proj_transform", "camera_center"):
         if not hasattr(camera, name):
-            raise TypeError(f"render: camera lacks attribute {name!r}; pass a scene.cameras.Camera")
+            raise TypeError(f"render: camera lacks attribute {name!r}; pass a scene.data.cameras.Camera")
     width, height = int(camera.image_width), int(camera.image_height)
     if width <= 0 or height <= 0:
         raise ValueError(f"render: image size must be positive, got {width}x{height}")
@@ -132,7 +132,8 @@ def covariance_3d(scales: Tensor, rotations: Tensor, modifier: float) -> tuple[T
 
 def _guard_clamp(t: Tensor, tz: Tensor, lim: Tensor) -> Tensor:
     """x used in the Jacobian: (x/z clamped to +-lim) * z. Inside the band the value is the original's
-    (x/z)*z with gradient 1 to x; outside it is the constant-in-x +-lim*z, detached (SPEC section 7)."""
+    (x/z)*z with gradient 1 to x; outside it is the constant-in-x +-lim*z, detached (docs/maths.md
+    section 7)."""
     ratio = t / tz
     inside = (ratio >= -lim) & (ratio <= lim)
     rounded = (ratio * tz).detach()
@@ -216,44 +217,6 @@ def tile_rect(xy: Tensor, radius: Tensor, grid_x: int, grid_y: int) -> tuple[Ten
 def _finite_rows(t: Tensor) -> Tensor:
     f = torch.isfinite(t)
     return f.flatten(1).all(dim=1) if t.dim() > 1 else f
-
-
-def validate_gaussians(gaussians: GaussianSet, background: Tensor) -> None:
-    """Check shapes, dtypes and devices of a GaussianSet and background; raise a clear ValueError."""
-    m = gaussians.means
-    if m.dim() != 2 or m.shape[1] != 3:
-        raise ValueError(f"render: gaussians.means must be (P, 3), got {tuple(m.shape)}")
-    p = m.shape[0]
-    if not m.is_floating_point() or m.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"render: gaussians.means must be float32 or float64, got {m.dtype}")
-    checks = {"scales": (p, 3), "rotations": (p, 4)}
-    for name, shape in checks.items():
-        t = getattr(gaussians, name)
-        if tuple(t.shape) != shape:
-            raise ValueError(f"render: gaussians.{name} must be {shape}, got {tuple(t.shape)}")
-    if tuple(gaussians.opacities.shape) not in ((p, 1), (p,)):
-        raise ValueError(f"render: gaussians.opacities must be (P, 1), got "
-                         f"{tuple(gaussians.opacities.shape)}")
-    if gaussians.colors is not None:
-        if tuple(gaussians.colors.shape) != (p, 3):
-            raise ValueError(f"render: gaussians.colors must be (P, 3), got {tuple(gaussians.colors.shape)}")
-    elif gaussians.shs is not None:
-        deg = gaussians.sh_degree
-        if not 0 <= deg <= MAX_SH_DEGREE:
-            raise ValueError(f"render: sh_degree must be in 0..{MAX_SH_DEGREE}, got {deg}")
-        need = sh_coefficient_count(deg)
-        s = gaussians.shs
-        if s.dim() != 3 or s.shape[0] != p or s.shape[2] != 3 or s.shape[1] < need:
-            raise ValueError(f"render: gaussians.shs must be (P, K>={need}, 3) for sh_degree {deg}, "
-                             f"got {tuple(s.shape)}")
-    else:
-        raise ValueError("render: gaussians need shs or colors (or pass override_color)")
-    if background.numel() != 3:
-        raise ValueError(f"render: background must have 3 values, got shape {tuple(background.shape)}")
-    for name in ("scales", "rotations", "opacities", "shs", "colors"):
-        t = getattr(gaussians, name)
-        if t is not None and t.device != m.device:
-            raise ValueError(f"render: gaussians.{name} is on {t.device} but means are on {m.device}")
 
 
 @dataclass
@@ -388,7 +351,8 @@ def render_torch(camera: Any, gaussians: GaussianSet, background: Tensor, scalin
                  return_depth: bool = False, return_alpha: bool = False,
                  chunk_elements: int | None = None, cell: int = DEFAULT_CELL,
                  segment: int | None = None) -> RenderOutput:
-    """Rasterize ``gaussians`` seen by ``camera`` over ``background`` (3,) with the SPEC section 7 rules.
+    """Rasterize ``gaussians`` seen by ``camera`` over ``background`` (3,) with the docs/maths.md section 7
+    rules. Inputs are checked by :func:`gaussian_renderer.render` (this is its backend).
 
     ``gaussians.colors`` (P, 3), when set, replaces the SH colour. Returns image (3, H, W), int32 radii,
     the visibility filter, ``viewspace_points`` whose gradient is the NDC-unit screen gradient, and
@@ -398,7 +362,6 @@ def render_torch(camera: Any, gaussians: GaussianSet, background: Tensor, scalin
     """
     if cell not in (1, 2, 4, 8, 16):
         raise ValueError(f"render_torch: cell must divide the 16-pixel tile (1, 2, 4, 8 or 16), got {cell}")
-    validate_gaussians(gaussians, background)
     means = gaussians.means
     device, dtype = means.device, means.dtype
     on_gpu = device.type == "cuda"

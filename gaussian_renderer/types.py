@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+from gaussian_renderer.sh import MAX_SH_DEGREE, sh_coefficient_count
 
 
 @dataclass
@@ -41,3 +44,41 @@ class RenderOutput:
     viewspace_points: Tensor
     depth: Tensor | None = None
     alpha: Tensor | None = None
+
+
+def validate_gaussians(gaussians: GaussianSet, background: Tensor) -> None:
+    """Check shapes, dtypes and devices of a GaussianSet and background; raise a clear ValueError."""
+    m = gaussians.means
+    if m.dim() != 2 or m.shape[1] != 3:
+        raise ValueError(f"render: gaussians.means must be (P, 3), got {tuple(m.shape)}")
+    p = m.shape[0]
+    if not m.is_floating_point() or m.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"render: gaussians.means must be float32 or float64, got {m.dtype}")
+    checks = {"scales": (p, 3), "rotations": (p, 4)}
+    for name, shape in checks.items():
+        t = getattr(gaussians, name)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"render: gaussians.{name} must be {shape}, got {tuple(t.shape)}")
+    if tuple(gaussians.opacities.shape) not in ((p, 1), (p,)):
+        raise ValueError(f"render: gaussians.opacities must be (P, 1), got "
+                         f"{tuple(gaussians.opacities.shape)}")
+    if gaussians.colors is not None:
+        if tuple(gaussians.colors.shape) != (p, 3):
+            raise ValueError(f"render: gaussians.colors must be (P, 3), got {tuple(gaussians.colors.shape)}")
+    elif gaussians.shs is not None:
+        deg = gaussians.sh_degree
+        if not 0 <= deg <= MAX_SH_DEGREE:
+            raise ValueError(f"render: sh_degree must be in 0..{MAX_SH_DEGREE}, got {deg}")
+        need = sh_coefficient_count(deg)
+        s = gaussians.shs
+        if s.dim() != 3 or s.shape[0] != p or s.shape[2] != 3 or s.shape[1] < need:
+            raise ValueError(f"render: gaussians.shs must be (P, K>={need}, 3) for sh_degree {deg}, "
+                             f"got {tuple(s.shape)}")
+    else:
+        raise ValueError("render: gaussians need shs or colors (or pass override_color)")
+    if background.numel() != 3:
+        raise ValueError(f"render: background must have 3 values, got shape {tuple(background.shape)}")
+    for name in ("scales", "rotations", "opacities", "shs", "colors"):
+        t = getattr(gaussians, name)
+        if t is not None and t.device != m.device:
+            raise ValueError(f"render: gaussians.{name} is on {t.device} but means are on {m.device}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import InputError
 from utils.image_io import IMAGE_SUFFIXES, ImageReadError, image_size, read_image_uint8
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -23,7 +24,7 @@ FRAME_NAME = "{:05d}"
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini"}
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(InputError):
     """Bad preprocessing input: the message names the file or folder and what to do about it."""
 
 

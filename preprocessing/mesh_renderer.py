@@ -1,6 +1,6 @@
 """A small z-buffer mesh renderer (numpy), independent of the Gaussian renderer.
 
-It draws the synthetic subject's ground truth (SPEC section 12): vertices are moved into the
+It draws the synthetic subject's ground truth (docs/maths.md section 12): vertices are moved into the
 OpenCV camera (x right, y down, z forward) by ``R``, ``t``, projected with ``K`` in continuous pixel
 coordinates (u = fx x/z + cx, pixel i spans [i, i+1)), and rasterized at pixel centres by
 ``utils.triangle_raster`` with a depth test. With supersampling ``ss`` the same projection is scaled

@@ -1,7 +1,7 @@
 """Face parsing of the white composites (``comp/``) into ``parsing/NNNNN_neckhead.png`` and ``_mouth.png``.
 
-Class rules (SPEC 11, CelebAMask-HQ labels): the neck-head mask is every class except background (0)
-and cloth (16); the mouth mask is classes 11, 12, 13 (inner mouth, upper lip, lower lip).
+Class rules (docs/maths.md section 11, CelebAMask-HQ labels): the neck-head mask is every class except
+background (0) and cloth (16); the mouth mask is classes 11, 12, 13 (inner mouth, upper lip, lower lip).
 
 Two backends:
 - ``bisenet``: the project's BiSeNet (:mod:`preprocessing.bisenet`) with the official ``79999_iter.pth``
@@ -28,6 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from preprocessing.bisenet import BISENET_HELP, load_bisenet, parse_labels
+from preprocessing.face_landmarks import CHIN, FACE_OVAL, FOREHEAD, LIPS_OUTER, FaceLandmarker
+from utils.device import resolve_device
+
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,7 +56,7 @@ LANDMARK_WARNING = ("face parsing without BiSeNet weights: using the offline lan
 
 
 def masks_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(neckhead, mouth) boolean masks from CelebAMask-HQ class labels, per SPEC 11."""
+    """(neckhead, mouth) boolean masks from CelebAMask-HQ class labels, per docs/maths.md section 11."""
     labels = np.asarray(labels)
     neckhead = (labels != BACKGROUND) & (labels != CLOTH)
     mouth = np.isin(labels, MOUTH_CLASSES)
@@ -74,8 +78,6 @@ class BiSeNetBackend:
     needs_alpha = False
 
     def __init__(self, weights: str | Path, device: str = "auto") -> None:
-        from preprocessing.bisenet import load_bisenet
-        from utils.device import resolve_device
 
         try:
             self.model = load_bisenet(weights, resolve_device(device))
@@ -85,7 +87,6 @@ class BiSeNetBackend:
             raise PreprocessError(str(exc)) from exc
 
     def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        from preprocessing.bisenet import parse_labels
 
         return masks_from_labels(parse_labels(self.model, rgb)[0])
 
@@ -97,12 +98,10 @@ class LandmarkBackend:
     needs_alpha = True
 
     def __init__(self, face_model_dir: str | Path | None = None) -> None:
-        from preprocessing.face_landmarks import FaceLandmarker
 
         self.landmarker = FaceLandmarker(face_model_dir)
 
     def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        from preprocessing.face_landmarks import CHIN, FACE_OVAL, FOREHEAD, LIPS_OUTER
 
         if alpha is None:
             raise PreprocessError("the landmark backend needs the matte (alpha/); run rvm.py first or give "
@@ -139,7 +138,6 @@ def make_backend(kind: str = "auto", *, bisenet_weights: str | Path | None = Non
         raise ValueError(f"unknown parsing backend {kind!r}; use auto, bisenet or landmarks")
     if kind == "bisenet" or (kind == "auto" and bisenet_weights is not None):
         if bisenet_weights is None:
-            from preprocessing.bisenet import BISENET_HELP
 
             raise ModelNotFoundError(f"--backend bisenet needs --bisenet_weights; {BISENET_HELP}")
         return BiSeNetBackend(bisenet_weights, device)

@@ -1,4 +1,4 @@
-"""The synthetic subject: a rendered FLAME-format head with tracker-format frames (SPEC section 12).
+"""The synthetic subject: a rendered FLAME-format head with tracker-format frames (docs/maths.md section 12).
 
 ``make_synthetic_subject`` writes, from a seed and no licensed data:
 
@@ -37,7 +37,7 @@ from flame.assets import load_flame_assets
 from flame.model import FLAME
 from flame.synthetic import write_synthetic_flame
 from preprocessing.mesh_renderer import box_downsample, rasterize_mesh, vertex_normals
-from scene.tracking import save_tracked_frame
+from scene.data.tracking import save_tracked_frame
 from utils.image_io import write_image
 
 MARKER = "synthetic.json"
@@ -74,7 +74,7 @@ def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
 
 
 def rot6d(R: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 6): the first two rows (SPEC section 3)."""
+    """(..., 3, 3) -> (..., 6): the first two rows (docs/maths.md section 3)."""
     return R[..., :2, :].reshape(*R.shape[:-2], 6)
 
 
@@ -342,7 +342,10 @@ def read_marker(subject: Path) -> dict | None:
         return None
 
 
-def ensure_demo_subject(data_root: str | Path, tracking_root: str | Path, idname: str = "demo",
+DEMO_IDNAME = "demo"  # train.py --idname demo generates this subject when it is missing
+
+
+def ensure_demo_subject(data_root: str | Path, tracking_root: str | Path, idname: str = DEMO_IDNAME,
                         **sizes: int) -> Path:
     """Generate the synthetic subject unless a complete one with the same parameters exists.
     ``sizes``: ``n_frames``, ``image_size``, ``seed``, ``resolution``, ``supersample``. A folder of
@@ -365,7 +368,8 @@ def ensure_demo_subject(data_root: str | Path, tracking_root: str | Path, idname
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Generate the synthetic demo subject (SPEC section 12).")
+    ap = argparse.ArgumentParser(
+        description="Generate the synthetic demo subject (docs/maths.md section 12).")
     ap.add_argument("--idname", default="demo")
     ap.add_argument("--data_root", default="dataset")
     ap.add_argument("--tracking_root", default="metrical-tracker/output")

@@ -1,11 +1,12 @@
 """Check a subject folder (and its tracking folder when present) before training; list every problem at once.
 
-Subject layout (SPEC 8): ``imgs/NNNNN.png|jpg``, ``alpha/NNNNN.png|jpg``, ``parsing/NNNNN_neckhead.png``,
+Subject layout (docs/maths.md section 8): ``imgs/NNNNN.png|jpg``, ``alpha/NNNNN.png|jpg``,
+``parsing/NNNNN_neckhead.png``,
 ``parsing/NNNNN_mouth.png``; tracking ``<tracking>/NNNNN.frame`` (metrical-tracker output), image
 ``NNNNN`` pairing with tracking frame ``NNNNN - frame_delta``. Checked: the folders exist, hold only
 images named by 5-digit frame numbers, the same frames in every folder, one image size throughout,
 every file decodes (unless ``--quick``), no empty neck-head mask; each needed ``.frame`` file exists,
-loads (:func:`scene.tracking.load_tracked_frame`) and was tracked at the images' size. Empty mouth masks
+loads (:func:`scene.data.tracking.load_tracked_frame`) and was tracked at the images' size. Empty mouth masks
 are warnings (a frame may hide the mouth). Exit code 1 when there is any problem.
 
 Usage: ``python preprocessing/validate.py --data_path dataset/<id> [--tracking_path
@@ -20,6 +21,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scene.data.tracking import load_tracked_frame
+from utils.image_io import read_image_uint8
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -93,7 +97,6 @@ def _check_tracking(
     frame_delta: int,
     size: tuple[int, int] | None,
 ) -> None:
-    from scene.tracking import load_tracked_frame
 
     missing, bad_size, shapes = [], [], None
     for n in numbers:
@@ -206,7 +209,6 @@ def validate_subject(
             except ImageReadError as exc:
                 report.problems.append(str(exc))
     if decode:
-        from utils.image_io import read_image_uint8
 
         for f in imgs.values():
             try:

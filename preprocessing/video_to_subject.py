@@ -22,6 +22,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from preprocessing.face_landmarks import FaceLandmarker
+from preprocessing.organize import organize
+from preprocessing.rvm import matte_sequence
+from preprocessing.semantic import make_backend, parse_folder
+from preprocessing.validate import validate_subject
+
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,7 +60,6 @@ def face_crop_box(
 ) -> tuple[int, int, int, int]:
     """Square box around the detected face (``scale`` x its size, shifted down to take the neck), clamped
     to the frame. Needs the offline face models (see :mod:`preprocessing.face_landmarks`)."""
-    from preprocessing.face_landmarks import FaceLandmarker
 
     det = FaceLandmarker(face_model_dir).detect(frame)
     if det is None:
@@ -190,10 +195,6 @@ def video_to_subject(
     show_progress: bool = True,
 ):
     """Run steps 1-5; returns the :class:`preprocessing.validate.ValidationReport`."""
-    from preprocessing.organize import organize
-    from preprocessing.rvm import matte_sequence
-    from preprocessing.semantic import make_backend, parse_folder
-    from preprocessing.validate import validate_subject
 
     out_dir = Path(out_dir)
     extract_frames(

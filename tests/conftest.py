@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-``synthetic_subject`` (session scope) generates one small synthetic subject (SPEC section 12) into a
+``synthetic_subject`` (session scope) generates one small synthetic subject (docs/maths.md section 12) into a
 temporary folder the first time a test asks for it and returns a ``SyntheticSubjectInfo``
 ``(data_root, tracking_root, idname)`` - a NamedTuple, so ``data_root, tracking_root, idname =
 synthetic_subject`` works. Other tests rely on this name and return value: keep them stable. The
@@ -12,6 +12,7 @@ FLAME model of resolution ``SYNTHETIC_RESOLUTION`` in ``<data_root>/<idname>/fla
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +41,18 @@ def synthetic_subject(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSubj
     make_synthetic_subject(data_root, tracking_root, "synth", n_frames=SYNTHETIC_FRAMES,
                            image_size=SYNTHETIC_SIZE, seed=SYNTHETIC_SEED, resolution=SYNTHETIC_RESOLUTION)
     return SyntheticSubjectInfo(data_root, tracking_root, "synth")
+
+
+@pytest.fixture(scope="session")
+def raster_oracle() -> dict:
+    """The raster oracle (a trained head scene and the original rasterizer's image of it), loaded from
+    ``$RASTER_ORACLE_DIR/head_scene.pt``, by default ``shared/data/raster_oracle/`` beside the checkout;
+    the test skips when it is absent."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "raster_oracle"
+    path = Path(os.environ.get("RASTER_ORACLE_DIR") or default) / "head_scene.pt"
+    if not path.is_file():
+        pytest.skip(f"raster oracle not found at {path} (set RASTER_ORACLE_DIR to its folder)")
+    return torch.load(path, weights_only=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import scene.gaussians as gaussians_mod
-from scene.avatar import Avatar, AvatarConfig
-from scene.cameras import Camera
+import scene.model.gaussians as gaussians_mod
+from scene.data.cameras import Camera
+from scene.model.avatar import Avatar
+from scene.model.cuda_graphs import inference_graph, training_graph
+from utils.options import ModelOptions
 
 SMALL = dict(hidden_dim=16, hidden_layers=2, latent_dim=4, uv_size=16)
 
@@ -82,7 +84,7 @@ def knn(monkeypatch):
 def test_avatar_builds_per_subject_state_once():
     assets = make_tiny_assets()
     shape = torch.randn(300, dtype=torch.float64) * 0.5
-    avatar = Avatar(assets, shape, AvatarConfig(ours=True, **SMALL), dtype=torch.float64)
+    avatar = Avatar(assets, shape, ModelOptions(ours=True, **SMALL), dtype=torch.float64)
     n = avatar.n_gaussians
     assert n == avatar.embedding.count and 0 < n < avatar.embedding.n_texels  # neck row dropped
     assert avatar.encoding.shape == (n, 51) and avatar.encoding.dtype == torch.float64
@@ -102,7 +104,7 @@ def test_deform_chain_matches_independent_computation(ours):
 
     assets = make_tiny_assets(1)
     shape = torch.randn(300, dtype=torch.float64) * 0.5
-    avatar = Avatar(assets, shape, AvatarConfig(ours=ours, **SMALL), dtype=torch.float64)
+    avatar = Avatar(assets, shape, ModelOptions(ours=ours, **SMALL), dtype=torch.float64)
     cond = tiny_condition(2)
     gs, extras = avatar.deform(cond)
     verts = FLAME(assets, dtype=torch.float64)(shape[None], cond[None, :100], jaw=cond[None, 100:106],
@@ -110,7 +112,7 @@ def test_deform_chain_matches_independent_computation(ours):
     ids, bary = avatar.embedding.vertex_ids.numpy(), avatar.embedding.bary.double().numpy()
     base = (verts.numpy()[ids] * bary[..., None]).sum(1)
     np.testing.assert_allclose(extras.base_positions.detach().numpy(), base, atol=1e-10)
-    np.testing.assert_allclose(extras["vertices"].detach().numpy(), verts.numpy(), atol=1e-10)
+    np.testing.assert_allclose(extras.vertices.detach().numpy(), verts.numpy(), atol=1e-10)
     d = avatar.deformation(avatar.encoding, cond)
     torch.testing.assert_close(gs.means, extras.base_positions + d.d_xyz)
     assert gs.count == avatar.n_gaussians and gs.shs.shape == (avatar.n_gaussians, 16, 3)
@@ -119,11 +121,10 @@ def test_deform_chain_matches_independent_computation(ours):
         assert torch.equal(extras.uncertainty, torch.zeros(avatar.n_gaussians, dtype=torch.float64))
     else:
         assert extras.uncertainty is None and not torch.equal(gs.means, extras.base_positions)
-    assert torch.equal(avatar.gaussians_for(cond)[0].means, gs.means)
 
 
 def test_initialize_gaussians_uses_the_frames_head_positions(knn):
-    avatar = Avatar(make_tiny_assets(2), torch.zeros(300), AvatarConfig(ours=False, **SMALL))
+    avatar = Avatar(make_tiny_assets(2), torch.zeros(300), ModelOptions(ours=False, **SMALL))
     cond = tiny_condition(3, torch.float32)
     avatar.initialize_gaussians(cond)
     means = avatar.deform(cond)[0].means.detach()
@@ -135,7 +136,7 @@ def test_initialize_gaussians_uses_the_frames_head_positions(knn):
 
 def test_gradients_reach_every_trained_tensor_and_optimizers_step(knn):
     avatar = Avatar(make_tiny_assets(3), torch.zeros(300),
-                    AvatarConfig(ours=True, conditional_appearance=True, camera_conditioning=True, **SMALL))
+                    ModelOptions(ours=True, conditional_appearance=True, camera_conditioning=True, **SMALL))
     cam = tiny_camera()
     cond = tiny_condition(4, torch.float32)
     avatar.initialize_gaussians(cond, cam)
@@ -161,14 +162,14 @@ def test_gradients_reach_every_trained_tensor_and_optimizers_step(knn):
 
 
 def test_condition_is_checked_and_sh_degree_schedule_is_forwarded():
-    avatar = Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(**SMALL))
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), ModelOptions(**SMALL))
     with pytest.raises(ValueError, match="120 values"):
         avatar.deform(torch.zeros(119))
     assert avatar.update_sh_degree(1000) == 2 and avatar.deform(torch.zeros(120))[0].sh_degree == 2
 
 
 def test_export_ply_writes_the_frame(tmp_path):
-    avatar = Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(**SMALL))
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), ModelOptions(**SMALL))
     out = avatar.export_ply(tmp_path / "frame.ply", tiny_condition(1, torch.float32))
     raw = out.read_bytes()
     assert f"element vertex {avatar.n_gaussians}\n".encode() in raw
@@ -178,7 +179,7 @@ def test_export_ply_writes_the_frame(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_hot_path_has_no_host_sync(knn):
-    avatar = Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(ours=True, **SMALL), device="cuda")
+    avatar = Avatar(make_tiny_assets(), torch.zeros(300), ModelOptions(ours=True, **SMALL), device="cuda")
     cond = tiny_condition(1, torch.float32).cuda()
     avatar.initialize_gaussians(cond)
     g_opt, d_opt = avatar.make_optimizers()
@@ -202,15 +203,15 @@ def test_end_to_end_on_the_synthetic_subject(synthetic_subject, tmp_path, knn):
 
     from flame.assets import load_flame_assets, resolve_flame_dir
     from gaussian_renderer import render
-    from scene.checkpoint import load_checkpoint, save_checkpoint
-    from scene.subject import Subject
+    from scene.data.subject import Subject
+    from scene.model.checkpoint import load_checkpoint, save_checkpoint
 
     data_root, tracking_root, idname = synthetic_subject
     subject = Subject(data_root, tracking_root, idname, test_num=4, eval_num=2)
     assets = load_flame_assets(resolve_flame_dir(None, data_root / idname))
-    cfg = AvatarConfig(ours=True, hidden_dim=32, hidden_layers=2, latent_dim=8, uv_size=32)
+    cfg = ModelOptions(ours=True, hidden_dim=32, hidden_layers=2, latent_dim=8, uv_size=32)
     torch.manual_seed(0)
-    avatar = Avatar.build(assets, subject.shape, cfg)
+    avatar = Avatar(assets, subject.shape, cfg)
     frame = subject.frame(subject.train_indices[0])
     avatar.initialize_gaussians(frame.condition, frame.camera)
     background = torch.ones(3)
@@ -242,7 +243,7 @@ def test_end_to_end_on_the_synthetic_subject(synthetic_subject, tmp_path, knn):
     assert losses[-1] < losses[0]
 
     path = save_checkpoint(tmp_path / "ckpt3.pth", avatar, optimizers, 3)
-    fresh = Avatar.build(assets, subject.shape, cfg)
+    fresh = Avatar(assets, subject.shape, cfg)
     load_checkpoint(path, fresh, fresh.make_optimizers())
     with torch.no_grad():
         a = render(frame.camera, avatar.deform(frame.condition, frame.camera)[0], background, backend="torch")
@@ -254,14 +255,14 @@ def test_end_to_end_on_the_synthetic_subject(synthetic_subject, tmp_path, knn):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("camera_conditioning", [False, True])
 def test_cuda_inference_graph_matches_eager_deform(knn, camera_conditioning):
-    cfg = AvatarConfig(ours=True, conditional_appearance=camera_conditioning,
+    cfg = ModelOptions(ours=True, conditional_appearance=camera_conditioning,
                        camera_conditioning=camera_conditioning, **SMALL)
     avatar = Avatar(make_tiny_assets(), torch.zeros(300), cfg, device="cuda")
     avatar.initialize_gaussians(tiny_condition(0, torch.float32).cuda(), tiny_camera().to("cuda"))
     with torch.no_grad():
         for p in avatar.deformation.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    run = avatar.inference_graph()
+    run = inference_graph(avatar)
     for seed in (1, 2, 3):
         cond = tiny_condition(seed, torch.float32).cuda()
         cam = tiny_camera()
@@ -276,7 +277,7 @@ def test_cuda_inference_graph_matches_eager_deform(knn, camera_conditioning):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(extras.uncertainty, ref_extras.uncertainty)
     with pytest.raises(RuntimeError, match="CUDA device"):
-        Avatar(make_tiny_assets(), torch.zeros(300), AvatarConfig(**SMALL)).inference_graph()
+        inference_graph(Avatar(make_tiny_assets(), torch.zeros(300), ModelOptions(**SMALL)))
 
 
 def _weighted_sum(gs, weights: dict) -> torch.Tensor:
@@ -297,7 +298,7 @@ def test_cuda_training_graph_matches_eager_steps(knn, ours, appearance):
     outputs, gradients and updated parameters as through the eager one."""
     import copy
 
-    cfg = AvatarConfig(ours=ours, conditional_appearance=appearance, camera_conditioning=appearance, **SMALL)
+    cfg = ModelOptions(ours=ours, conditional_appearance=appearance, camera_conditioning=appearance, **SMALL)
     eager = Avatar(make_tiny_assets(), torch.zeros(300), cfg, device="cuda")
     cam0 = tiny_camera().to("cuda")
     eager.initialize_gaussians(tiny_condition(0, torch.float32).cuda(), cam0)
@@ -308,7 +309,7 @@ def test_cuda_training_graph_matches_eager_steps(knn, ours, appearance):
     graphed = copy.deepcopy(eager)
     eager.update_sh_degree(2000)
     graphed.update_sh_degree(2000)
-    run = graphed.training_graph(tiny_condition(0, torch.float32).cuda(), cam0)
+    run = training_graph(graphed, tiny_condition(0, torch.float32).cuda(), cam0)
     opts = {"eager": eager.make_optimizers(), "graphed": graphed.make_optimizers()}
     g = torch.Generator(device="cuda").manual_seed(0)
     n = eager.n_gaussians

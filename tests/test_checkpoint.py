@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-import scene.checkpoint as ckpt_mod
-from scene.avatar import Avatar, AvatarConfig
-from scene.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+import scene.model.checkpoint as ckpt_mod
+from scene.model.avatar import Avatar
+from scene.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from tests.test_avatar import SMALL, make_tiny_assets, tiny_condition
+from utils.options import ModelOptions
 
 ASSETS = make_tiny_assets(0)
 
 
 def _avatar(**over) -> Avatar:
     cfg = {**SMALL, "ours": True, **over}
-    return Avatar(ASSETS, torch.zeros(300), AvatarConfig(**cfg))
+    return Avatar(ASSETS, torch.zeros(300), ModelOptions(**cfg))
 
 
 def _train_steps(avatar: Avatar, opts, steps: int, seed: int) -> None:
@@ -171,7 +172,7 @@ def test_other_gaussian_count_is_explained(trained):
     _, _, path = trained
     other = make_tiny_assets(0)
     other.masks = {"boundary": np.arange(12)}  # same options, a wider neck cut: fewer Gaussians
-    avatar = Avatar(other, torch.zeros(300), AvatarConfig(**{**SMALL, "ours": True}))
+    avatar = Avatar(other, torch.zeros(300), ModelOptions(**{**SMALL, "ours": True}))
     assert avatar.n_gaussians < trained[0].n_gaussians
     with pytest.raises(CheckpointError, match=r"Gaussians, this avatar .*UV mesh"):
         load_checkpoint(path, avatar)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scene.deformation import DeformationModel, unit_view_directions
+from scene.model.deformation import DeformationModel, unit_view_directions
 
 N = 13
 

@@ -1,4 +1,4 @@
-"""scene/embedding.py and utils/triangle_raster.py: Gaussians on the mesh (SPEC section 4)."""
+"""scene/model/embedding.py and utils/triangle_raster.py: Gaussians on the mesh (docs/maths.md section 4)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from scene.embedding import Embedding, default_sample_count, positional_encoding, texel_grid_faces
+from scene.model.embedding import Embedding, default_sample_count, positional_encoding, texel_grid_faces
 from utils.triangle_raster import rasterize_triangles
 
 
@@ -180,7 +180,7 @@ REAL_COUNTS = {"FlameMesh.obj": 14876, "head_template_mesh.obj": 14734}
 @pytest.mark.parametrize("name", sorted(REAL_COUNTS))
 def test_real_flame_uv_counts(name: str) -> None:
     """With the user's licensed UV meshes in flame/, the texel grid at 128 has the known size
-    (SPEC section 4); skipped when the file is not there (nothing licensed is in the repo)."""
+    (docs/maths.md section 4); skipped when the file is not there (nothing licensed is in the repo)."""
     from pathlib import Path
 
     from flame.obj import read_obj

@@ -1,4 +1,4 @@
-"""The FLAME layer against an independent numpy implementation of SPEC section 3."""
+"""The FLAME layer against an independent numpy implementation of docs/maths.md section 3."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def assets(tmp_path_factory):
     return load_flame_assets(write_synthetic_flame(tmp_path_factory.mktemp("flame"), resolution=24, seed=3))
 
 
-# -- reference: SPEC section 3 written out with 4x4 homogeneous matrices in numpy ------------------
+# -- reference: docs/maths.md section 3 written out with 4x4 homogeneous matrices in numpy ------------------
 
 def np_rot6d(a: np.ndarray) -> np.ndarray:
     a1, a2 = a[:3], a[3:6]

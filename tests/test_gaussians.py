@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from scene.deformation import DeformationOutput
-from scene.gaussians import GaussianModel, sh_degree_for_iteration
+from scene.model.deformation import DeformationOutput
+from scene.model.gaussians import GaussianModel, sh_degree_for_iteration
 
 N = 7
 
@@ -152,7 +152,7 @@ def _parse_ply(path) -> tuple[list[str], np.ndarray]:
 
 def test_ply_round_trip(tmp_path):
     from gaussian_renderer.types import GaussianSet
-    from scene.ply import write_ply
+    from scene.model.ply import write_ply
 
     g = torch.Generator().manual_seed(9)
     P = 5
@@ -181,7 +181,7 @@ def test_ply_round_trip(tmp_path):
 
 def test_ply_zeroes_inactive_sh_and_encodes_colours(tmp_path):
     from gaussian_renderer.types import GaussianSet
-    from scene.ply import write_ply
+    from scene.model.ply import write_ply
 
     P = 3
     shs = torch.ones(P, 16, 3)

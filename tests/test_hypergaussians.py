@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import scene.hypergaussians as hgmod
-from scene.hypergaussians import HyperGaussian
+import scene.model.hypergaussians as hgmod
+from scene.model.hypergaussians import HyperGaussian
 
 
 def _randomize(hg: HyperGaussian, seed: int) -> None:

@@ -1,4 +1,4 @@
-"""Huber and the photometric loss of SPEC section 9 against hand-computed values."""
+"""Huber and the photometric loss of docs/maths.md section 9 against hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shared option groups: SPEC defaults, overridable roots, derived names, refused combinations."""
+"""The shared option groups: documented defaults, overridable roots, derived names, refused combinations."""
 
 from __future__ import annotations
 
@@ -68,12 +68,17 @@ def test_train_refuses_bad_values(argv, capsys):
         parse_train_args(["--idname", "a", *argv])
 
 
-def test_combinations_refused():
+def test_combinations_refused(capsys):
     assert parse_train_args(["--idname", "a", "--conditional_appearance"]).model.conditional_appearance
-    with pytest.raises(SystemExit, match="needs --conditional_appearance"):
+    with pytest.raises(SystemExit) as exc:
         parse_train_args(["--idname", "a", "--ours", "--camera_conditioning"])
-    with pytest.raises(SystemExit, match="HyperGaussians"):
+    assert exc.value.code == 2 and "needs --conditional_appearance" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
         parse_render_args(["--idname", "a", "--uncertainty"])
+    assert exc.value.code == 2 and "HyperGaussians" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        parse_render_args(["--idname", "a", "--ours", "--uncertainty", "--error"])
+    assert exc.value.code == 2 and "exclusive" in capsys.readouterr().err
 
 
 def test_render_frames_dirname():

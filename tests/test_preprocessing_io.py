@@ -167,7 +167,7 @@ def test_organize_refuses_disagreeing_folders(tmp_path: Path) -> None:
 
 
 def _tracked(path: Path, hw: tuple[int, int]) -> None:
-    from scene.tracking import save_tracked_frame
+    from scene.data.tracking import save_tracked_frame
 
     K = np.array([[500.0, 0, hw[1] / 2], [0, 500.0, hw[0] / 2], [0, 0, 1]])
     save_tracked_frame(
@@ -229,7 +229,8 @@ def test_validator_tracking_size_and_delta(tmp_path: Path) -> None:
 
 
 def test_scripts_from_repo_root(tmp_path: Path, capsys) -> None:
-    """SPEC 1's commands run as scripts from the repo root; validate's CLI lists problems, exit code 1."""
+    """docs/maths.md section 1's commands run as scripts from the repo root; validate's CLI lists problems,
+    exit code 1."""
     _raw_subject(tmp_path / "s", ["x1", "x2"])
     script = (
         f"{sys.executable} preprocessing/rvm.py --help >/dev/null && "

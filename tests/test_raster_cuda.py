@@ -1,5 +1,5 @@
 """GPU tests of our CUDA rasterizer (``diff_gaussian_rasterization``) against the torch reference backend,
-hand-computed values and the original rasterizer's image of the oracle head scene (SPEC section 7).
+hand-computed values and the original rasterizer's image of the oracle head scene (docs/maths.md section 7).
 
 All tests need a CUDA GPU and the built extension (``python setup.py build_ext --inplace``); they are
 skipped otherwise. Image parity is bounded by the mean absolute difference and the number of pixels over
@@ -9,7 +9,6 @@ skipped otherwise. Image parity is bounded by the mean absolute difference and t
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +17,20 @@ import torch
 
 from gaussian_renderer.cuda_backend import cuda_backend_available, render_cuda
 from gaussian_renderer.types import GaussianSet
-from scene.cameras import Camera
+from scene.data.cameras import Camera
 
 needs_gpu = pytest.mark.skipif(not cuda_backend_available(),
                                reason="needs a CUDA GPU and the built extension")
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 512
-# Parity bounds (SPEC 7: about 1e-5 per pixel, isolated threshold-flip pixels over 1e-4). Measured on an
-# H100 (see bench/NOTES.md): oracle scene 0 pixels over 1e-4; random scenes up to 24 values over 1e-4
-# (15k Gaussians with opacities up to the 0.99 cap, where many pixels stop at T = 1e-4).
+# Parity bounds (docs/maths.md section 7: about 1e-5 per pixel, isolated threshold-flip pixels over 1e-4).
+# Measured on an H100 (see bench/NOTES.md): oracle scene 0 pixels over 1e-4; random scenes up to 24 values
+# over 1e-4 (15k Gaussians with opacities up to the 0.99 cap, where many pixels stop at T = 1e-4).
 MEAN_TOL = 2e-6
 MAX_PIXELS_OVER_ORACLE = 8
 MAX_PIXELS_OVER = 32  # of 262144 pixels
 GRAD_RTOL = 1e-3
-
-
-def _oracle_path() -> Path | None:
-    candidates = [os.environ.get("RASTER_ORACLE", ""), REPO / "shared/data/raster_oracle/head_scene.pt",
-                  REPO.parent / "shared/data/raster_oracle/head_scene.pt", REPO / ".devdata/head_scene.pt"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    return None
 
 
 def _torch_render(camera, gaussians, background, return_depth=False, return_alpha=False):
@@ -258,13 +248,10 @@ def test_equal_depths_keep_index_order() -> None:
 
 @pytest.mark.cuda
 @needs_gpu
-def test_oracle_scene_reproduced() -> None:
-    path = _oracle_path()
-    if path is None:
-        pytest.skip("head_scene.pt not found (set RASTER_ORACLE)")
+def test_oracle_scene_reproduced(raster_oracle) -> None:
     import diff_gaussian_rasterization as dgr
 
-    d = torch.load(path, weights_only=True)
+    d = raster_oracle
     dev = "cuda"
     H, W = int(d["H"]), int(d["W"])
     settings = dgr.GaussianRasterizationSettings(

@@ -1,13 +1,12 @@
-"""The torch backend reproduces the ORIGINAL rasterizer's image of a trained head scene (SPEC section 7).
+"""The torch backend reproduces the ORIGINAL rasterizer's image of a trained head scene (docs/maths.md
+section 7).
 
-The scene and image are in ``shared/data/raster_oracle/`` beside the repository (or the folder named
-by ``RASTER_ORACLE_DIR``); the test skips cleanly when it is absent.
+The scene and image come from the ``raster_oracle`` fixture (``tests/conftest.py``: ``RASTER_ORACLE_DIR``,
+by default ``shared/data/raster_oracle/`` beside the checkout); the tests skip cleanly when it is absent.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,22 +14,12 @@ import torch
 
 from gaussian_renderer import render
 from gaussian_renderer.types import GaussianSet
-from scene.cameras import Camera
-
-
-def oracle_dir() -> Path:
-    env = os.environ.get("RASTER_ORACLE_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raster_oracle"
+from scene.data.cameras import Camera
 
 
 @pytest.fixture(scope="module")
-def oracle() -> dict:
-    path = oracle_dir() / "head_scene.pt"
-    if not path.is_file():
-        pytest.skip(f"raster oracle not found at {path} (set RASTER_ORACLE_DIR)")
-    return torch.load(path, weights_only=True)
+def oracle(raster_oracle) -> dict:
+    return raster_oracle
 
 
 def gaussians_of(d: dict, device: str = "cpu") -> GaussianSet:
@@ -63,7 +52,7 @@ def test_torch_backend_reproduces_original_image(oracle):
 
 
 def test_project_camera_reproduces_original_image(oracle):
-    """The same through scene.cameras.Camera built from the plain [R t] matrix and K."""
+    """The same through scene.data.cameras.Camera built from the plain [R t] matrix and K."""
     w2c = oracle["viewmat_w2c"]
     cam = Camera(w2c[:3, :3], w2c[:3, 3], oracle["K"], int(oracle["W"]), int(oracle["H"]))
     assert torch.allclose(cam.full_proj_transform, oracle["projmatrix"].T, rtol=1e-6, atol=1e-7)

@@ -1,6 +1,6 @@
 """The pure-PyTorch rasterizer against hand-computed pixels and an independent numpy reference.
 
-The numpy reference below is written straight from SPEC section 7 with 3x3 matrices and a
+The numpy reference below is written straight from docs/maths.md section 7 with 3x3 matrices and a
 per-Gaussian loop (no code shared with the backend); crafted scenes check single rules with
 closed-form pixel values.
 """
@@ -17,7 +17,7 @@ from gaussian_renderer import render, torch_backend
 from gaussian_renderer.sh import C0
 from gaussian_renderer.torch_backend import covariance_2d, render_torch
 from gaussian_renderer.types import GaussianSet
-from scene.cameras import Camera
+from scene.data.cameras import Camera
 
 BG = (0.2, 0.4, 0.6)
 
@@ -70,7 +70,7 @@ def sh_basis(d: np.ndarray, deg: int) -> np.ndarray:
 
 
 def reference_render(cam: Camera, g: GaussianSet, background, modifier: float = 1.0):
-    """Image (3,H,W), radii, depth (H,W), alpha (H,W) by SPEC section 7, straightforwardly."""
+    """Image (3,H,W), radii, depth (H,W), alpha (H,W) by docs/maths.md section 7, straightforwardly."""
     V = cam.world_view_transform.double().numpy()
     F = cam.full_proj_transform.double().numpy()
     campos = cam.camera_center.double().numpy()

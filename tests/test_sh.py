@@ -1,4 +1,4 @@
-"""Spherical harmonics (SPEC section 7): values at known directions, band truncation, gradients."""
+"""Spherical harmonics (docs/maths.md section 7): values at known directions, band truncation, gradients."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gaussian_renderer.sh import C0, C1, C2, C3, eval_sh
 
 
 def basis_numpy(x: float, y: float, z: float) -> np.ndarray:
-    """The 16 real SH basis values as SPEC section 7 lists them, written out independently."""
+    """The 16 real SH basis values as docs/maths.md section 7 lists them, written out independently."""
     return np.array([
         C0,
         -C1 * y, C1 * z, -C1 * x,

@@ -1,4 +1,4 @@
-"""scene/subject.py on hand-written subjects: pairing by number, compositing, split, errors."""
+"""scene/data/subject.py on hand-written subjects: pairing by number, compositing, split, errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scene.subject import Subject, SubjectDataError, build_condition
-from scene.tracking import TrackingFileError, save_tracked_frame
+from flame.condition import build_condition
+from scene.data.subject import Subject, SubjectDataError
+from scene.data.tracking import TrackingFileError, save_tracked_frame
 from utils.image_io import ImageReadError
 
 H, W = 6, 8  # non-square on purpose: img_size is [h, w]

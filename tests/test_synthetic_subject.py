@@ -20,8 +20,8 @@ from preprocessing.synthetic_subject import (
     main,
     make_synthetic_subject,
 )
-from scene.subject import Subject
-from scene.tracking import load_frame_dict
+from scene.data.subject import Subject
+from scene.data.tracking import load_frame_dict
 from utils.image_io import read_image, read_mask
 from utils.triangle_raster import rasterize_triangles
 

@@ -1,4 +1,4 @@
-"""scene/tracking.py: metrical-tracker .frame files are read safely and validated."""
+"""scene/data/tracking.py: metrical-tracker .frame files are read safely and validated."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from scene.tracking import TrackingFileError, load_frame_dict, load_tracked_frame, save_tracked_frame
+from scene.data.tracking import TrackingFileError, load_frame_dict, load_tracked_frame, save_tracked_frame
 
 
 def _params(seed: int = 0) -> dict:

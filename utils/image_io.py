@@ -1,8 +1,8 @@
 """Image I/O, the one place for it: read RGB and grey images as float in [0, 1], write 8-bit PNGs.
 
 Reads go through Pillow and fail with an :class:`ImageReadError` that names the file; writes round
-to the nearest 8-bit value (not truncate, SPEC section 10) and are atomic (temp file + ``os.replace``)
-so a crash never leaves a half-written PNG that a later run would trust.
+to the nearest 8-bit value (not truncate, docs/maths.md section 10) and are atomic (temp file +
+``os.replace``) so a crash never leaves a half-written PNG that a later run would trust.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from utils.atomic import atomic_open
+from utils.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError):
     """An image file that is missing, truncated or not an image."""
 
 

@@ -1,4 +1,4 @@
-"""Image quality metrics shared by training evaluation and ``metrics.py`` (SPEC section 10).
+"""Image quality metrics shared by training evaluation and ``metrics.py`` (docs/maths.md section 10).
 
 PSNR = 20 log10(1 / sqrt(mse)) with mse over all 3*H*W values; SSIM with an 11x11 Gaussian window
 (sigma 1.5), C1 = 0.01^2, C2 = 0.03^2, zero padding to the same size, mean over pixels and channels.

@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 9): Huber on the image and the mouth, opacity regulariser.
+"""Training losses (docs/maths.md section 9): Huber on the image and the mouth, opacity regulariser.
 
 The perceptual term lives in :mod:`utils.lpips_loader`; this module has no network and no weights.
 """
@@ -40,7 +40,8 @@ class LossTerms:
 
 def photometric_loss(render: Tensor, gt: Tensor, mouth_mask: Tensor, *, delta: float = HUBER_DELTA,
                      mouth_weight: float = MOUTH_WEIGHT) -> LossTerms:
-    """huber(render, gt) + 40 huber(render * mouth, gt * mouth): the two Huber terms of SPEC section 9.
+    """huber(render, gt) + 40 huber(render * mouth, gt * mouth): the two Huber terms of docs/maths.md
+    section 9.
 
     ``render`` and ``gt`` are (3, H, W), ``mouth_mask`` (1, H, W) or (H, W) in [0, 1]."""
     if render.shape != gt.shape:

@@ -1,4 +1,4 @@
-"""LPIPS-VGG from the ``lpips`` package, loaded offline from torch's hub cache (SPEC sections 9, 10).
+"""LPIPS-VGG from the ``lpips`` package, loaded offline from torch's hub cache (docs/maths.md sections 9, 10).
 
 ``lpips`` ships its own linear calibration layers; the VGG16 trunk is torchvision's ImageNet
 checkpoint, which torchvision would download on first use. We never download: the file must already be
@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from utils.errors import InputError
+
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
 
 
-class LPIPSUnavailableError(RuntimeError):
+class LPIPSUnavailableError(InputError):
     """The VGG backbone weights for LPIPS cannot be loaded; the message says how to fix it."""
 
 

@@ -1,7 +1,11 @@
 """Typed option groups shared by ``train.py``, ``render.py`` and ``metrics.py``; one parser builder.
 
-Each group is a dataclass with an ``add_arguments(parser)`` that declares its flags and a
-``from_args(namespace)`` that reads them back typed. Defaults follow SPEC sections 1, 8, 9, 10. Every
+Each flag is declared once, as a dataclass field made by :func:`option` (default, help, parser type or
+action in the field's metadata); :func:`add_group` turns a group's fields into an argument group and
+:func:`read_group` reads the parsed namespace back into the typed group. Rules that span groups are
+checked in one place, :func:`_validate`, which reports through ``parser.error``. The model group,
+:class:`ModelOptions`, is the avatar's configuration itself (recorded in checkpoints). Defaults follow
+docs/maths.md sections 1, 8, 9, 10. Every
 path root is a flag (``--data_root``, ``--tracking_root``, ``--flame_dir``, ``--log_root``); their
 defaults are folders of the repository (not of the working directory), so the scripts behave the same
 wherever they are started.
@@ -10,8 +14,9 @@ wherever they are started.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = REPO_ROOT / "dataset"
@@ -27,7 +32,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        silent = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        silent = (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                  or isinstance(action, argparse._StoreConstAction))  # switches: the flag says it all
         if "default" in text or silent or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
@@ -54,41 +60,64 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def option(default: Any = MISSING, *, help: str, flag: str | None = None, type: Any = None,
+           choices: list[str] | None = None, action: str | None = None, metavar: str | None = None,
+           required: bool = False, switches: dict[str, tuple[str, str]] | None = None) -> Any:
+    """A dataclass field that is also a command-line flag: ``--<field name>`` unless ``flag`` names
+    another, or, with ``switches`` ({flag: (value, help)}), mutually exclusive flags that each set the
+    field to their value. ``bool`` fields default to ``store_true``."""
+    meta = {"help": help, "flag": flag, "type": type, "choices": choices, "action": action,
+            "metavar": metavar, "required": required, "switches": switches}
+    return field(default=default, metadata={"cli": meta})
+
+
+def add_group(parser: argparse.ArgumentParser, group: type, title: str) -> None:
+    """Declare the flags of dataclass ``group`` (its :func:`option` fields) as an argument group."""
+    g = parser.add_argument_group(title)
+    for f in fields(group):
+        meta = f.metadata.get("cli")
+        if meta is None:
+            continue  # not a flag (fixed by the code, e.g. the SH degree)
+        if meta["switches"]:
+            exclusive = g.add_mutually_exclusive_group()
+            for flag, (value, help_text) in meta["switches"].items():
+                exclusive.add_argument(flag, dest=f.name, action="store_const", const=value, help=help_text)
+            parser.set_defaults(**{f.name: f.default})
+            continue
+        kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name}
+        if meta["action"] is not None:
+            kwargs["action"] = meta["action"]
+        elif isinstance(f.default, bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update({k: meta[k] for k in ("type", "choices", "metavar") if meta[k] is not None})
+        if meta["required"]:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        g.add_argument(meta["flag"] or f"--{f.name}", **kwargs)
+
+
+def read_group(group: type, ns: argparse.Namespace) -> Any:
+    """The typed ``group`` from a parsed namespace (fields without a flag keep their defaults)."""
+    return group(**{f.name: getattr(ns, f.name) for f in fields(group) if "cli" in f.metadata})
+
+
 @dataclass
 class PathOptions:
     """Where the subject, its tracking, the FLAME files and the outputs live."""
 
-    idname: str
-    logname: str
-    data_root: Path
-    tracking_root: Path
-    flame_dir: Path | None
-    log_root: Path
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser, *, logname_required: bool = False) -> None:
-        g = parser.add_argument_group("paths")
-        g.add_argument("--idname", required=True, help="subject name: frames in <data_root>/<idname>/ "
-                       "('demo' generates the synthetic demo subject when missing)")
-        g.add_argument("--logname", default=None, required=logname_required,
-                       help="run name; outputs go to <log_root>/<idname>_<logname>/ "
-                            "(default: 'ours' with --ours, else 'baseline')")
-        g.add_argument("--data_root", type=Path, default=DEFAULT_DATA_ROOT,
-                       help="folder holding <idname>/imgs, alpha, parsing")
-        g.add_argument("--tracking_root", type=Path, default=DEFAULT_TRACKING_ROOT,
-                       help="folder holding <idname>/checkpoint/NNNNN.frame (metrical-tracker output)")
-        g.add_argument("--flame_dir", type=Path, default=None,
-                       help="FLAME assets folder (default: the subject's own flame/ when it has one, "
-                            "else the repository's flame/)")
-        g.add_argument("--log_root", type=Path, default=DEFAULT_LOG_ROOT,
-                       help="folder for run outputs")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> PathOptions:
-        logname = ns.logname or ("ours" if getattr(ns, "ours", False) else "baseline")
-        return cls(idname=ns.idname, logname=logname, data_root=Path(ns.data_root),
-                   tracking_root=Path(ns.tracking_root),
-                   flame_dir=None if ns.flame_dir is None else Path(ns.flame_dir), log_root=Path(ns.log_root))
+    idname: str = option(required=True, help="subject name: frames in <data_root>/<idname>/ "
+                         "('demo' generates the synthetic demo subject when missing)")
+    logname: str | None = option(None, help="run name; outputs go to <log_root>/<idname>_<logname>/ "
+                                 "(default: 'ours' with --ours, else 'baseline')")
+    data_root: Path = option(DEFAULT_DATA_ROOT, type=Path,
+                             help="folder holding <idname>/imgs, alpha, parsing")
+    tracking_root: Path = option(DEFAULT_TRACKING_ROOT, type=Path,
+                                 help="folder holding <idname>/checkpoint/NNNNN.frame (tracker output)")
+    flame_dir: Path | None = option(None, type=Path, help="FLAME assets folder (default: the subject's own "
+                                    "flame/ when it has one, else the repository's flame/)")
+    log_root: Path = option(DEFAULT_LOG_ROOT, type=Path, help="folder for run outputs")
 
     @property
     def model_dir(self) -> Path:
@@ -98,151 +127,91 @@ class PathOptions:
 
 @dataclass
 class DataOptions:
-    """How frames are paired, split, composited and cached (SPEC section 8)."""
+    """How frames are paired, split, composited and cached (docs/maths.md section 8)."""
 
-    frame_delta: int
-    test_num: int
-    eval_num: int
-    max_train: int
-    background: str  # "white" | "green"
-    preload: str  # "auto" | "none" | "cpu" | "device"
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("data")
-        g.add_argument("--frame_delta", type=int, default=0,
-                       help="image NNNNN pairs with tracking frame NNNNN - frame_delta "
-                            "(original FlashAvatar: 1)")
-        g.add_argument("--test_num", type=_positive_int, default=500, help="last N frames form the test set")
-        g.add_argument("--eval_num", type=_positive_int, default=50,
-                       help="last N frames form the eval set used during training")
-        g.add_argument("--max_train", type=_positive_int, default=10000, help="cap on training frames")
-        bg = g.add_mutually_exclusive_group()
-        bg.add_argument("--white_background", action="store_true",
-                        help="white background (the default; accepted for compatibility)")
-        bg.add_argument("--green_background", action="store_true",
-                        help="green (0,1,0) background, the original FlashAvatar's default")
-        g.add_argument("--preload", choices=["auto", "none", "cpu", "device"], default="auto",
-                       help="cache frames: none (read per use), cpu, device (fastest); auto = device when "
-                            "the subject fits in 2 GiB, else cpu when it fits in 8 GiB, else none")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> DataOptions:
-        return cls(frame_delta=ns.frame_delta, test_num=ns.test_num, eval_num=ns.eval_num,
-                   max_train=ns.max_train, background="green" if ns.green_background else "white",
-                   preload=ns.preload)
+    frame_delta: int = option(0, type=int, help="image NNNNN pairs with tracking frame NNNNN - frame_delta "
+                              "(original FlashAvatar: 1)")
+    test_num: int = option(500, type=_positive_int, help="last N frames form the test set")
+    eval_num: int = option(50, type=_positive_int,
+                           help="last N frames form the eval set used during training")
+    max_train: int = option(10000, type=_positive_int, help="cap on training frames")
+    background: str = option("white", help="background colour behind the matted head", switches={
+        "--white_background": ("white", "white background (the default; accepted for compatibility)"),
+        "--green_background": ("green", "green (0,1,0) background, the original FlashAvatar's default")})
+    preload: str = option("auto", choices=["auto", "none", "cpu", "device"],
+                          help="cache frames: none (read per use), cpu, device (fastest); auto = device "
+                               "when the subject fits in 2 GiB, else cpu when it fits in 8 GiB, else none")
 
     @property
     def background_rgb(self) -> tuple[float, float, float]:
         return GREEN if self.background == "green" else WHITE
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelOptions:
-    """Which avatar and its sizes (SPEC sections 4-6); must match a checkpoint being loaded."""
+    """Which avatar and its sizes (docs/maths.md sections 4-6): the avatar's configuration, recorded in
+    checkpoints; a checkpoint loads only into an avatar with the same values."""
 
-    ours: bool
-    latent_dim: int
-    hidden_dim: int
-    hidden_layers: int
-    uv_size: int
-    conditional_appearance: bool
-    camera_conditioning: bool
+    ours: bool = option(False, help="HyperGaussians (default: FlashAvatar baseline)")
+    latent_dim: int = option(32, type=_positive_int, help="HyperGaussian latent size")
+    hidden_dim: int = option(256, type=_positive_int, help="MLP width")
+    hidden_layers: int = option(6, type=_positive_int, help="MLP hidden layers")
+    uv_size: int = option(128, type=_positive_int, help="UV grid size (one Gaussian per texel)")
+    conditional_appearance: bool = option(
+        False, help="also predict colour and opacity per frame (HyperGaussians: two more modules; "
+                    "baseline: four more MLP outputs)")
+    camera_conditioning: bool = option(
+        False, help="condition the appearance on the view direction (needs --conditional_appearance)")
+    max_sh_degree: int = 3  # SH degree of the colour parameters; not a flag
+
+    @property
+    def method(self) -> str:
+        """"ours" (HyperGaussians) or "baseline" (FlashAvatar)."""
+        return "ours" if self.ours else "baseline"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("model")
-        g.add_argument("--ours", action="store_true", help="HyperGaussians (default: FlashAvatar baseline)")
-        g.add_argument("--latent_dim", type=_positive_int, default=32, help="HyperGaussian latent size")
-        g.add_argument("--hidden_dim", type=_positive_int, default=256, help="MLP width")
-        g.add_argument("--hidden_layers", type=_positive_int, default=6, help="MLP hidden layers")
-        g.add_argument("--uv_size", type=_positive_int, default=128,
-                       help="UV grid size (one Gaussian per texel)")
-        g.add_argument("--conditional_appearance", action="store_true",
-                       help="also predict colour and opacity per frame (HyperGaussians: two more modules; "
-                            "baseline: four more MLP outputs)")
-        g.add_argument("--camera_conditioning", action="store_true",
-                       help="condition the appearance on the view direction (needs --conditional_appearance)")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> ModelOptions:
-        if ns.camera_conditioning and not ns.conditional_appearance:
-            raise SystemExit("--camera_conditioning needs --conditional_appearance")
-        return cls(ours=ns.ours, latent_dim=ns.latent_dim, hidden_dim=ns.hidden_dim,
-                   hidden_layers=ns.hidden_layers, uv_size=ns.uv_size,
-                   conditional_appearance=ns.conditional_appearance,
-                   camera_conditioning=ns.camera_conditioning)
+    def is_flag(name: str) -> bool:
+        """Whether field ``name`` is a command-line flag (``--name``)."""
+        return any(f.name == name and "cli" in f.metadata for f in fields(ModelOptions))
 
 
 @dataclass
 class RunOptions:
     """Where computation happens."""
 
-    device: str
-    backend: str | None
-    cuda_graphs: bool = True
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("run")
-        g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-        g.add_argument("--backend", choices=["auto", "torch", "cuda"], default=None,
-                       help="rasterizer backend (default: $GAUSSIAN_RENDERER_BACKEND, else auto)")
-        g.add_argument("--no_cuda_graphs", action="store_true",
-                       help="run the deformation eagerly on CUDA instead of replaying captured CUDA graphs "
-                            "(slower; for debugging)")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> RunOptions:
-        return cls(device=ns.device, backend=ns.backend, cuda_graphs=not ns.no_cuda_graphs)
+    device: str = option("auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    backend: str | None = option(None, choices=["auto", "torch", "cuda"],
+                                 help="rasterizer backend (default: $GAUSSIAN_RENDERER_BACKEND, else auto)")
+    cuda_graphs: bool = option(True, flag="--no_cuda_graphs", action="store_false",
+                               help="run the deformation eagerly on CUDA instead of replaying captured CUDA "
+                                    "graphs (slower; for debugging)")
 
 
 @dataclass
 class TrainOptions:
-    """The training schedule and loss weights (SPEC section 9)."""
+    """The training schedule and loss weights (docs/maths.md section 9)."""
 
-    iterations: int
-    seed: int
-    start_checkpoint: Path | None
-    lambda_lpips: float
-    lpips_start: int
-    lambda_opacity_reg: float
-    eval_every: int
-    ckpt_every: int
-    log_every: int
-    skip_test: bool
-    grid_every: int
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("training")
-        g.add_argument("--iterations", type=_positive_int, default=30000, help="training iterations")
-        g.add_argument("--seed", type=int, default=0, help="seeds torch (model init) and the frame order")
-        g.add_argument("--start_checkpoint", type=Path, default=None,
-                       help="resume exactly from ckpt/ckpt<iter>.pth (model, Gaussians, optimisers, RNG)")
-        g.add_argument("--lambda_lpips", type=_non_negative_float, default=0.05,
-                       help="weight of the LPIPS-VGG term; 0 turns it off (no VGG weights needed)")
-        g.add_argument("--lpips_start", type=_non_negative_int, default=15000,
-                       help="the perceptual term is used after this iteration")
-        g.add_argument("--lambda_opacity_reg", type=_non_negative_float, default=0.0,
-                       help="weight of mean((1 - opacity)^2)")
-        g.add_argument("--eval_every", type=_non_negative_int, default=1250,
-                       help="evaluate the eval split every N iterations (0: only at the end)")
-        g.add_argument("--ckpt_every", type=_non_negative_int, default=5000,
-                       help="checkpoint every N iterations (0: only at the end)")
-        g.add_argument("--log_every", type=_positive_int, default=25,
-                       help="read the loss back to the host (bar, tensorboard) every N iterations")
-        g.add_argument("--grid_every", type=_non_negative_int, default=500,
-                       help="write a (render, gt, error) image grid every N iterations (0: off)")
-        g.add_argument("--skip_test", action="store_true", help="no evaluation during or after training")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> TrainOptions:
-        return cls(iterations=ns.iterations, seed=ns.seed, start_checkpoint=ns.start_checkpoint,
-                   lambda_lpips=ns.lambda_lpips, lpips_start=ns.lpips_start,
-                   lambda_opacity_reg=ns.lambda_opacity_reg, eval_every=ns.eval_every,
-                   ckpt_every=ns.ckpt_every, log_every=ns.log_every, skip_test=ns.skip_test,
-                   grid_every=ns.grid_every)
+    iterations: int = option(30000, type=_positive_int, help="training iterations")
+    seed: int = option(0, type=int, help="seeds torch (model init) and the frame order")
+    start_checkpoint: Path | None = option(None, type=Path, help="resume exactly from ckpt/ckpt<iter>.pth "
+                                           "(model, Gaussians, optimisers, RNG)")
+    lambda_lpips: float = option(0.05, type=_non_negative_float,
+                                 help="weight of the LPIPS-VGG term; 0 turns it off (no VGG weights needed)")
+    lpips_start: int = option(15000, type=_non_negative_int,
+                              help="the perceptual term is used after this iteration")
+    lambda_opacity_reg: float = option(0.0, type=_non_negative_float, help="weight of mean((1 - opacity)^2)")
+    eval_every: int = option(1250, type=_non_negative_int,
+                             help="evaluate the eval split every N iterations (0: only at the end)")
+    ckpt_every: int = option(5000, type=_non_negative_int,
+                             help="checkpoint every N iterations (0: only at the end)")
+    log_every: int = option(25, type=_positive_int,
+                            help="read the loss back to the host (bar, tensorboard) every N iterations")
+    skip_test: bool = option(False, help="no evaluation during or after training")
+    grid_every: int = option(500, type=_non_negative_int,
+                             help="write a (render, gt, error) image grid every N iterations (0: off)")
 
     @property
     def needs_lpips_loss(self) -> bool:
@@ -252,62 +221,34 @@ class TrainOptions:
 
 @dataclass
 class RenderOptions:
-    """What ``render.py`` renders and writes (SPEC section 10)."""
+    """What ``render.py`` renders and writes (docs/maths.md section 10)."""
 
-    checkpoint: Path | None
-    rotate: bool
-    cross: str | None
-    cross_mode: str  # "absolute" | "relative"
-    cross_all: bool
-    cross_data_root: Path | None
-    cross_tracking_root: Path | None
-    uncertainty: bool
-    error: bool
-    export_ply: bool
-    export_ply_frames: bool
-    fps: float
-    max_frames: int | None
-    no_video: bool
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("rendering")
-        g.add_argument("--checkpoint", type=Path, default=None,
-                       help="checkpoint to render (default: the newest ckpt/ckpt<iter>.pth of the run)")
-        g.add_argument("--rotate", action="store_true",
-                       help="turn the head about FLAME's y axis, 0..359 degrees over a third of the frames")
-        g.add_argument("--cross", default=None, metavar="SRC",
-                       help="cross-reenactment: drive the avatar with subject SRC's expressions and cameras")
-        g.add_argument("--cross_mode", choices=["absolute", "relative"], default="absolute",
-                       help="absolute: SRC's expressions as they are; relative: target neutral + "
-                            "(SRC - SRC neutral); a subject's neutral frame is the one with the smallest "
-                            "||expression||^2 + ||jaw - rest||^2 (6D)")
-        g.add_argument("--cross_all", action="store_true",
-                       help="cross-reenact all of SRC's frames, not its test split")
-        g.add_argument("--cross_data_root", type=Path, default=None,
-                       help="SRC's data root (default --data_root)")
-        g.add_argument("--cross_tracking_root", type=Path, default=None,
-                       help="SRC's tracking root (default --tracking_root)")
-        g.add_argument("--uncertainty", action="store_true",
-                       help="colour Gaussians by viridis(sigmoid(2.5 * uncertainty)) (HyperGaussians only)")
-        g.add_argument("--error", action="store_true", help="write error maps instead of renders")
-        g.add_argument("--export_ply", action="store_true", help="write the canonical-pose Gaussians as PLY")
-        g.add_argument("--export_ply_frames", action="store_true", help="write one PLY per rendered frame")
-        g.add_argument("--fps", type=float, default=25.0, help="video frame rate")
-        g.add_argument("--max_frames", type=_positive_int, default=None, help="render at most N frames")
-        g.add_argument("--no_video", action="store_true", help="do not write the mp4")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> RenderOptions:
-        return cls(checkpoint=ns.checkpoint, rotate=ns.rotate, cross=ns.cross, cross_mode=ns.cross_mode,
-                   cross_all=ns.cross_all, cross_data_root=ns.cross_data_root,
-                   cross_tracking_root=ns.cross_tracking_root, uncertainty=ns.uncertainty, error=ns.error,
-                   export_ply=ns.export_ply, export_ply_frames=ns.export_ply_frames, fps=ns.fps,
-                   max_frames=ns.max_frames, no_video=ns.no_video)
+    checkpoint: Path | None = option(None, type=Path, help="checkpoint to render (default: the newest "
+                                     "ckpt/ckpt<iter>.pth of the run)")
+    rotate: bool = option(False, help="turn the head about FLAME's y axis, 0..359 degrees over a third of "
+                                      "the frames")
+    cross: str | None = option(None, metavar="SRC", help="cross-reenactment: drive the avatar with subject "
+                                                         "SRC's expressions and cameras")
+    cross_mode: str = option("absolute", choices=["absolute", "relative"],
+                             help="absolute: SRC's expressions as they are; relative: target neutral + "
+                                  "(SRC - SRC neutral); a subject's neutral frame is the one with the "
+                                  "smallest ||expression||^2 + ||jaw - rest||^2 (6D)")
+    cross_all: bool = option(False, help="cross-reenact all of SRC's frames, not its test split")
+    cross_data_root: Path | None = option(None, type=Path, help="SRC's data root (default --data_root)")
+    cross_tracking_root: Path | None = option(None, type=Path,
+                                              help="SRC's tracking root (default --tracking_root)")
+    uncertainty: bool = option(False, help="colour Gaussians by viridis(sigmoid(2.5 * uncertainty)) "
+                                           "(HyperGaussians only)")
+    error: bool = option(False, help="write error maps instead of renders")
+    export_ply: bool = option(False, help="write the canonical-pose Gaussians as PLY")
+    export_ply_frames: bool = option(False, help="write one PLY per rendered frame")
+    fps: float = option(25.0, type=float, help="video frame rate")
+    max_frames: int | None = option(None, type=_positive_int, help="render at most N frames")
+    no_video: bool = option(False, help="do not write the mp4")
 
     @property
     def frames_dirname(self) -> str:
-        """frames[_rotate][_uncertainty][_error][_cross] (SPEC section 10)."""
+        """frames[_rotate][_uncertainty][_error][_cross] (docs/maths.md section 10)."""
         name = "frames"
         for flag, suffix in ((self.rotate, "_rotate"), (self.uncertainty, "_uncertainty"),
                              (self.error, "_error"), (self.cross is not None, "_cross")):
@@ -341,48 +282,65 @@ class MetricsConfig:
     no_lpips: bool
 
 
+# script -> (description, config class, its groups in order)
+_SCRIPTS: dict[str, tuple[str, type, tuple[tuple[str, type], ...]]] = {
+    "train": ("Train a FlashAvatar (baseline) or HyperGaussians (--ours) avatar.", TrainConfig,
+              (("paths", PathOptions), ("data", DataOptions), ("model", ModelOptions),
+               ("train", TrainOptions), ("run", RunOptions))),
+    "render": ("Render a trained avatar: test split, rotation, cross-reenactment.", RenderConfig,
+               (("paths", PathOptions), ("data", DataOptions), ("model", ModelOptions),
+                ("render", RenderOptions), ("run", RunOptions))),
+}
+
+
 def build_parser(script: str) -> argparse.ArgumentParser:
     """The argument parser of ``train``, ``render`` or ``metrics``."""
-    if script == "train":
-        p = argparse.ArgumentParser(
-            formatter_class=_HelpFormatter,
-            description="Train a FlashAvatar (baseline) or HyperGaussians (--ours) avatar.")
-        for group in (PathOptions, DataOptions, ModelOptions, TrainOptions, RunOptions):
-            group.add_arguments(p)
-    elif script == "render":
-        p = argparse.ArgumentParser(
-            formatter_class=_HelpFormatter,
-            description="Render a trained avatar: test split, rotation, cross-reenactment.")
-        for group in (PathOptions, DataOptions, ModelOptions, RenderOptions, RunOptions):
-            group.add_arguments(p)
-    elif script == "metrics":
+    if script == "metrics":
         p = argparse.ArgumentParser(formatter_class=_HelpFormatter,
                                     description="Masked PSNR / SSIM / LPIPS of rendered frames.")
         p.add_argument("-m", "--model_paths", nargs="+", required=True, type=Path, metavar="DIR",
                        help="run folders (holding frames/) or frames folders (holding renders/ gt/ mask/)")
         p.add_argument("--device", default="auto", help="device for LPIPS")
         p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (reported as null)")
-    else:
+        return p
+    if script not in _SCRIPTS:
         raise ValueError(f"build_parser: unknown script {script!r}")
+    description, _, groups = _SCRIPTS[script]
+    p = argparse.ArgumentParser(formatter_class=_HelpFormatter, description=description)
+    for title, group in groups:
+        add_group(p, group, title)
     return p
 
 
+def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig) -> None:
+    """The rules that span flags or groups, in one place; a broken one ends in ``parser.error``."""
+    if cfg.model.camera_conditioning and not cfg.model.conditional_appearance:
+        parser.error("--camera_conditioning needs --conditional_appearance")
+    if isinstance(cfg, RenderConfig):
+        if cfg.render.uncertainty and not cfg.model.ours:
+            parser.error("--uncertainty needs a HyperGaussians model (--ours): the baseline has no "
+                         "uncertainty")
+        if cfg.render.uncertainty and cfg.render.error:
+            parser.error("--uncertainty and --error are exclusive: choose one visualisation")
+
+
+def _parse(script: str, argv: list[str] | None) -> Any:
+    parser = build_parser(script)
+    ns = parser.parse_args(argv)
+    if ns.logname is None:
+        ns.logname = "ours" if ns.ours else "baseline"
+    _, config, groups = _SCRIPTS[script]
+    cfg = config(**{title: read_group(group, ns) for title, group in groups})
+    _validate(parser, cfg)
+    return cfg
+
+
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
-    ns = build_parser("train").parse_args(argv)
-    return TrainConfig(PathOptions.from_args(ns), DataOptions.from_args(ns), ModelOptions.from_args(ns),
-                       TrainOptions.from_args(ns), RunOptions.from_args(ns))
+    return _parse("train", argv)
 
 
 def parse_render_args(argv: list[str] | None = None) -> RenderConfig:
-    ns = build_parser("render").parse_args(argv)
-    cfg = RenderConfig(PathOptions.from_args(ns), DataOptions.from_args(ns), ModelOptions.from_args(ns),
-                       RenderOptions.from_args(ns), RunOptions.from_args(ns))
-    if cfg.render.uncertainty and not cfg.model.ours:
-        raise SystemExit("--uncertainty needs a HyperGaussians model (--ours): "
-                         "the baseline has no uncertainty")
-    if cfg.render.uncertainty and cfg.render.error:
-        raise SystemExit("--uncertainty and --error are exclusive: choose one visualisation")
-    return cfg
+    return _parse("render", argv)
 
 
 def parse_metrics_args(argv: list[str] | None = None) -> MetricsConfig:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 
 def rot6d_to_matrix(r6: Tensor) -> Tensor:
-    """(..., 6) -> (..., 3, 3). The 6 numbers are the first two *rows* (SPEC section 3):
+    """(..., 6) -> (..., 3, 3). The 6 numbers are the first two *rows* (docs/maths.md section 3):
     b1 = a1/|a1|, b2 = normalize(a2 - (b1.a2) b1), b3 = b1 x b2; the matrix has rows b1, b2, b3."""
     a1, a2 = r6[..., :3], r6[..., 3:6]
     b1 = F.normalize(a1, dim=-1)
@@ -24,9 +24,12 @@ def matrix_to_rot6d(R: Tensor) -> Tensor:
     return R[..., :2, :].reshape(*R.shape[:-2], 6)
 
 
+IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # the identity rotation's first two rows
+
+
 def identity_rot6d(*batch: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """(1,0,0, 0,1,0) broadcast to ``batch`` + (6,)."""
-    eye = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype, device=device)
+    """:data:`IDENTITY_6D` broadcast to ``batch`` + (6,)."""
+    eye = torch.tensor(IDENTITY_6D, dtype=dtype, device=device)
     return eye.expand(*batch, 6).clone()
 
 

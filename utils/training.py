@@ -7,16 +7,19 @@ what its arguments say.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from utils.atomic import write_json  # noqa: F401  (re-exported for the scripts)
+import torch
+
+from utils.atomic import write_json
+from utils.image_metrics import masked, psnr, ssim
 
 
 # ----------------------------------------------------------------------------- RNG and frame order
 def seed_everything(seed: int) -> None:
     """Seed torch (all devices). The training code draws randomness only from torch and the
     :class:`FrameSampler`'s own generator; numpy / Python global RNGs are not used."""
-    import torch
 
     torch.manual_seed(seed)
 
@@ -28,7 +31,6 @@ class FrameSampler:
     generator, the current epoch's order and the position in it, so a resume draws the same frames."""
 
     def __init__(self, indices: list[int], seed: int) -> None:
-        import torch
 
         if not indices:
             raise ValueError("FrameSampler: no training frames")
@@ -39,7 +41,6 @@ class FrameSampler:
         self.epoch = 0
 
     def _reshuffle(self) -> None:
-        import torch
 
         perm = torch.randperm(len(self.indices), generator=self.generator).tolist()
         self.order = [self.indices[k] for k in perm]
@@ -75,13 +76,11 @@ class FrameSampler:
 # ----------------------------------------------------------------------------- evaluation
 def quantize8(img):
     """Round to the nearest 8-bit level, as the saved PNGs are (so eval matches metrics.py)."""
-    import torch
 
     return torch.round(img.clamp(0.0, 1.0) * 255.0) / 255.0
 
 
 def _sync(device) -> None:
-    import torch
 
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.synchronize(device)
@@ -91,15 +90,12 @@ def evaluate_frames(render_fn, subject, indices: list[int], lpips_model=None,
                     lpips_reason: str | None = None) -> dict:
     """Masked PSNR / SSIM / LPIPS over ``subject`` frames ``indices`` and the rendering speed.
 
-    ``render_fn(frame) -> (3,H,W)`` renders one :class:`~scene.subject.FrameData`. Images are rounded to
+    ``render_fn(frame) -> (3,H,W)`` renders one :class:`~scene.data.subject.FrameData`. Images are rounded to
     8 bit and multiplied by the head mask (as ``metrics.py`` reads them back). FPS counts the deformation
     and the rasterization of one frame (batch 1), timed with device synchronisation; values are read back
     to the host once at the end."""
-    import time
 
-    import torch
 
-    from utils.image_metrics import masked, psnr, ssim
 
     if not indices:
         raise ValueError("evaluate_frames: no frames to evaluate")

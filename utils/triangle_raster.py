@@ -1,7 +1,7 @@
 """2D triangle rasterization at pixel centres with barycentrics, vectorised in numpy.
 
-Shared by the UV embedding (texture-space triangles into a texel grid, SPEC section 4) and the
-synthetic subject's z-buffer mesh renderer (SPEC section 12). Coordinates are continuous pixel
+Shared by the UV embedding (texture-space triangles into a texel grid, docs/maths.md section 4) and the
+synthetic subject's z-buffer mesh renderer (docs/maths.md section 12). Coordinates are continuous pixel
 coordinates: pixel (row j, column i) spans [i, i+1) x [j, j+1) and is sampled at its centre
 (i + 0.5, j + 0.5). A centre on a shared edge counts as inside (small tolerance), and where several
 triangles cover a pixel the winner is deterministic: the nearest by interpolated depth when depths

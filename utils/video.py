@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from utils.atomic import atomic_path
+from utils.errors import InputError
+from utils.image_io import read_image_uint8
 
 
 def _to_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -35,7 +37,7 @@ def _to_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class VideoWriterUnavailableError(RuntimeError):
+class VideoWriterUnavailableError(InputError):
     """imageio / imageio-ffmpeg (which ships the ffmpeg binary) is not installed."""
 
 
@@ -76,7 +78,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray | torch.Tensor], f
 
 def write_video_from_pngs(path: str | Path, png_paths: Iterable[str | Path], fps: float = 25.0) -> Path:
     """An MP4 of saved PNG frames, read one at a time (no whole sequence in memory)."""
-    from utils.image_io import read_image_uint8
 
     return write_video(path, (read_image_uint8(p) for p in png_paths), fps=fps)
 

@@ -11,8 +11,8 @@ import functools
 import torch
 from torch import Tensor
 
-ERROR_GAIN = 10.0  # SPEC section 10: viridis(sigmoid(10 * mean abs error))
-UNCERTAINTY_GAIN = 2.5  # SPEC section 10: viridis(sigmoid(2.5 * uncertainty))
+ERROR_GAIN = 10.0  # docs/maths.md section 10: viridis(sigmoid(10 * mean abs error))
+UNCERTAINTY_GAIN = 2.5  # docs/maths.md section 10: viridis(sigmoid(2.5 * uncertainty))
 
 
 @functools.lru_cache(maxsize=1)

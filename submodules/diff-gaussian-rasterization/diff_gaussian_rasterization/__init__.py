@@ -1,4 +1,4 @@
-"""Differentiable tile-based Gaussian rasterizer (SPEC section 7), the project's own CUDA extension.
+"""Differentiable tile-based Gaussian rasterizer (docs/maths.md section 7), the project's own CUDA extension.
 
 API-compatible with the original ``diff_gaussian_rasterization``: build a
 :class:`GaussianRasterizationSettings` (view and full-projection matrices *transposed*, as the original

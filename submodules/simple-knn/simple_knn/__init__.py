@@ -1,4 +1,4 @@
-"""Nearest-neighbour distances for Gaussian initialisation (SPEC sections 6 and 7), pure torch.
+"""Nearest-neighbour distances for Gaussian initialisation (docs/maths.md sections 6 and 7), pure torch.
 
 ``distCUDA2`` keeps the original extension's name and call so callers need no change, but it is an
 exact brute-force search in torch, runs on any device, and bounds memory by chunking the rows.

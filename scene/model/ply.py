@@ -1,5 +1,5 @@
-"""Export Gaussians as a PLY file in the standard 3D Gaussian Splatting binary layout (SPEC section 10),
-so that common splat viewers open a frame of the avatar.
+"""Export Gaussians as a PLY file in the standard 3D Gaussian Splatting binary layout (docs/maths.md
+section 10), so that common splat viewers open a frame of the avatar.
 
 One ``vertex`` element, little-endian float32 properties in this order: x y z nx ny nz f_dc_0..2
 f_rest_0..44 opacity scale_0..2 rot_0..3. As 3DGS stores them: ``f_rest`` channel-major (index

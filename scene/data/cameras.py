@@ -1,4 +1,4 @@
-"""Pinhole cameras from tracked OpenCV extrinsics and intrinsics (SPEC section 7).
+"""Pinhole cameras from tracked OpenCV extrinsics and intrinsics (docs/maths.md section 7).
 
 A :class:`Camera` holds world-to-camera ``R``, ``t`` and intrinsics ``K`` (x right, y down, z forward)
 and derives what the rasterizers read: the 4x4 world-to-view matrix, the projection matrix that
@@ -9,10 +9,13 @@ for the original's column-major API.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from utils.rotations import rotation_about_y
 
 ZNEAR = 0.01
 ZFAR = 100.0
@@ -20,7 +23,7 @@ ZFAR = 100.0
 
 def projection_matrix(fx: float, fy: float, cx: float, cy: float, width: int, height: int,
                       znear: float = ZNEAR, zfar: float = ZFAR) -> Tensor:
-    """SPEC section 7 projection: NDC x = (2 fx x / W + (2 cx / W - 1) z) / z, likewise y."""
+    """docs/maths.md section 7 projection: NDC x = (2 fx x / W + (2 cx / W - 1) z) / z, likewise y."""
     P = torch.zeros(4, 4, dtype=torch.float32)
     P[0, 0] = 2.0 * fx / width
     P[0, 2] = 2.0 * cx / width - 1.0
@@ -68,7 +71,7 @@ class Camera:
                              f"got fx={self.fx}, fy={self.fy}")
         self.projection = projection_matrix(self.fx, self.fy, self.cx, self.cy, self.image_width,
                                             self.image_height, self.znear, self.zfar).to(device)
-        self.full_proj_transform = self.projection @ V  # float32, formed once (SPEC section 7)
+        self.full_proj_transform = self.projection @ V  # float32, formed once (docs/maths.md section 7)
         self.camera_center = -(R.T @ t)
 
     @property
@@ -93,6 +96,12 @@ class Camera:
         """The same intrinsics and image size with another world-to-camera pose."""
         return Camera(R.to(self.device), t.to(self.device), self.K, self.image_width, self.image_height,
                       self.znear, self.zfar, self.name)
+
+    def turned_about_y(self, angle_deg: float) -> Camera:
+        """The camera looking at the head turned by ``angle_deg`` about FLAME's vertical (y) axis through
+        its origin: R -> R Ry(angle)^T, t unchanged (render.py's turntable, docs/maths.md section 10)."""
+        ry = rotation_about_y(math.radians(angle_deg), dtype=self.R.dtype, device=self.R.device)
+        return self.with_pose(self.R @ ry.T, self.t)
 
     def project(self, points: Tensor) -> Tensor:
         """World points (..., 3) to continuous pixel coordinates (..., 2) (u = fx x/z + cx) and depth."""

@@ -1,5 +1,5 @@
 """One subject's data: frames paired with tracking, ground-truth compositing, split and caching
-(SPEC section 8).
+(docs/maths.md section 8).
 
 Image ``imgs/NNNNN`` pairs with tracking frame ``NNNNN - frame_delta`` by number, never by listing
 position; unpaired frames are reported by number. Ground truth is ``img * alpha + bg * (1 - alpha)``,
@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scene.cameras import Camera
-from scene.tracking import TrackedFrame, TrackingFileError, load_tracked_frame
+from flame.condition import build_condition
+from scene.data.cameras import Camera
+from scene.data.tracking import TrackedFrame, TrackingFileError, load_tracked_frame
+from utils.errors import InputError
 from utils.image_io import IMAGE_SUFFIXES, image_size, read_image_uint8, read_mask_uint8
 
 BACKGROUNDS: dict[str, tuple[float, float, float]] = {
@@ -31,19 +33,10 @@ BACKGROUNDS: dict[str, tuple[float, float, float]] = {
     "green": (0.0, 1.0, 0.0),
     "black": (0.0, 0.0, 0.0),
 }
-CONDITION_DIM = 120
 
 
-class SubjectDataError(RuntimeError):
+class SubjectDataError(InputError):
     """A subject folder that is missing, incomplete or inconsistent with its tracking."""
-
-
-def build_condition(expression: Tensor, jaw: Tensor, eyes: Tensor, eyelids: Tensor) -> Tensor:
-    """concat(expression 100, jaw 6, eyes 12, eyelids 2) along the last axis -> (..., 120)."""
-    out = torch.cat([expression, jaw, eyes, eyelids], dim=-1)
-    if out.shape[-1] != CONDITION_DIM:
-        raise ValueError(f"build_condition: got {out.shape[-1]} values, expected 100 + 6 + 12 + 2 = 120")
-    return out
 
 
 def background_color(background: str | Sequence[float] | Tensor) -> Tensor:
@@ -364,5 +357,5 @@ class Subject:
                 f"test={len(self.test_indices)}, eval={len(self.eval_indices)}, img_size={self.img_size})")
 
 
-__all__ = ["Subject", "FrameData", "build_condition", "background_color", "SubjectDataError",
-           "TrackingFileError", "BACKGROUNDS", "CONDITION_DIM"]
+__all__ = ["Subject", "FrameData", "background_color", "SubjectDataError", "TrackingFileError",
+           "BACKGROUNDS"]

@@ -1,4 +1,4 @@
-"""The deformation model (SPEC section 5): one shared trunk MLP and two interchangeable heads.
+"""The deformation model (docs/maths.md section 5): one shared trunk MLP and two interchangeable heads.
 
 Trunk, per Gaussian: input concat(encoding (51), condition (120)) -> ``hidden_layers`` Linear+ReLU of
 ``hidden_dim`` -> one linear output layer. The condition is the same for every Gaussian, so the first
@@ -10,8 +10,8 @@ Heads (the only difference between the methods):
 
 - :class:`DirectHead` (FlashAvatar baseline): the trunk outputs the 10 offsets directly.
 - :class:`HyperHead` (HyperGaussians, ``--ours``): the trunk outputs a latent per Gaussian; three
-  :class:`~scene.hypergaussians.HyperGaussian` modules (position 3, rotation 4, scale 3) turn it into the
-  same 10 numbers by their conditional means, plus the summed uncertainty (the three are blocks of
+  :class:`~scene.model.hypergaussians.HyperGaussian` modules (position 3, rotation 4, scale 3) turn it
+  into the same 10 numbers by their conditional means, plus the summed uncertainty (the three are blocks of
   one module: same maths, a third of the kernel launches).
 
 Both heads' 10 numbers go through tanh: d_xyz (3), d_rot (4), d_scale (3). Mapping them onto the
@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scene.hypergaussians import HyperGaussian
+from flame.condition import CONDITION_DIM
+from scene.model.hypergaussians import HyperGaussian
 from utils.device import fused_adam_ok
 
 ENCODING_DIM = 51
-CONDITION_DIM = 120
 GEOMETRY_DIMS = (3, 4, 3)  # d_xyz, d_rot, d_scale
 N_GEOMETRY = sum(GEOMETRY_DIMS)
 APPEARANCE_DIMS = (3, 1)  # colour, opacity logit

@@ -1,4 +1,4 @@
-"""Gaussians on the mesh: where each Gaussian sits on the FLAME surface (SPEC section 4).
+"""Gaussians on the mesh: where each Gaussian sits on the FLAME surface (docs/maths.md section 4).
 
 Built once per subject from the canonical mesh (the subject's shape, zero expression). Each texel
 of a ``uv_size`` x ``uv_size`` grid whose centre falls inside a texture-space triangle of the UV mesh

@@ -1,4 +1,4 @@
-"""The HyperGaussian module (SPEC section 5): a per-Gaussian joint Gaussian over (attribute, latent)
+"""The HyperGaussian module (docs/maths.md section 5): a per-Gaussian joint Gaussian over (attribute, latent)
 whose conditional mean given the latent is the attribute offset.
 
 Every one of the N Gaussians holds, per attribute, a mean ``mu = (mu_o, mu_i)`` (n + m numbers) and two

@@ -1,4 +1,4 @@
-"""Per-Gaussian parameters (SPEC section 6): SH colour, opacity, base log-scale, base rotation.
+"""Per-Gaussian parameters (docs/maths.md section 6): SH colour, opacity, base log-scale, base rotation.
 
 The number of Gaussians is fixed (no densification or pruning). Per frame :meth:`GaussianModel.compose`
 combines the parameters with the deformation outputs into an activated :class:`GaussianSet`:
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gaussian_renderer.types import GaussianSet
-from scene.deformation import DeformationOutput
+from scene.model.deformation import DeformationOutput
 from utils.device import fused_adam_ok
 from utils.rotations import quaternion_multiply
 
-# SPEC section 6 learning rates of the Gaussian-parameter optimiser (eps 1e-15 for all groups).
+# docs/maths.md section 6 learning rates of the Gaussian-parameter optimiser (eps 1e-15 for all groups).
 GAUSSIAN_LRS = {
     "f_dc": 0.0025,
     "f_rest": 0.0025 / 20.0,
@@ -74,8 +74,9 @@ class GaussianModel(nn.Module):
 
     @torch.no_grad()
     def initialize(self, positions: Tensor, dist2: Tensor | None = None) -> None:
-        """SPEC section 6 init from positions (N,3): SH zero, log-scale = log(sqrt(max(1e-7, mean squared
-        distance to the 3 nearest other Gaussians))) on all axes, rotation (1,0,0,0), opacity logit(0.1).
+        """docs/maths.md section 6 init from positions (N,3): SH zero, log-scale = log(sqrt(max(1e-7, mean
+        squared distance to the 3 nearest other Gaussians))) on all axes, rotation (1,0,0,0), opacity
+        logit(0.1).
         ``dist2`` (N,) may be given precomputed; by default ``simple_knn.distCUDA2`` computes it."""
         if positions.shape != (self.n_gaussians, 3):
             raise ValueError(f"initialize: positions must be ({self.n_gaussians}, 3), "
@@ -115,7 +116,7 @@ class GaussianModel(nn.Module):
         return self.active_sh_degree
 
     def param_groups(self) -> list[dict]:
-        """The five optimiser groups of SPEC section 6, named like 3DGS."""
+        """The five optimiser groups of docs/maths.md section 6, named like 3DGS."""
         return [
             {"params": [self.features_dc], "lr": GAUSSIAN_LRS["f_dc"], "name": "f_dc"},
             {"params": [self.features_rest], "lr": GAUSSIAN_LRS["f_rest"], "name": "f_rest"},

@@ -1,4 +1,4 @@
-"""Read and write metrical-tracker ``.frame`` files safely (SPEC section 8).
+"""Read and write metrical-tracker ``.frame`` files safely (docs/maths.md section 8).
 
 A ``.frame`` file is the tracker's ``torch.save`` of a dict of numpy arrays. Loading uses
 ``torch.load(weights_only=True)`` with just the numpy globals such files need allow-listed (array
@@ -21,9 +21,8 @@ import torch
 from torch import Tensor
 
 from utils.atomic import atomic_open
-from utils.rotations import matrix_to_rot6d
-
-IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+from utils.errors import InputError
+from utils.rotations import IDENTITY_6D, matrix_to_rot6d
 
 # key path -> (expected size after dropping the leading batch dim, required?)
 _FLAME_KEYS: dict[str, tuple[tuple[int, ...], bool]] = {
@@ -36,7 +35,7 @@ _FLAME_KEYS: dict[str, tuple[tuple[int, ...], bool]] = {
 _OPENCV_KEYS: dict[str, tuple[int, ...]] = {"R": (3, 3), "t": (3,), "K": (3, 3)}
 
 
-class TrackingFileError(RuntimeError):
+class TrackingFileError(InputError):
     """A ``.frame`` file that is unreadable, incomplete or holds invalid numbers."""
 
 

@@ -1,10 +1,11 @@
-"""Checkpoints (SPEC section 9 resume): atomic save, versioned content, loading with clear errors.
+"""Checkpoints (docs/maths.md section 9 resume): atomic save, versioned content, loading with clear errors.
 
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts only, so that it loads with
 ``torch.load(weights_only=True)``):
 
-``format``, ``version``, ``method`` ("baseline" | "ours"), ``config`` (the :class:`AvatarConfig`
-fields), ``n_gaussians``, ``deformation`` and ``gaussians`` (state dicts), ``optimizers``
+``format``, ``version``, ``method`` ("baseline" | "ours"), ``config``
+(the :class:`~utils.options.ModelOptions` fields), ``n_gaussians``, ``deformation`` and ``gaussians``
+(state dicts), ``optimizers``
 ({"gaussians", "deformation"}: Adam state dicts, or None), ``iteration``, ``active_sh_degree``,
 ``rng`` (torch CPU / CUDA, numpy legacy and Python ``random`` states) and ``extra`` (anything the
 caller adds, e.g. the frame sampler's state).
@@ -20,15 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scene.avatar import MODEL_OPTION_FIELDS, Avatar
+from scene.model.avatar import Avatar
 from utils.atomic import atomic_open
+from utils.errors import InputError
+from utils.options import ModelOptions
 
 CHECKPOINT_FORMAT = "gaussian-head-avatar-checkpoint"
 CHECKPOINT_VERSION = 1
 _METHOD_NAMES = {"ours": "HyperGaussians (--ours)", "baseline": "FlashAvatar baseline (no --ours)"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
@@ -150,7 +153,7 @@ def check_compatible(state: dict, avatar: Avatar, path: str | os.PathLike = "<ch
         raise CheckpointError(f"checkpoint {path} holds a {theirs} "
                               f"model, but this run builds a {_METHOD_NAMES[avatar.method]} model: {fix}")
     ours, theirs = avatar.config.to_dict(), state["config"]
-    diffs = [f"{'--' if k in MODEL_OPTION_FIELDS else ''}{k}: checkpoint {theirs.get(k)!r}, "
+    diffs = [f"{'--' if ModelOptions.is_flag(k) else ''}{k}: checkpoint {theirs.get(k)!r}, "
              f"this run {ours[k]!r}" for k in ours if theirs.get(k) != ours[k]]
     if diffs:
         raise CheckpointError(f"checkpoint {path} was trained with other model options; pass the same "

@@ -1,0 +1,214 @@
+"""The training loop (docs/maths.md section 9): a :class:`Trainer` holds one run's objects and trains.
+
+``train.py`` parses the options and runs it; ``bench/`` builds the same Trainer to time its steps.
+Outputs under ``<log_root>/<idname>_<logname>/``: ``ckpt/ckpt<iter>.pth`` (every ``--ckpt_every`` and at
+the end), ``train/`` image grids (render | ground truth | error), tensorboard events and
+``train_log.json`` (options, losses at logging steps, evaluations). ``--start_checkpoint`` resumes
+exactly: parameters, both optimisers, iteration, SH degree, RNG states and the epoch's frame order.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gaussian_renderer import render
+from gaussian_renderer.types import GaussianSet
+from scene.assemble import build_avatar, ensure_subject, open_subject
+from scene.data.subject import FrameData
+from scene.model.checkpoint import load_checkpoint, save_checkpoint
+from scene.model.cuda_graphs import inference_deformer, training_graph
+from utils.device import resolve_device
+from utils.errors import InputError
+from utils.image_io import write_image
+from utils.losses import opacity_regulariser, photometric_loss
+from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
+from utils.options import TrainConfig
+from utils.training import FrameSampler, RunLogger, evaluate_frames, seed_everything
+from utils.visualize import error_map, image_grid
+
+
+def load_perceptual(cfg: TrainConfig, device: torch.device):
+    """(lpips model or None, reason): fail before the first iteration when the loss needs it."""
+    if cfg.train.needs_lpips_loss:
+        return load_lpips_vgg(device), None  # raises LPIPSUnavailableError with the fix
+    if cfg.train.skip_test:
+        return None, "evaluation skipped (--skip_test)"
+    return try_load_lpips_vgg(device)
+
+
+# ----------------------------------------------------------------------------- the loop
+class Trainer:
+    """Holds the run's objects; :meth:`run` trains from the current iteration to ``--iterations``."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        try:
+            self.device = resolve_device(cfg.run.device)
+        except RuntimeError as exc:
+            raise InputError(str(exc)) from exc
+        self.run_dir = cfg.paths.model_dir
+        seed_everything(cfg.train.seed)
+        self.lpips, self.lpips_reason = load_perceptual(cfg, self.device)  # fail fast, before any work
+        ensure_subject(cfg.paths)
+        p = cfg.paths
+        self.subject = open_subject(p.data_root, p.tracking_root, p.idname, cfg.data, self.device)
+        self.avatar = build_avatar(p, cfg.model, self.subject, self.device, cfg.train.seed)
+        self.optimizers = self.avatar.make_optimizers()
+        self.background = self.subject.background.to(self.device)
+        self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)
+        self.iteration = 0
+        # per-frame deformations: eager until prepare() swaps in the CUDA-graphed ones on CUDA
+        self.train_deform = self._eager_train_deform
+        self._eval_deform = self.avatar.deform
+        if cfg.train.start_checkpoint is not None:
+            self._resume(cfg.train.start_checkpoint)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder {self.run_dir} ({exc}); pass a "
+                                     "writable --log_root") from exc
+        config = {"options": _plain(asdict(cfg)), "device": str(self.device),
+                  "n_gaussians": self.avatar.n_gaussians, "subject": repr(self.subject)}
+        self.logger = RunLogger(self.run_dir, config, resume_from=self.iteration)
+        if self.lpips_reason and not cfg.train.skip_test:
+            self.logger.event(f"LPIPS in evaluations is null: {self.lpips_reason}")
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path, self.avatar, self.optimizers, restore_rng=True)
+        sampler_state = state.get("extra", {}).get("sampler")
+        if sampler_state is None:
+            raise InputError(f"checkpoint {path} has no frame-sampler state (not written by "
+                                     "train.py); cannot resume exactly")
+        self.sampler.load_state_dict(sampler_state)
+        self.iteration = int(state["iteration"])
+        print(f"[train] resumed from {path} at iteration {self.iteration}")
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Before the first step: initialise the Gaussians (fresh runs) and set up the per-frame
+        deformation, CUDA-graphed on CUDA (unless --no_cuda_graphs), eager elsewhere."""
+        first = self.subject.frame(self.sampler.peek())
+        if self.iteration == 0:
+            self.avatar.initialize_gaussians(first.condition, first.camera)
+        graphs = self.cfg.run.cuda_graphs and self.device.type == "cuda"
+        if graphs:
+            try:
+                self.train_deform = training_graph(self.avatar, first.condition, first.camera)
+            except RuntimeError as exc:  # a capture this torch/driver refuses: train eagerly, slower
+                warnings.warn(f"CUDA-graph capture of the deformation failed ({exc}); training with the "
+                              "eager deformation instead (slower). --no_cuda_graphs silences this.",
+                              stacklevel=1)
+                graphs = False
+        if not graphs:
+            self.train_deform = self._eager_train_deform
+        if not self.cfg.train.skip_test:  # captured here, so that no evaluation's FPS counts the capture
+            self._eval_deform = inference_deformer(self.avatar, graphs)
+
+    def _eager_train_deform(self, condition: torch.Tensor, camera) -> GaussianSet:
+        return self.avatar.deform(condition, camera)[0]
+
+    def render_frame(self, frame) -> torch.Tensor:
+        """Render one frame without gradients (evaluation): the inference graph on CUDA after prepare()."""
+        gaussians, _ = self._eval_deform(frame.condition, frame.camera)
+        return render(frame.camera, gaussians, self.background, backend=self.cfg.run.backend).image
+
+    def loss(self, it: int, frame):
+        """The docs/maths.md section 9 loss of one frame -> (terms, render)."""
+        gaussians = self.train_deform(frame.condition, frame.camera)
+        out = render(frame.camera, gaussians, self.background, backend=self.cfg.run.backend)
+        img = out.image
+        terms = photometric_loss(img, frame.image, frame.mouth_mask)
+        total = terms.total
+        t = self.cfg.train
+        if self.lpips is not None and t.lambda_lpips > 0 and it > t.lpips_start:
+            terms.perceptual = self.lpips(img * frame.head_mask, frame.image * frame.head_mask)
+            total = total + t.lambda_lpips * terms.perceptual
+        if t.lambda_opacity_reg > 0:
+            terms.opacity = opacity_regulariser(gaussians.opacities)
+            total = total + t.lambda_opacity_reg * terms.opacity
+        terms.total = total
+        return terms, img
+
+    def evaluate(self, it: int) -> dict:
+        self.avatar.eval()
+        res = evaluate_frames(self.render_frame, self.subject, self.subject.eval_indices, self.lpips,
+                              self.lpips_reason)
+        self.avatar.train()
+        self.logger.evaluation(it, res)
+        lp = "null" if res["LPIPS"] is None else f"{res['LPIPS']:.4f}"
+        tqdm.write(f"[eval {it}] PSNR {res['PSNR']:.2f}  SSIM {res['SSIM']:.4f}  LPIPS {lp}  "
+                   f"FPS {res['FPS']:.1f} ({res['num_views']} views)")
+        return res
+
+    def save(self, it: int) -> Path:
+        path = self.run_dir / "ckpt" / f"ckpt{it}.pth"
+        save_checkpoint(path, self.avatar, self.optimizers, it, extra={"sampler": self.sampler.state_dict()})
+        self.logger.event(f"checkpoint {path.name} at iteration {it}")
+        return path
+
+    def write_grid(self, it: int, frame: FrameData, img: torch.Tensor) -> None:
+        with torch.no_grad():
+            grid = image_grid([img.detach().clamp(0, 1), frame.image,
+                               error_map(img.detach(), frame.image, frame.head_mask, self.background)])
+        self.logger.image(it, "train/render_gt_error", grid)
+        write_image(self.run_dir / "train" / f"{it:05d}.png", grid)
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        t = self.cfg.train
+        g_opt, d_opt = self.optimizers
+        fresh = self.iteration == 0
+        self.prepare()
+        if fresh and not t.skip_test and t.eval_every > 0:
+            self.evaluate(0)  # the untrained avatar: the reference for "how much was learnt"
+        start = self.iteration
+        last_eval = None
+        bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
+                   dynamic_ncols=True, mininterval=1.0)
+        t0 = time.perf_counter()
+        for it in bar:
+            self.avatar.update_sh_degree(it)
+            frame = self.subject.frame(self.sampler.next())
+            terms, img = self.loss(it, frame)
+            terms.total.backward()
+            g_opt.step()
+            d_opt.step()
+            g_opt.zero_grad(set_to_none=True)
+            d_opt.zero_grad(set_to_none=True)
+            self.iteration = it
+            if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
+                values = {"loss": terms.total.item(), "huber": terms.image.item(),
+                          "mouth": terms.mouth.item()}
+                if terms.perceptual is not None:
+                    values["lpips"] = terms.perceptual.item()
+                if terms.opacity is not None:
+                    values["opacity_reg"] = terms.opacity.item()
+                values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
+                self.logger.loss(it, values)
+                bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)
+            if t.grid_every and it % t.grid_every == 0:
+                self.write_grid(it, frame, img)
+            if not t.skip_test and t.eval_every and it % t.eval_every == 0:
+                last_eval = self.evaluate(it)
+            if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations:
+                self.save(it)
+        bar.close()
+        if not t.skip_test and (not t.eval_every or self.iteration % t.eval_every != 0):
+            last_eval = self.evaluate(self.iteration)
+        self.logger.event(f"finished at iteration {self.iteration} in {time.perf_counter() - t0:.1f} s")
+        self.logger.close()
+        return last_eval
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
