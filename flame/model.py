@@ -1,4 +1,4 @@
-"""The FLAME layer of SPEC section 3 in torch: parameters (6D rotations) -> posed vertices.
+"""The FLAME layer of docs/maths.md section 3 in torch: parameters (6D rotations) -> posed vertices.
 
 Blendshapes, joint regression, pose correctives, the 5-joint rigid chain, linear blend skinning,
 eyelids after skinning, translation; batched, any device, any float dtype. ``for_shape`` computes
@@ -7,12 +7,14 @@ the identity part once so that per-frame calls only pay for expression, poses an
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from flame.assets import N_EXPR, N_JOINTS, N_SHAPE, FlameAssets
-from utils.rotations import rot6d_to_matrix
+from utils.rotations import identity_rot6d, rot6d_to_matrix
 
 __all__ = ["FLAME", "ShapedFLAME"]
 
@@ -44,7 +46,7 @@ class FLAME(nn.Module):
         self._buffer("lbs_weights", as_t(assets.weights))
         self._buffer("faces", torch.as_tensor(assets.faces, dtype=torch.long))
         # Identity pose and matrix kept as buffers: defaults never copy host data to the device.
-        self._buffer("identity6d", torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype))
+        self._buffer("identity6d", identity_rot6d(dtype=dtype))
         self._buffer("eye3", torch.eye(3, dtype=dtype))
         # Eyelid shapes as (2, V*3) so both apply with one matmul; a missing one is zero.
         lids = [np.zeros((V, 3)) if x is None else np.asarray(x, dtype=np.float64)
@@ -101,7 +103,7 @@ class FLAME(nn.Module):
     def posed(self, v_id: Tensor, J_id: Tensor, expression: Tensor, jaw: Tensor | None, eyes: Tensor | None,
               eyelids: Tensor | None, neck: Tensor | None, rotation: Tensor | None,
               translation: Tensor | None) -> Tensor:
-        """Steps 1-6 of SPEC section 3 from the identity part (broadcast over the batch)."""
+        """Steps 1-6 of docs/maths.md section 3 from the identity part (broadcast over the batch)."""
         B = expression.shape[0]
         V = self.n_vertices
         k = expression.shape[-1]
@@ -161,6 +163,21 @@ class FLAME(nn.Module):
         shape = self._tensor(shape, N_SHAPE, 1 if one_shape else B, "shape")  # one identity: computed once
         v_id, J_id = self.identity_part(shape)
         return self.posed(v_id, J_id, expr, jaw, eyes, eyelids, neck, rotation, translation)
+
+    def restricted_to(self, vertex_ids: Tensor | np.ndarray) -> FLAME:
+        """This model evaluated at ``vertex_ids`` (K,) only: its ``forward`` gives ``(B, K, 3)`` equal to
+        the full model's ``forward(...)[:, vertex_ids]``, at the cost of K vertices (landmark fitting
+        needs a few hundred of FLAME's 5023). Joints still come from the whole mesh. Shares buffers."""
+        ids = torch.as_tensor(np.asarray(vertex_ids), dtype=torch.long, device=self.v_template.device)
+        cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
+        sub = copy.copy(self)
+        sub._buffers = dict(self._buffers)  # its own table, so the slices below leave this model alone
+        for name in ("shapedirs_id", "shapedirs_expr", "posedirs", "eyelid_dirs"):
+            sub._buffers[name] = self._buffers[name][:, cols]
+        for name in ("v_template", "lbs_weights"):
+            sub._buffers[name] = self._buffers[name][ids]
+        sub.n_vertices = int(ids.numel())
+        return sub
 
     def for_shape(self, shape: Tensor) -> ShapedFLAME:
         """FLAME with the identity ``shape`` (300,) fixed: its rest mesh and joints computed once."""

@@ -1,4 +1,4 @@
-"""A FLAME-format synthetic head model (SPEC section 12), built from a seed with no licensed data.
+"""A FLAME-format synthetic head model (docs/maths.md section 12), built from a seed with no licensed data.
 
 The head is a deformed, latitude-longitude gridded ellipsoid in FLAME's frame (y up, looking along
 +z, metres, about 0.25 m from crown to the neck cut), open at the neck (the rim ring is the
@@ -10,11 +10,12 @@ iris and pupil. Grid density is raised on the face, where the texture layout als
 
 Joints: root (neck cut centre), neck, jaw (hinge behind the mouth between the ears), left and
 right eye (eyeball centres), parents -1, 0, 1, 1, 1. Left means the subject's left, +x.
-``write_synthetic_flame`` writes the files in the real layout (SPEC section 2).
+``write_synthetic_flame`` writes the files in the real layout (docs/maths.md section 2).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import pickle
@@ -24,6 +25,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from flame.landmarks import (
+    LANDMARK_FILE,
+    MAX_YAW_DEG,
+    N_YAW_BINS,
+    LandmarkEmbedding,
+    write_landmark_embedding,
+)
 from flame.obj import atomic_write_bytes, write_obj
 
 __all__ = ["SyntheticFlame", "build_synthetic_flame", "write_synthetic_flame", "DEFAULT_RESOLUTION"]
@@ -60,6 +68,7 @@ class SyntheticFlame:
     masks: dict[str, np.ndarray]
     l_eyelid: np.ndarray
     r_eyelid: np.ndarray
+    landmarks: LandmarkEmbedding
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -478,6 +487,71 @@ def _masks(mesh: _Mesh, weights: np.ndarray, A: np.ndarray,
     return {k: np.asarray(v, dtype=np.int64) for k, v in masks.items()}
 
 
+def _landmark_targets() -> tuple[np.ndarray, np.ndarray]:
+    """(theta, phi) of landmarks 17..67 in the 68-point order (image left = the subject's right, -phi)."""
+    t, p = [], []
+
+    def add(th, ph):
+        t.extend(np.broadcast_to(th, np.shape(ph)).tolist() if np.ndim(ph) else [th])
+        p.extend(np.atleast_1d(ph).tolist())
+
+    add(1.13, np.linspace(-0.64, -0.12, 5))                      # 17-21 right brow
+    add(1.13, np.linspace(0.12, 0.64, 5))                        # 22-26 left brow
+    for th in (1.33, 1.43, 1.53, 1.63):                          # 27-30 nose bridge to tip
+        add(th, 0.0)
+    add(1.71, np.array([-0.13, -0.065, 0.0, 0.065, 0.13]))       # 31-35 nostrils
+    for sign in (-1.0, 1.0):                                     # 36-41 right eye, 42-47 left eye
+        c = sign * PHI_EYE
+        dx = np.array([-0.13, -0.05, 0.05, 0.13, 0.05, -0.05])
+        dt = np.array([0.0, -0.055, -0.055, 0.0, 0.055, 0.055])
+        for k in range(6):
+            add(THETA_EYE + dt[k], c + dx[k])
+    ph = np.array([-1.0, -0.6, -0.25, 0.0, 0.25, 0.6, 1.0]) * (PHI_MOUTH + 0.02)   # 48-54 upper lip
+    add_t = THETA_MOUTH - np.array([0.0, 0.05, 0.07, 0.06, 0.07, 0.05, 0.0])
+    for th, q in zip(add_t, ph):
+        add(th, q)
+    for th, q in zip(THETA_MOUTH + np.array([0.05, 0.07, 0.07, 0.07, 0.05]),        # 55-59 lower lip
+                     np.array([0.6, 0.25, 0.0, -0.25, -0.6]) * (PHI_MOUTH + 0.02)):
+        add(th, q)
+    inner = np.array([-0.85, -0.3, 0.0, 0.3, 0.85]) * PHI_MOUTH                     # 60-64 inner upper
+    for q in inner:
+        add(THETA_MOUTH - 0.02, q)
+    for q in (0.3 * PHI_MOUTH, 0.0, -0.3 * PHI_MOUTH):                              # 65-67 inner lower
+        add(THETA_MOUTH + 0.02, q)
+    return np.asarray(t), np.asarray(p)
+
+
+def _contour_targets(bin_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(theta, phi) of the 17 jaw-contour landmarks seen at yaw bin ``bin_index`` (flame.landmarks): the
+    outline slides round the cheek the head turns away from."""
+    a = bin_index if bin_index <= MAX_YAW_DEG else MAX_YAW_DEG - bin_index
+    phi = np.linspace(-1.3, 1.3, 17)
+    theta = 2.13 - 0.58 * (phi / 1.3) ** 2
+    phi = phi + np.deg2rad(a) * 0.6 * np.abs(phi) / 1.3
+    return theta, phi
+
+
+def _snap_to_mesh(mesh: _Mesh, theta: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Landmark (face, barycentric) pairs: the head vertex nearest each surface point, as a one-hot
+    barycentric of a model face that holds it."""
+    points = _surface(theta, phi)
+    head = mesh.verts[: mesh.n_head]
+    vids = np.argmin(((points[:, None, :] - head[None]) ** 2).sum(-1), axis=1)
+    faces, bary = [], []
+    for v in vids:
+        f = int(np.flatnonzero((mesh.faces == v).any(axis=1))[0])
+        faces.append(f)
+        bary.append((mesh.faces[f] == v).astype(np.float64))
+    return np.asarray(faces, dtype=np.int64), np.asarray(bary)
+
+
+def _landmark_embedding(mesh: _Mesh) -> LandmarkEmbedding:
+    """The synthetic head's own 68-point embedding in FLAME's layout (static + per-yaw-bin contour)."""
+    static_f, static_b = _snap_to_mesh(mesh, *_landmark_targets())
+    dyn = [_snap_to_mesh(mesh, *_contour_targets(b)) for b in range(N_YAW_BINS)]
+    return LandmarkEmbedding(static_f, static_b, np.stack([d[0] for d in dyn]), np.stack([d[1] for d in dyn]))
+
+
 def build_synthetic_flame(resolution: int = DEFAULT_RESOLUTION, seed: int = 0) -> SyntheticFlame:
     """Build the synthetic model in memory. ``resolution`` is the number of grid columns around the
     head (>= 16; 64 gives about 3.4k vertices); ``seed`` fixes the random blendshapes."""
@@ -494,7 +568,8 @@ def build_synthetic_flame(resolution: int = DEFAULT_RESOLUTION, seed: int = 0) -
     return SyntheticFlame(v_template=mesh.verts, faces=mesh.faces, mouth_faces=mesh.mouth_faces, uv=mesh.uv,
                           uv_faces=mesh.uv_faces, shapedirs=shapedirs, posedirs=posedirs,
                           J_regressor=J_regressor, kintree_table=kintree, weights=weights,
-                          masks=_masks(mesh, weights, A, eyelids), l_eyelid=eyelids[0], r_eyelid=eyelids[1])
+                          masks=_masks(mesh, weights, A, eyelids), l_eyelid=eyelids[0], r_eyelid=eyelids[1],
+                          landmarks=_landmark_embedding(mesh))
 
 
 def _pickle_bytes(obj: object) -> bytes:
@@ -505,9 +580,10 @@ def _pickle_bytes(obj: object) -> bytes:
 
 def write_synthetic_flame(out_dir: str | Path, *, resolution: int = DEFAULT_RESOLUTION,
                           seed: int = 0) -> Path:
-    """Write the synthetic model into ``out_dir`` in FLAME's layout (SPEC section 2):
+    """Write the synthetic model into ``out_dir`` in FLAME's layout (docs/maths.md section 2):
     ``generic_model.pkl``, ``FLAME_masks/FLAME_masks.pkl``, ``FlameMesh.obj`` (model faces, then the
-    mouth-closing faces) and ``blendshapes/{l,r}_eyelid.npy``. Returns ``out_dir``."""
+    mouth-closing faces), ``blendshapes/{l,r}_eyelid.npy`` and ``landmark_embedding.npy`` (its own 68-point
+    landmark embedding, flame.landmarks). Returns ``out_dir``."""
     out = Path(out_dir)
     model = build_synthetic_flame(resolution=resolution, seed=seed)
     J = model.J_regressor @ model.v_template
@@ -525,6 +601,7 @@ def write_synthetic_flame(out_dir: str | Path, *, resolution: int = DEFAULT_RESO
         buf = io.BytesIO()
         np.save(buf, arr)
         atomic_write_bytes(out / "blendshapes" / f"{name}.npy", buf.getvalue())
+    write_landmark_embedding(out / LANDMARK_FILE, model.landmarks)
     info = {"generator": "flame.synthetic", "resolution": int(resolution), "seed": int(seed),
             "n_vertices": int(model.v_template.shape[0]), "n_faces": int(model.faces.shape[0]),
             "n_mouth_faces": int(model.mouth_faces.shape[0])}
@@ -534,7 +611,6 @@ def write_synthetic_flame(out_dir: str | Path, *, resolution: int = DEFAULT_RESO
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m flame.synthetic OUT_DIR [--resolution N] [--seed S]``: write the synthetic model."""
-    import argparse
 
     parser = argparse.ArgumentParser(description="Write a synthetic FLAME-format model (no licensed data).")
     parser.add_argument("out_dir", type=Path, help="folder to write generic_model.pkl etc. into")

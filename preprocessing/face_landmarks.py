@@ -32,7 +32,8 @@ from preprocessing.rvm import ModelNotFoundError
 
 DETECTOR_FILE = "face_detection_short_range.tflite"
 LANDMARK_FILE = "face_landmark.tflite"
-_SUBDIRS = {DETECTOR_FILE: "face_detection", LANDMARK_FILE: "face_landmark"}
+IRIS_FILE = "iris_landmark.tflite"
+_SUBDIRS = {DETECTOR_FILE: "face_detection", LANDMARK_FILE: "face_landmark", IRIS_FILE: "iris_landmark"}
 MEDIAPIPE_HELP = ("the offline face backend needs MediaPipe's bundled face models and the LiteRT runtime: "
                   "`pip install ai-edge-litert` and `pip install --no-deps mediapipe==0.10.21` (only its "
                   "model files are used; --no-deps keeps numpy 2 and protobuf untouched), or pass "
@@ -47,6 +48,7 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 CHIN = 152
 FOREHEAD = 10
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+RIGHT_EYE_INNER, LEFT_EYE_INNER = 133, 362
 
 
 @dataclass
@@ -61,6 +63,24 @@ class FaceLandmarks:
     points: np.ndarray     # (468, 3): x, y in pixels, z in pixels (relative depth)
     presence: float        # face-presence probability of the last pass
     detection: FaceDetection
+    irises: np.ndarray | None = None  # (2, 2) iris centres in pixels, the subject's right eye first
+
+
+def find_iris_model(model_dir: str | Path | None = None) -> Path:
+    """``iris_landmark.tflite`` from ``model_dir`` or the installed mediapipe wheel's files."""
+    if model_dir is not None:
+        root = Path(model_dir)
+        hit = next((c for c in (root / IRIS_FILE, root / "modules" / _SUBDIRS[IRIS_FILE] / IRIS_FILE)
+                    if c.is_file()), None)
+        if hit is None:
+            raise ModelNotFoundError(f"{root}: no {IRIS_FILE} there; {MEDIAPIPE_HELP}")
+        return hit
+    spec = importlib.util.find_spec("mediapipe")
+    for loc in (spec.submodule_search_locations if spec is not None else None) or []:
+        path = Path(loc) / "modules" / "iris_landmark" / IRIS_FILE
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(f"no {IRIS_FILE}: mediapipe's model files are not installed; {MEDIAPIPE_HELP}")
 
 
 def find_face_models(model_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -128,10 +148,51 @@ def _rect_grid(cx: float, cy: float, size: float, angle: float, n: int) -> np.nd
     return np.stack([cx + ca * lx - sa * ly, cy + sa * lx + ca * ly], axis=-1).reshape(-1, 2)
 
 
-class FaceLandmarker:
-    """Detect the most confident face and its 468 landmarks in an RGB frame (uint8 (H,W,3))."""
+class IrisLandmarker:
+    """The iris centre of each eye from MediaPipe's iris network, on a 64x64 crop around the eye corners
+    of the face mesh (2.3 x the corner distance, turned with the corner line). The network is trained
+    on left eyes, so the right eye's crop is mirrored in and its result mirrored back."""
 
-    def __init__(self, model_dir: str | Path | None = None, min_score: float = 0.5) -> None:
+    SCALE = 2.3
+
+    def __init__(self, model_dir: str | Path | None = None) -> None:
+        self.net = _interpreter(find_iris_model(model_dir))
+        outs = {o["name"]: o["index"] for o in self.net.get_output_details()}
+        if "output_iris" not in outs:
+            raise ModelNotFoundError(f"{find_iris_model(model_dir)}: no 'output_iris' (not MediaPipe's iris "
+                                     f"landmark network); {MEDIAPIPE_HELP}")
+        self._in, self._iris = self.net.get_input_details()[0]["index"], outs["output_iris"]
+
+    def __call__(self, img: torch.Tensor, mesh: np.ndarray) -> np.ndarray:
+        """(2, 2) iris centres (right eye, left eye) in pixels; ``img`` (1,3,H,W) in [0,1], ``mesh``
+        the 468 face-mesh points."""
+        out = []
+        for outer, inner, mirror in ((RIGHT_EYE_OUTER, RIGHT_EYE_INNER, True),
+                                     (LEFT_EYE_INNER, LEFT_EYE_OUTER, False)):
+            p0, p1 = mesh[outer, :2], mesh[inner, :2]  # left to right in the image
+            centre, size = (p0 + p1) / 2, float(np.linalg.norm(p1 - p0)) * self.SCALE
+            angle = float(np.arctan2(p1[1] - p0[1], p1[0] - p0[0]))
+            crop = _sample(img, _rect_grid(centre[0], centre[1], size, angle, 64), (64, 64))
+            if mirror:
+                crop = crop[:, ::-1]
+            self.net.set_tensor(self._in, np.ascontiguousarray(crop[None], dtype=np.float32))
+            self.net.invoke()
+            u, v = self.net.get_tensor(self._iris).reshape(5, 3)[0, :2].astype(np.float64)
+            if mirror:
+                u = 64.0 - u
+            lx, ly = (u / 64 - 0.5) * size, (v / 64 - 0.5) * size
+            ca, sa = np.cos(angle), np.sin(angle)
+            out.append([centre[0] + ca * lx - sa * ly, centre[1] + sa * lx + ca * ly])
+        return np.asarray(out)
+
+
+class FaceLandmarker:
+    """Detect the most confident face and its 468 landmarks in an RGB frame (uint8 (H,W,3)); with
+    ``irises`` also the two iris centres (:class:`IrisLandmarker`), 470 points in all."""
+
+    def __init__(self, model_dir: str | Path | None = None, min_score: float = 0.5,
+                 irises: bool = False) -> None:
+        self.iris = IrisLandmarker(model_dir) if irises else None
         det_path, lmk_path = find_face_models(model_dir)
         self.detector = _interpreter(det_path)
         self.landmarker = _interpreter(lmk_path)
@@ -223,4 +284,5 @@ class FaceLandmarker:
             pts, presence = self._mesh(img, float(centre[0]), float(centre[1]), size, angle)
         if presence < 0.5:
             return None
-        return FaceLandmarks(points=pts, presence=presence, detection=det)
+        irises = self.iris(img, pts) if self.iris is not None else None
+        return FaceLandmarks(points=pts, presence=presence, detection=det, irises=irises)

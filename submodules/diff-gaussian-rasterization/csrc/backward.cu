@@ -1,4 +1,4 @@
-// Backward kernels (SPEC section 7): reverse-order per-tile blending backward, then one fused per-Gaussian
+// Backward kernels (docs/maths.md section 7): reverse-order per-tile blending backward, then one fused per-Gaussian
 // kernel through the 2D covariance (clamped guard-band coordinates held constant), the 3D covariance,
 // scales and rotations, the projection of the means, the view depth and the SH colour.
 #include <cooperative_groups.h>

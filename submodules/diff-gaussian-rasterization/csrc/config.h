@@ -1,4 +1,4 @@
-// Compile-time constants of the rasterizer (SPEC section 7).
+// Compile-time constants of the rasterizer (docs/maths.md section 7).
 #pragma once
 
 #define TILE_X 16

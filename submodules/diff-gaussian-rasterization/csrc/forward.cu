@@ -1,5 +1,5 @@
 // Forward kernels: per-Gaussian preprocessing, key duplication, tile ranges and per-tile blending
-// (SPEC section 7). Written from the specification; structure follows the tile-based splatting design.
+// (docs/maths.md section 7). Written from the specification; structure follows the tile-based splatting design.
 #include <cooperative_groups.h>
 
 #include "config.h"

@@ -69,6 +69,149 @@ int highest_bit(uint32_t n) {
   return b;
 }
 
+// ---- Buffer layouts -------------------------------------------------------------------------------------------
+// Several arrays share one allocation. Each layout struct below names its arrays and has one carve() that lays
+// them out in order, every array starting at the next multiple of its alignment (the element's natural alignment
+// unless stated). The same carve() both sizes the allocation (required_bytes, on a null base) and hands out the
+// pointers into it (from_base), so the size and the offsets cannot disagree and no call site spells an offset.
+
+// Bump allocator over one byte buffer. With a null base it only measures: every pointer it returns is null.
+class Chunk {
+ public:
+  explicit Chunk(void* base) : base_(static_cast<uint8_t*>(base)) {}
+
+  template <typename T>
+  T* take(int64_t count, size_t align = alignof(T)) {
+    offset_ = (offset_ + align - 1) / align * align;
+    T* p = base_ != nullptr ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += (size_t)count * sizeof(T);
+    return p;
+  }
+  size_t bytes() const { return offset_; }
+
+ private:
+  uint8_t* base_;
+  size_t offset_ = 0;
+};
+
+// Bytes a Layout needs for the given counts.
+template <typename Layout, typename... Counts>
+size_t required_bytes(Counts... counts) {
+  Chunk c(nullptr);
+  Layout::carve(c, counts...);
+  return c.bytes();
+}
+
+// The Layout's pointers into an allocation of at least required_bytes<Layout>(counts...).
+template <typename Layout, typename... Counts>
+Layout from_base(void* base, Counts... counts) {
+  Chunk c(base);
+  return Layout::carve(c, counts...);
+}
+
+// Elements of a buffer tensor needed to hold a Layout (the tensor's element size must divide the byte size).
+template <typename Layout, typename... Counts>
+int64_t required_numel(const torch::TensorOptions& opt, Counts... counts) {
+  const size_t bytes = required_bytes<Layout>(counts...);
+  const size_t elem = opt.dtype().itemsize();
+  TORCH_INTERNAL_ASSERT(bytes % elem == 0, "buffer layout of ", bytes, " bytes is not a whole number of elements");
+  return (int64_t)(bytes / elem);
+}
+
+// A field of a layout carved from `buf`, as a tensor view of `buf` with the given shape.
+torch::Tensor field_view(const torch::Tensor& buf, const void* field, torch::IntArrayRef shape) {
+  const ptrdiff_t byte_off = static_cast<const uint8_t*>(field) - static_cast<const uint8_t*>(buf.data_ptr());
+  const int64_t elem = (int64_t)buf.element_size();
+  TORCH_INTERNAL_ASSERT(byte_off >= 0 && byte_off % elem == 0, "field is not an element of its buffer");
+  int64_t numel = 1;
+  for (const int64_t d : shape) numel *= d;
+  return buf.narrow(0, byte_off / elem, numel).view(shape);
+}
+
+// Forward per-Gaussian float state ("fbuf", a float tensor of 16 P values kept for the backward pass):
+// conic_opacity 4 | means2D 2 | depths 1 | rgb 3 | cov3D 6 floats per Gaussian, each a block over all P.
+// Float offsets 0, 4P, 6P, 7P, 10P; every block is naturally aligned without padding (4P floats = 16P bytes).
+struct GeometryState {
+  float4* conic_opacity;  // (P,) float4: conic (a, b, c) and opacity
+  float2* means2D;        // (P,) float2: pixel-space centre
+  float* depths;          // (P,) float: view-space z
+  float* rgb;             // (P, 3) float: colour
+  float* cov3D;           // (P, 6) float: 3D covariance upper triangle (unused when it is precomputed)
+
+  static GeometryState carve(Chunk& c, int64_t P) {
+    GeometryState g;
+    g.conic_opacity = c.take<float4>(P);
+    g.means2D = c.take<float2>(P);
+    g.depths = c.take<float>(P);
+    g.rgb = c.take<float>(3 * P);
+    g.cov3D = c.take<float>(6 * P);
+    return g;
+  }
+};
+
+// Per-Gaussian tile counts (an int32 tensor of 2 P values): tiles_touched | its inclusive prefix sum.
+struct TileCountState {
+  uint32_t* tiles_touched;  // (P,) uint32: tiles each Gaussian overlaps
+  uint32_t* offsets;        // (P,) uint32: inclusive prefix sum of tiles_touched (end of each Gaussian's pairs)
+
+  static TileCountState carve(Chunk& c, int64_t P) {
+    TileCountState t;
+    t.tiles_touched = c.take<uint32_t>(P);
+    t.offsets = c.take<uint32_t>(P);
+    return t;
+  }
+};
+
+// Sort keys and the radix sort's scratch (a byte tensor): keys | keys_alt | pad to 256 | sort_scratch.
+struct BinningKeys {
+  uint64_t* keys;      // (R,) uint64: tile << 32 | depth bits, as duplicated
+  uint64_t* keys_alt;  // (R,) uint64: the radix sort's second key buffer
+  void* sort_scratch;  // (sort_bytes,) bytes: CUB radix sort temporary storage, 256-byte aligned
+
+  static BinningKeys carve(Chunk& c, int64_t R, size_t sort_bytes) {
+    BinningKeys k;
+    k.keys = c.take<uint64_t>(R);
+    k.keys_alt = c.take<uint64_t>(R);
+    k.sort_scratch = c.take<uint8_t>((int64_t)sort_bytes, 256);
+    return k;
+  }
+};
+
+// Sort values (an int32 tensor of 2 R values): values | values_alt. A separate tensor because the sorted half is
+// returned (as point_list) and kept for the backward pass.
+struct BinningValues {
+  uint32_t* values;      // (R,) uint32: Gaussian index of each key, as duplicated
+  uint32_t* values_alt;  // (R,) uint32: the radix sort's second value buffer
+
+  static BinningValues carve(Chunk& c, int64_t R) {
+    BinningValues v;
+    v.values = c.take<uint32_t>(R);
+    v.values_alt = c.take<uint32_t>(R);
+    return v;
+  }
+};
+
+// Gradient accumulators of the blending backward (one zeroed float tensor of 11 P values):
+// dL_dmean2D 3 | dL_dconic 3 | dL_dcolor 3 | dL_dopacity 1 | dL_ddepth 1 floats per Gaussian, each a block over
+// all P (float offsets 0, 3P, 6P, 9P, 10P).
+struct GradAccumulators {
+  float* dL_dmean2D;   // (P, 3) float: NDC units, z unused (stays 0)
+  float* dL_dconic;    // (P, 3) float
+  float* dL_dcolor;    // (P, 3) float
+  float* dL_dopacity;  // (P,) float
+  float* dL_ddepth;    // (P,) float
+
+  static GradAccumulators carve(Chunk& c, int64_t P) {
+    GradAccumulators a;
+    a.dL_dmean2D = c.take<float>(3 * P);
+    a.dL_dconic = c.take<float>(3 * P);
+    a.dL_dcolor = c.take<float>(3 * P);
+    a.dL_dopacity = c.take<float>(P);
+    a.dL_ddepth = c.take<float>(P);
+    return a;
+  }
+};
+
 }  // namespace
 
 std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
@@ -130,36 +273,33 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   const int n_tiles = grid.x * grid.y;
   const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, W, H, (float)tan_fovx, (float)tan_fovy);
 
-  // Per-Gaussian state (one allocation for the float parts).
+  // Per-Gaussian state: the float parts in one tensor (GeometryState, kept for the backward pass), the tile
+  // counts and their prefix sum in another (TileCountState).
   torch::Tensor radii = torch::empty({P}, iopt);
-  torch::Tensor fbuf = torch::empty({P * 16}, fopt);  // conic_opacity 4 | xy 2 | depth 1 | rgb 3 | cov 6
-  torch::Tensor conic_op = fbuf.narrow(0, 0, 4 * P).view({P, 4});
-  torch::Tensor xy = fbuf.narrow(0, 4 * P, 2 * P).view({P, 2});
-  torch::Tensor depths = fbuf.narrow(0, 6 * P, P);
-  torch::Tensor rgb = fbuf.narrow(0, 7 * P, 3 * P).view({P, 3});
-  torch::Tensor cov3D = fbuf.narrow(0, 10 * P, 6 * P).view({P, 6});
+  torch::Tensor fbuf = torch::empty({required_numel<GeometryState>(fopt, P)}, fopt);
+  const GeometryState geom = from_base<GeometryState>(fbuf.data_ptr<float>(), P);
   torch::Tensor clamped = torch::empty({P, 3}, fopt.dtype(torch::kUInt8));
-  torch::Tensor tiles = torch::empty({2 * P}, iopt);  // tiles touched | inclusive prefix sum
-  uint32_t* touched = reinterpret_cast<uint32_t*>(tiles.data_ptr<int>());
-  uint32_t* offsets = touched + P;
+  torch::Tensor tiles = torch::empty({required_numel<TileCountState>(iopt, P)}, iopt);
+  const TileCountState counts = from_base<TileCountState>(tiles.data_ptr<int>(), P);
 
   uint32_t* count_host = pinned_count();
   if (P > 0) {
     size_t scan_bytes = 0;
-    cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, touched, offsets, (int)P, stream);
+    cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, counts.tiles_touched, counts.offsets, (int)P, stream);
     torch::Tensor scan_tmp = torch::empty({(int64_t)scan_bytes}, fopt.dtype(torch::kUInt8));
     dgr::preprocess((int)P, (int)degree, M, means3D.data_ptr<float>(), has_cov ? nullptr : scales.data_ptr<float>(),
                     (float)scale_modifier, has_cov ? nullptr : rotations.data_ptr<float>(), opacity.data_ptr<float>(),
                     has_colors ? nullptr : sh.data_ptr<float>(), has_colors ? colors.data_ptr<float>() : nullptr,
                     has_cov ? cov3D_precomp.data_ptr<float>() : nullptr, cam, grid, radii.data_ptr<int>(),
-                    reinterpret_cast<float2*>(xy.data_ptr<float>()), depths.data_ptr<float>(),
-                    cov3D.data_ptr<float>(), rgb.data_ptr<float>(), clamped.data_ptr<uint8_t>(),
-                    reinterpret_cast<float4*>(conic_op.data_ptr<float>()), touched, stream);
+                    geom.means2D, geom.depths, geom.cov3D, geom.rgb, clamped.data_ptr<uint8_t>(),
+                    geom.conic_opacity, counts.tiles_touched, stream);
     check_launch("preprocess");
     debug_check(debug, "preprocess");
-    cub::DeviceScan::InclusiveSum(scan_tmp.data_ptr(), scan_bytes, touched, offsets, (int)P, stream);
+    cub::DeviceScan::InclusiveSum(scan_tmp.data_ptr(), scan_bytes, counts.tiles_touched, counts.offsets, (int)P,
+                                  stream);
     check_launch("prefix sum");
-    C10_CUDA_CHECK(cudaMemcpyAsync(count_host, offsets + P - 1, sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
+    C10_CUDA_CHECK(
+        cudaMemcpyAsync(count_host, counts.offsets + P - 1, sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
   }
 
   // Per-pixel outputs and state, allocated while the GPU preprocesses (before the one host sync).
@@ -188,38 +328,33 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
       cub::DoubleBuffer<uint32_t> qv(nullptr, nullptr);
       cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, qk, qv, R, 0, end_bit, stream);
     }
-    // Keys (double buffer) and the sort's scratch in one allocation; the values stay their own tensor
-    // because the sorted ones are kept for the backward pass.
-    const int64_t key_bytes = 16 * (int64_t)R;
-    const int64_t tmp_off = (key_bytes + 255) / 256 * 256;
-    torch::Tensor kbuf = torch::empty({tmp_off + (int64_t)sort_bytes}, fopt.dtype(torch::kUInt8));
-    torch::Tensor vbuf = torch::empty({2 * (int64_t)R}, iopt);
-    uint64_t* keys_in = reinterpret_cast<uint64_t*>(kbuf.data_ptr<uint8_t>());
-    uint64_t* keys_alt = keys_in + R;
-    void* sort_tmp = kbuf.data_ptr<uint8_t>() + tmp_off;
-    uint32_t* vals_in = reinterpret_cast<uint32_t*>(vbuf.data_ptr<int>());
-    uint32_t* vals_alt = vals_in + R;
-    dgr::duplicate_with_keys((int)P, reinterpret_cast<const float2*>(xy.data_ptr<float>()), depths.data_ptr<float>(),
-                             offsets, radii.data_ptr<int>(), grid, keys_in, vals_in, stream);
+    // Keys (double buffer) and the sort's scratch in one allocation (BinningKeys); the values stay their own
+    // tensor (BinningValues) because the sorted ones are kept for the backward pass.
+    const auto bopt = fopt.dtype(torch::kUInt8);
+    torch::Tensor kbuf = torch::empty({required_numel<BinningKeys>(bopt, (int64_t)R, sort_bytes)}, bopt);
+    torch::Tensor vbuf = torch::empty({required_numel<BinningValues>(iopt, (int64_t)R)}, iopt);
+    const BinningKeys bkeys = from_base<BinningKeys>(kbuf.data_ptr<uint8_t>(), (int64_t)R, sort_bytes);
+    const BinningValues bvals = from_base<BinningValues>(vbuf.data_ptr<int>(), (int64_t)R);
+    dgr::duplicate_with_keys((int)P, geom.means2D, geom.depths, counts.offsets, radii.data_ptr<int>(), grid,
+                             bkeys.keys, bvals.values, stream);
     check_launch("duplicate_with_keys");
     debug_check(debug, "duplicate_with_keys");
-    cub::DoubleBuffer<uint64_t> dkeys(keys_in, keys_alt);
-    cub::DoubleBuffer<uint32_t> dvals(vals_in, vals_alt);
-    cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, dkeys, dvals, R, 0, end_bit, stream);
+    cub::DoubleBuffer<uint64_t> dkeys(bkeys.keys, bkeys.keys_alt);
+    cub::DoubleBuffer<uint32_t> dvals(bvals.values, bvals.values_alt);
+    cub::DeviceRadixSort::SortPairs(bkeys.sort_scratch, sort_bytes, dkeys, dvals, R, 0, end_bit, stream);
     check_launch("radix sort");
     debug_check(debug, "radix sort");
     dgr::tile_ranges(R, dkeys.Current(), reinterpret_cast<uint2*>(ranges.data_ptr<int>()), stream);
     check_launch("tile_ranges");
-    point_list = dvals.Current() == vals_in ? vbuf.narrow(0, 0, R) : vbuf.narrow(0, R, R);
+    point_list = field_view(vbuf, dvals.Current(), {R});  // whichever value buffer the sort ended in
   } else {
     point_list = torch::empty({0}, iopt);
   }
 
   dgr::render(grid, reinterpret_cast<const uint2*>(ranges.data_ptr<int>()),
               reinterpret_cast<const uint32_t*>(point_list.numel() ? point_list.data_ptr<int>() : nullptr), W, H,
-              reinterpret_cast<const float2*>(xy.data_ptr<float>()), rgb.data_ptr<float>(),
-              reinterpret_cast<const float4*>(conic_op.data_ptr<float>()), depths.data_ptr<float>(),
-              background.data_ptr<float>(), final_T.data_ptr<float>(),
+              geom.means2D, geom.rgb, geom.conic_opacity, geom.depths, background.data_ptr<float>(),
+              final_T.data_ptr<float>(),
               reinterpret_cast<uint32_t*>(n_contrib.data_ptr<int>()), out_color.data_ptr<float>(),
               return_depth ? out_depth.data_ptr<float>() : nullptr,
               return_alpha ? out_alpha.data_ptr<float>() : nullptr, stream);
@@ -255,18 +390,15 @@ std::vector<torch::Tensor> rasterize_backward(
   const dim3 grid((W + TILE_X - 1) / TILE_X, (H + TILE_Y - 1) / TILE_Y, 1);
   const dgr::Camera cam = make_camera(viewmatrix, projmatrix, campos, W, H, (float)tan_fovx, (float)tan_fovy);
 
-  const float* conic_op = fbuf.data_ptr<float>();
-  const float* xy = conic_op + 4 * P;
-  const float* depths = conic_op + 6 * P;
-  const float* rgb = conic_op + 7 * P;
-  const float* cov3D = has_cov ? cov3D_precomp.data_ptr<float>() : conic_op + 10 * P;
+  const GeometryState geom = from_base<GeometryState>(fbuf.data_ptr<float>(), P);  // the forward's fbuf
+  const float* cov3D = has_cov ? cov3D_precomp.data_ptr<float>() : geom.cov3D;
 
-  // Accumulators of the blending backward, one zeroed buffer: means2D 3 | conic 3 | colour 3 | opacity | depth.
-  torch::Tensor acc = torch::zeros({P * 11}, fopt);
-  float* a = acc.data_ptr<float>();
-  torch::Tensor dL_dmeans2D = acc.narrow(0, 0, 3 * P).view({P, 3});
-  torch::Tensor dL_dcolors = acc.narrow(0, 6 * P, 3 * P).view({P, 3});
-  torch::Tensor dL_dopacity = acc.narrow(0, 9 * P, P).view({P, 1});
+  // Accumulators of the blending backward, one zeroed buffer (GradAccumulators).
+  torch::Tensor acc = torch::zeros({required_numel<GradAccumulators>(fopt, P)}, fopt);
+  const GradAccumulators grads = from_base<GradAccumulators>(acc.data_ptr<float>(), P);
+  torch::Tensor dL_dmeans2D = field_view(acc, grads.dL_dmean2D, {P, 3});
+  torch::Tensor dL_dcolors = field_view(acc, grads.dL_dcolor, {P, 3});
+  torch::Tensor dL_dopacity = field_view(acc, grads.dL_dopacity, {P, 1});
 
   torch::Tensor dL_dmeans3D = torch::empty({P, 3}, fopt);
   torch::Tensor dL_dsh = has_colors ? torch::zeros({0}, fopt) : torch::empty({P, M, 3}, fopt);
@@ -277,19 +409,20 @@ std::vector<torch::Tensor> rasterize_backward(
 
   dgr::render_backward(grid, reinterpret_cast<const uint2*>(ranges.data_ptr<int>()),
                        reinterpret_cast<const uint32_t*>(point_list.numel() ? point_list.data_ptr<int>() : nullptr),
-                       W, H, background.data_ptr<float>(), reinterpret_cast<const float2*>(xy),
-                       reinterpret_cast<const float4*>(conic_op), rgb, depths, final_T.data_ptr<float>(),
+                       W, H, background.data_ptr<float>(), geom.means2D, geom.conic_opacity, geom.rgb, geom.depths,
+                       final_T.data_ptr<float>(),
                        reinterpret_cast<const uint32_t*>(n_contrib.data_ptr<int>()), dL_dout_color.data_ptr<float>(),
                        has_depth ? dL_dout_depth.data_ptr<float>() : nullptr,
-                       has_alpha ? dL_dout_alpha.data_ptr<float>() : nullptr, a, a + 3 * P, a + 9 * P, a + 6 * P,
-                       a + 10 * P, stream);
+                       has_alpha ? dL_dout_alpha.data_ptr<float>() : nullptr, grads.dL_dmean2D, grads.dL_dconic,
+                       grads.dL_dopacity, grads.dL_dcolor, grads.dL_ddepth, stream);
   check_launch("render_backward");
   debug_check(debug, "render_backward");
   dgr::preprocess_backward((int)P, (int)degree, M, means3D.data_ptr<float>(), radii.data_ptr<int>(),
                            has_colors ? nullptr : sh.data_ptr<float>(), clamped.data_ptr<uint8_t>(),
                            has_cov ? nullptr : scales.data_ptr<float>(), has_cov ? nullptr : rotations.data_ptr<float>(),
-                           (float)scale_modifier, cov3D, has_cov, cam, a, a + 3 * P, a + 6 * P,
-                           has_depth ? a + 10 * P : nullptr, has_colors, dL_dmeans3D.data_ptr<float>(),
+                           (float)scale_modifier, cov3D, has_cov, cam, grads.dL_dmean2D, grads.dL_dconic,
+                           grads.dL_dcolor, has_depth ? grads.dL_ddepth : nullptr, has_colors,
+                           dL_dmeans3D.data_ptr<float>(),
                            has_colors ? nullptr : dL_dsh.data_ptr<float>(),
                            has_cov ? nullptr : dL_dscales.data_ptr<float>(),
                            has_cov ? nullptr : dL_drots.data_ptr<float>(),

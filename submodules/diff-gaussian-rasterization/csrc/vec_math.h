@@ -40,7 +40,7 @@ __device__ __forceinline__ float ndc_to_pixel(float v, int size) {
   return (float)((((double)v + 1.0) * (double)size - 1.0) * 0.5);
 }
 
-// Tile rectangle of SPEC 7: rect_min = clamp(floor((p - r) / 16), 0, G),
+// Tile rectangle of docs/maths.md section 7: rect_min = clamp(floor((p - r) / 16), 0, G),
 // rect_max = clamp(floor((p + r + 15) / 16), 0, G). Evaluated in float with the original's operation order
 // (((p + r) + 16) - 1) and clamped before the integer conversion, so any finite p and r are safe.
 __device__ __forceinline__ void tile_rect(float2 p, float r, dim3 grid, int2& rmin, int2& rmax) {
@@ -65,7 +65,7 @@ __device__ __forceinline__ void quat_to_rotmat(float4 q, float R[9]) {
   R[8] = 1.f - 2.f * (x * x + y * y);
 }
 
-// SH constants of SPEC 7.
+// SH constants of docs/maths.md section 7.
 __device__ const float SH_C0 = 0.28209479177387814f;
 __device__ const float SH_C1 = 0.4886025119029199f;
 __device__ const float SH_C2[5] = {1.0925484305920792f, -1.0925484305920792f, 0.31539156525252005f,

@@ -1,0 +1,109 @@
+"""Tracking against known ground truth: how far a tracked subject's FLAME and cameras are from the truth.
+
+Used by the tests and ``bench/bench_tracker.py`` on the synthetic subject, whose ``.frame`` files hold
+the parameters it was rendered with. Figures (means over frames):
+
+- ``vertex_mm``: FLAME vertices (shape, expression, jaw, eyes, eyelids; no global pose) of the fit
+  against the truth, in the model's units x 1000 (millimetres for FLAME), nothing aligned or removed;
+- ``shape_vertex_mm``: the neutral heads alone (identity shape, zero expression): how much of the
+  vertex error is the identity (landmarks see little of it: the back of the head and the neck count too);
+- ``motion_vertex_mm``: the per-frame part alone: the true shape posed with the fitted and the true
+  expression, jaw, eyes and eyelids;
+- ``camera_vertex_mm``: the same vertices in each camera's frame (pose and translation included);
+- ``reprojection_px``: the 68 landmarks projected with the fitted and the true cameras;
+- ``expression_rmse``, ``jaw_deg`` (rotation angle), ``gaze_deg`` (angle between the gaze directions;
+  the roll of an eyeball about its gaze is invisible and not counted), ``eyelids_mae``, ``focal_rel``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flame.assets import FlameAssets
+from flame.landmarks import LandmarkEmbedding
+from flame.model import FLAME
+from preprocessing.track.model import R0, LandmarkModel, Observations, project
+from scene.data.tracking import TrackedFrame, load_tracked_frame
+from utils.rotations import rot6d_to_matrix
+
+
+def load_sequence(folder: Path, numbers: list[int] | None = None) -> list[TrackedFrame]:
+    paths = sorted(Path(folder).glob("*.frame"))
+    frames = [load_tracked_frame(p) for p in paths]
+    if numbers is not None:
+        by_id = {f.frame_id: f for f in frames}
+        frames = [by_id[n] for n in numbers]
+    return frames
+
+
+def _stack(frames: list[TrackedFrame]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([getattr(f, k) for f in frames]).float()
+            for k in ("expression", "jaw", "eyes", "eyelids", "R", "t")} | {
+        "shape": frames[0].shape.float(), "K": frames[0].K.float()}
+
+
+def _gaze_deg(a6: torch.Tensor, b6: torch.Tensor) -> torch.Tensor:
+    """Angle between the gaze directions (the eyeball's +z axis turned) of two eye rotations."""
+    ga, gb = rot6d_to_matrix(a6)[..., :, 2], rot6d_to_matrix(b6)[..., :, 2]
+    return torch.rad2deg(torch.acos((ga * gb).sum(-1).clamp(-1.0, 1.0)))
+
+
+def _angle_deg(a6: torch.Tensor, b6: torch.Tensor) -> torch.Tensor:
+    rel = rot6d_to_matrix(a6) @ rot6d_to_matrix(b6).transpose(-1, -2)
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos))
+
+
+@torch.no_grad()
+def compare_tracking(truth: list[TrackedFrame], fit: list[TrackedFrame], assets: FlameAssets,
+                     embedding: LandmarkEmbedding) -> dict[str, float]:
+    """Errors of ``fit`` against ``truth`` (the same frames, in the same order)."""
+    if [f.frame_id for f in truth] != [f.frame_id for f in fit]:
+        raise ValueError("compare_tracking: the two sequences hold different frames")
+    g, f = _stack(truth), _stack(fit)
+    flame = FLAME(assets)
+    vg = flame(g["shape"][None], g["expression"], jaw=g["jaw"], eyes=g["eyes"], eyelids=g["eyelids"])
+    vf = flame(f["shape"][None], f["expression"], jaw=f["jaw"], eyes=f["eyes"], eyelids=f["eyelids"])
+    vm = flame(g["shape"][None], f["expression"], jaw=f["jaw"], eyes=f["eyes"], eyelids=f["eyelids"])
+    zero = torch.zeros(1, g["expression"].shape[1])
+    neutral = (flame(g["shape"][None], zero) - flame(f["shape"][None], zero)).norm(dim=-1).mean()
+    cam_g = vg @ g["R"].transpose(1, 2) + g["t"][:, None]
+    cam_f = vf @ f["R"].transpose(1, 2) + f["t"][:, None]
+    lm = LandmarkModel(assets, embedding)
+    pg = project(lm.points3d(g["shape"], g["expression"], g["jaw"], g["eyes"], g["eyelids"],
+                             R0 @ g["R"])[:, :68], g["R"], g["t"], g["K"])
+    pf = project(lm.points3d(f["shape"], f["expression"], f["jaw"], f["eyes"], f["eyelids"],
+                             R0 @ f["R"])[:, :68], f["R"], f["t"], f["K"])
+    eye_err = torch.cat([_gaze_deg(f["eyes"][:, :6], g["eyes"][:, :6]),
+                         _gaze_deg(f["eyes"][:, 6:], g["eyes"][:, 6:])])
+    return {
+        "vertex_mm": float((vg - vf).norm(dim=-1).mean() * 1000),
+        "shape_vertex_mm": float(neutral * 1000),
+        "motion_vertex_mm": float((vg - vm).norm(dim=-1).mean() * 1000),
+        "camera_vertex_mm": float((cam_g - cam_f).norm(dim=-1).mean() * 1000),
+        "reprojection_px": float((pg - pf).norm(dim=-1).mean()),
+        "expression_rmse": float((f["expression"] - g["expression"]).pow(2).mean().sqrt()),
+        "expression_rms_truth": float(g["expression"].pow(2).mean().sqrt()),
+        "jaw_deg": float(_angle_deg(f["jaw"], g["jaw"]).mean()),
+        "gaze_deg": float(eye_err.mean()),
+        "eyelids_mae": float((f["eyelids"] - g["eyelids"]).abs().mean()),
+        "focal_rel": float(f["K"][0, 0] / g["K"][0, 0] - 1.0),
+    }
+
+
+@torch.no_grad()
+def observations_from_tracking(truth: list[TrackedFrame], assets: FlameAssets, embedding: LandmarkEmbedding,
+                               noise_px: float = 0.0, seed: int = 0) -> Observations:
+    """The 68 landmarks and iris centres the true parameters project to, plus Gaussian pixel noise: the
+    tracker's input without a detector (the synthetic face is not one a face detector is made for)."""
+    g = _stack(truth)
+    lm = LandmarkModel(assets, embedding)
+    pts = project(lm.points3d(g["shape"], g["expression"], g["jaw"], g["eyes"], g["eyelids"], R0 @ g["R"]),
+                  g["R"], g["t"], g["K"])
+    gen = torch.Generator().manual_seed(seed)
+    pts = pts + noise_px * torch.randn(pts.shape, generator=gen)
+    n = len(truth)
+    return Observations([f.frame_id for f in truth], pts[:, :68], pts[:, 68:], torch.ones(n, 70),
+                        torch.ones(n, dtype=torch.bool), truth[0].img_size)

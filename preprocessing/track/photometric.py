@@ -1,0 +1,145 @@
+"""Stage 2 of the tracker: refine the landmark fit against the pixels, through our Gaussian rasterizer.
+
+The head is drawn as Gaussians embedded on the FLAME mesh (the avatar's own UV embedding, small
+isotropic splats, nearly opaque) with one learnt colour each, the same for every frame. Per step a
+mini-batch of frames is rendered at ``size`` pixels and compared (L1) with the matted frame inside the
+head mask; the landmark reprojection and the stage-1 priors and smoothness keep the fit anchored. The
+colours, the identity shape and the per-frame parameters are optimised together. Where a frame has
+no images (landmarks only), only its landmark terms act.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from simple_knn import distCUDA2
+from torch import Tensor
+
+from flame.assets import FlameAssets
+from flame.model import FLAME
+from gaussian_renderer import render
+from gaussian_renderer.types import GaussianSet
+from preprocessing.track.fit import FitConfig, frame_gaps, regularisers, reprojection_loss
+from preprocessing.track.model import LandmarkModel, Observations, TrackParams
+from scene.data.cameras import Camera
+from scene.model.embedding import Embedding
+
+
+@dataclass
+class PhotometricConfig:
+    colour_steps: int = 150   # colours alone first, with the landmark fit frozen
+    epochs: int = 3           # then everything, each frame rendered this many times
+    batch: int = 8
+    size: int = 256           # render and compare at this many pixels (the longer side)
+    uv_size: int = 64
+    lr: float = 1e-3
+    lr_colour: float = 0.05
+    w_photo: float = 1e-3
+    w_landmarks: float = 1.0
+
+
+class FrameImages:
+    """The clip's target images (N, 3, s, s) in [0, 1], matted on white, and head masks (N, 1, s, s),
+    resized to the photometric size; uint8 on the device to keep a thousand frames small."""
+
+    def __init__(self, images: Tensor, masks: Tensor) -> None:
+        self.images, self.masks = images, masks
+
+    def batch(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        return self.images[frames].float() / 255.0, self.masks[frames].float() / 255.0
+
+
+def resize_uint8(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, H, W) uint8 -> (B, C, h, w) uint8, area-averaged."""
+    return F.interpolate(x.float(), size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
+
+
+class SplatHead(torch.nn.Module):
+    """Gaussians on the FLAME mesh with a learnt colour each (the renderable head of stage 2)."""
+
+    def __init__(self, assets: FlameAssets, shape: Tensor, uv_size: int) -> None:
+        super().__init__()
+        self.flame = FLAME(assets).to(shape.device)
+        with torch.no_grad():
+            canonical = self.flame(shape.detach()[None], torch.zeros(1, 100, device=shape.device))[0]
+        self.embedding = Embedding.build(assets.uv_mesh, canonical.cpu(), assets.masks["boundary"],
+                                         uv_size=uv_size, faces=assets.faces).to(shape.device)
+        pos = self.embedding.interpolate(canonical)
+        scale = torch.sqrt(distCUDA2(pos).clamp(min=1e-10))
+        self.register_buffer("log_scale", torch.log(scale)[:, None].expand(-1, 3).contiguous())
+        n = pos.shape[0]
+        self.colour_logit = torch.nn.Parameter(torch.zeros(n, 3, device=shape.device))
+        self.register_buffer("rotation", torch.tensor([1.0, 0.0, 0.0, 0.0], device=shape.device).expand(n, 4))
+        self.register_buffer("opacity", torch.full((n, 1), 0.95, device=shape.device))
+
+    def gaussians(self, shape: Tensor, expression: Tensor, jaw: Tensor, eyes: Tensor, eyelids: Tensor,
+                  R: Tensor, t: Tensor) -> list[GaussianSet]:
+        """The batch's Gaussians in camera space (the world-to-camera R (B,3,3), t (B,3) applied to the
+        means, so that the pose gets gradients from either rasterizer backend; the splats are round, so
+        their rotations need no turning)."""
+        verts = self.flame(shape[None], expression, jaw=jaw, eyes=eyes, eyelids=eyelids)
+        means = self.embedding.interpolate(verts) @ R.transpose(1, 2) + t[:, None, :]  # (B, N, 3)
+        colours = torch.sigmoid(self.colour_logit)
+        return [GaussianSet(m, torch.exp(self.log_scale), self.rotation, self.opacity, colors=colours)
+                for m in means]
+
+
+def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Observations,
+                       images: FrameImages, assets: FlameAssets, fit_cfg: FitConfig, cfg: PhotometricConfig,
+                       *, generator: torch.Generator | None = None, progress=None) -> dict[str, float]:
+    """Refine ``params`` in place; returns the last photometric loss and the reprojection error."""
+    device = params.translation.device
+    head = SplatHead(assets, params.full_shape(), cfg.uv_size)
+    gaps = frame_gaps(obs.frame_numbers, device)
+    h, w = obs.img_size
+    s = images.images.shape[-2:]
+    scale = torch.tensor([s[1] / w, s[0] / h, 1.0], device=device)[:, None]
+    background = torch.ones(3, device=device)
+    eye3, zero3 = torch.eye(3, device=device), torch.zeros(3, device=device)
+    n = params.n_frames
+    order_gen = generator or torch.Generator().manual_seed(0)
+
+    def photo_loss(frames: Tensor) -> Tensor:
+        R, t, K = params.cameras(obs.img_size)
+        camera = Camera(eye3, zero3, (K * scale).detach(), int(s[1]), int(s[0]))
+        gs = head.gaussians(params.full_shape(), params.full_expression()[frames], params.jaw[frames],
+                            params.eyes[frames], params.eyelids[frames], R[frames], t[frames])
+        target, mask = images.batch(frames)
+        renders = torch.stack([render(camera, g, background).image for g in gs])
+        return ((renders - target).abs() * mask).sum() / mask.sum().clamp(min=1.0) / 3.0
+
+    # colours first: a grey head gives the geometry no useful gradient
+    opt = torch.optim.Adam([head.colour_logit], lr=cfg.lr_colour)
+    start = None
+    for _ in range(cfg.colour_steps):
+        frames = torch.randint(n, (min(cfg.batch, n),), generator=order_gen).to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = photo_loss(frames)
+        loss.backward()
+        opt.step()
+        start = loss.detach() if start is None else start
+    # then everything; the landmark terms cover all frames every step, so every frame's parameters get
+    # a real gradient (Adam's momentum never drifts frames outside the batch)
+    opt = torch.optim.Adam([{"params": list(params.parameters()), "lr": cfg.lr},
+                            {"params": [head.colour_logit], "lr": cfg.lr_colour}])
+    photo = torch.zeros((), device=device)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=order_gen).to(device)
+        for start in range(0, n, cfg.batch):
+            frames = order[start:start + cfg.batch]
+            opt.zero_grad(set_to_none=True)
+            photo = photo_loss(frames)
+            lmk = reprojection_loss(landmarks(params, obs.img_size), obs, None, fit_cfg.robust_px)
+            loss = cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps)
+            loss.backward()
+            opt.step()
+            if progress is not None:
+                progress(len(frames))
+    with torch.no_grad():
+        pred = landmarks(params, obs.img_size)
+        err = (pred[:, :68] - obs.landmarks).norm(dim=-1)
+        seen = (obs.confidence[:, :68] > 0) & obs.valid[:, None]
+    return {"photometric_l1_start": float(start) if start is not None else float("nan"),
+            "photometric_l1": float(photo.detach()), "landmark_error_px": float(err[seen].mean())}

@@ -1,0 +1,265 @@
+"""The tracker end to end: frames -> landmarks -> landmark fit -> photometric refinement -> ``.frame`` files.
+
+``track_subject`` reads ``<data_root>/<id>/imgs`` (and ``alpha/``, ``parsing/*_neckhead.png`` where
+present) and writes ``<tracking_root>/<id>/checkpoint/NNNNN.frame`` in metrical-tracker's layout
+(:func:`scene.data.tracking.save_tracked_frame`), so ``train.py`` runs on it unchanged. Work is kept
+under ``<data_root>/<id>/track/``: the landmark cache (``landmarks.npz``) and the fitted parameters
+after each stage (``stage1.pt``, ``stage2.pt``), so a rerun skips what is done (``--restart`` redoes
+it). All input problems are found before any work starts; the ``.frame`` files are written at the
+end, each atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flame.assets import load_flame_assets, resolve_flame_dir
+from flame.landmarks import load_landmark_embedding
+from preprocessing.face_landmarks import FaceLandmarker
+from preprocessing.frames_io import PreprocessError
+from preprocessing.track.fit import FitConfig, fit_landmarks
+from preprocessing.track.model import LandmarkModel, Observations, TrackParams
+from preprocessing.track.observe import observations_from_arrays
+from preprocessing.track.photometric import FrameImages, PhotometricConfig, refine_photometric, resize_uint8
+from scene.data.tracking import save_tracked_frame
+from utils.atomic import atomic_open, write_json
+from utils.image_io import IMAGE_SUFFIXES, read_image_uint8, read_mask_uint8
+
+MIN_FRAMES = 5
+
+
+@dataclass
+class TrackConfig:
+    """Everything ``python -m preprocessing.track`` can set (see its --help)."""
+
+    focal: float = 2.5            # initial fx / image width (fitted, with a weak prior)
+    no_face: str = "interpolate"  # frames without a face: "interpolate" | "drop" | "error"
+    photometric: bool = True
+    fit: FitConfig = field(default_factory=FitConfig)
+    photo: PhotometricConfig = field(default_factory=PhotometricConfig)
+    face_model_dir: Path | None = None
+    restart: bool = False
+    show_progress: bool = True
+
+
+def list_frames(img_dir: Path) -> dict[int, Path]:
+    """``NNNNN.png|jpg`` in ``img_dir`` by frame number; clear errors for a missing folder or odd names."""
+    if not img_dir.is_dir():
+        raise PreprocessError(f"{img_dir} not found: the tracker reads the subject's frames from "
+                              "<data_root>/<idname>/imgs (make them with preprocessing/video_to_subject.py)")
+    frames, odd = {}, []
+    for p in sorted(img_dir.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit():
+            frames[int(p.stem)] = p
+        elif not p.name.startswith("."):
+            odd.append(p.name)
+    if odd:
+        raise PreprocessError(f"{img_dir} holds files that are not NNNNN.png|jpg frames: {odd[:5]}; move "
+                              "them away (organize.py names frames 00000, 00001, ...)")
+    return frames
+
+
+def detect_landmarks(frames: dict[int, Path], cache: Path, cfg: TrackConfig) -> Observations:
+    """Face-mesh landmarks and irises of every frame, from ``cache`` where it has them (resumable)."""
+    numbers = sorted(frames)
+    data: dict[int, tuple[np.ndarray, np.ndarray, bool]] = {}
+    if cache.is_file() and not cfg.restart:
+        with np.load(cache) as z:
+            for n, pts, iris, found in zip(z["numbers"], z["points"], z["irises"], z["found"]):
+                data[int(n)] = (pts, iris, bool(found))
+    todo = [n for n in numbers if n not in data]
+    size = None
+    if todo:
+        landmarker = FaceLandmarker(cfg.face_model_dir, irises=True)
+        bar = tqdm(todo, desc="landmarks", unit="frame", disable=not cfg.show_progress, dynamic_ncols=True)
+        for k, n in enumerate(bar):
+            rgb = read_image_uint8(frames[n])
+            size = size or rgb.shape[:2]
+            if rgb.shape[:2] != size:
+                raise PreprocessError(f"{frames[n]} is {rgb.shape[1]}x{rgb.shape[0]}, other frames "
+                                      f"{size[1]}x{size[0]}: all frames of a subject must have one size")
+            res = landmarker(rgb, refine=1)
+            if res is None:
+                data[n] = (np.full((468, 2), np.nan), np.full((2, 2), np.nan), False)
+            else:
+                data[n] = (res.points[:, :2], res.irises, True)
+            if (k + 1) % 200 == 0 or k + 1 == len(todo):
+                _save_cache(cache, data)
+    first = read_image_uint8(frames[numbers[0]])
+    pts = np.stack([data[n][0] for n in numbers])
+    iris = np.stack([data[n][1] for n in numbers])
+    found = np.array([data[n][2] for n in numbers])
+    return observations_from_arrays(numbers, pts, iris, found, first.shape[:2])
+
+
+def _save_cache(path: Path, data: dict) -> None:
+    numbers = sorted(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, numbers=np.array(numbers), points=np.stack([data[n][0] for n in numbers]),
+                 irises=np.stack([data[n][1] for n in numbers]),
+                 found=np.array([data[n][2] for n in numbers]))
+
+
+def handle_missing_faces(obs: Observations, mode: str, img_dir: Path) -> Observations:
+    """Name the frames without a face; keep them (interpolated by the fit), drop them, or stop."""
+    missing = [n for n, ok in zip(obs.frame_numbers, obs.valid.tolist()) if not ok]
+    if not missing:
+        return obs
+    if len(missing) == len(obs):
+        raise PreprocessError(f"no face found in any frame of {img_dir}: the tracker needs a visible, "
+                              "roughly frontal face")
+    names = ", ".join(f"{n:05d}" for n in missing[:20]) + (" ..." if len(missing) > 20 else "")
+    if mode == "error":
+        raise PreprocessError(f"no face found in {len(missing)} frame(s) of {img_dir}: {names}. Remove them, "
+                              "or pass --no_face interpolate (fill from the neighbours) or --no_face drop")
+    if mode == "drop":
+        warnings.warn(f"no face in {len(missing)} frame(s), left untracked (--no_face drop): {names}; train "
+                      "with those images removed", stacklevel=2)
+        keep = obs.valid
+        return Observations([n for n, k in zip(obs.frame_numbers, keep.tolist()) if k], obs.landmarks[keep],
+                            obs.irises[keep], obs.confidence[keep], obs.valid[keep], obs.img_size)
+    warnings.warn(f"no face in {len(missing)} frame(s), filled in from their neighbours (--no_face "
+                  f"interpolate): {names}", stacklevel=2)
+    return obs
+
+
+def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, size: int,
+                device: torch.device, show_progress: bool) -> FrameImages:
+    """The matted frames on white and their head masks at ``size`` (longer side), uint8 on ``device``."""
+    imgs, masks = [], []
+    for n in tqdm(numbers, desc="images", unit="frame", disable=not show_progress, dynamic_ncols=True):
+        rgb = torch.from_numpy(read_image_uint8(frames[n])).permute(2, 0, 1).float()
+        alpha_p = _sibling(subject_dir / "alpha", n)
+        alpha = (torch.from_numpy(read_mask_uint8(alpha_p)).float()[None] if alpha_p
+                 else torch.full_like(rgb[:1], 255.0))
+        head_p = subject_dir / "parsing" / f"{n:05d}_neckhead.png"
+        head = torch.from_numpy(read_mask_uint8(head_p)).float()[None] if head_p.is_file() else alpha
+        comp = rgb * alpha / 255.0 + 255.0 * (1.0 - alpha / 255.0)
+        imgs.append(comp.round().to(torch.uint8))
+        masks.append((head * alpha / 255.0).round().to(torch.uint8))
+    h, w = imgs[0].shape[1:]
+    hw = (size, round(size * w / h)) if h >= w else (round(size * h / w), size)
+    return FrameImages(resize_uint8(torch.stack(imgs), hw).to(device),
+                       resize_uint8(torch.stack(masks), hw).to(device))
+
+
+def _sibling(folder: Path, n: int) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        p = folder / f"{n:05d}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def write_frames(params: TrackParams, obs: Observations, out_dir: Path) -> list[Path]:
+    """One ``.frame`` per tracked frame (metrical-tracker's layout), each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        R, t, K = (x.detach().cpu().double().numpy() for x in params.cameras(obs.img_size))
+        shape = params.full_shape().detach().cpu().numpy()
+        expr = params.full_expression().detach().cpu().numpy()
+        jaw, eyes, lids = (x.detach().cpu().numpy() for x in (params.jaw, params.eyes, params.eyelids))
+    paths = []
+    for k, n in enumerate(obs.frame_numbers):
+        paths.append(save_tracked_frame(out_dir / f"{n:05d}.frame", shape=shape, expression=expr[k], R=R[k],
+                                        t=t[k], K=K, img_size=obs.img_size, jaw=jaw[k], eyes=eyes[k],
+                                        eyelids=lids[k], frame_id=n))
+    return paths
+
+
+def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackConfig, *,
+                  flame_dir: Path | None = None, device: torch.device | str = "cpu",
+                  observations: Observations | None = None) -> dict:
+    """Track subject ``idname``; returns a summary (errors, timings, paths). ``observations`` replaces the
+    landmark detection (tests feed known landmarks)."""
+    device = torch.device(device)
+    subject_dir = Path(data_root) / idname
+    work = subject_dir / "track"
+    out_dir = Path(tracking_root) / idname / "checkpoint"
+    assets = load_flame_assets(resolve_flame_dir(flame_dir, subject_dir))
+    embedding = load_landmark_embedding(assets.flame_dir)
+    frames = list_frames(subject_dir / "imgs")
+    if len(frames) < MIN_FRAMES:
+        raise PreprocessError(f"{subject_dir / 'imgs'} has {len(frames)} frame(s); tracking needs at least "
+                              f"{MIN_FRAMES} (and an avatar far more: a few hundred)")
+    if cfg.no_face not in ("interpolate", "drop", "error"):
+        raise ValueError(f"no_face must be interpolate, drop or error, got {cfg.no_face!r}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    obs = observations if observations is not None else detect_landmarks(frames, work / "landmarks.npz", cfg)
+    timings["landmarks_s"] = time.perf_counter() - t0
+    obs = handle_missing_faces(obs, cfg.no_face, subject_dir / "imgs").to(device)
+    model = LandmarkModel(assets, embedding).to(device)
+    summary: dict = {"frames": len(obs), "device": str(device)}
+
+    params = TrackParams(len(obs), cfg.focal).to(device)
+    t1 = time.perf_counter()
+    key = _digest(obs, cfg.focal, asdict(cfg.fit))
+    stage1 = _resume(work / "stage1.pt", params, obs, key, cfg.restart)
+    if stage1 is None:
+        bar = tqdm(total=cfg.fit.rigid_steps + cfg.fit.steps, desc="fit landmarks", unit="step",
+                   disable=not cfg.show_progress, dynamic_ncols=True)
+        stage1 = fit_landmarks(params, model, obs, cfg.fit, progress=bar.update)
+        bar.close()
+        _checkpoint(work / "stage1.pt", params, obs, key, stage1)
+    summary["landmark_stage"] = stage1
+    timings["landmark_fit_s"] = time.perf_counter() - t1
+    if cfg.photometric:
+        t2 = time.perf_counter()
+        key = _digest(obs, cfg.focal, asdict(cfg.fit), asdict(cfg.photo))
+        stage2 = _resume(work / "stage2.pt", params, obs, key, cfg.restart)
+        if stage2 is None:
+            images = load_images(frames, obs.frame_numbers, subject_dir, cfg.photo.size, device,
+                                 cfg.show_progress)
+            bar = tqdm(total=cfg.photo.epochs * len(obs), desc="fit pixels", unit="frame",
+                       disable=not cfg.show_progress, dynamic_ncols=True)
+            stage2 = refine_photometric(params, model, obs, images, assets, cfg.fit, cfg.photo,
+                                        progress=bar.update)
+            bar.close()
+            _checkpoint(work / "stage2.pt", params, obs, key, stage2)
+        summary["photometric_stage"] = stage2
+        timings["photometric_fit_s"] = time.perf_counter() - t2
+    paths = write_frames(params, obs, out_dir)
+    timings["total_s"] = time.perf_counter() - t0
+    summary.update(timings=timings, output=str(out_dir), focal=float(params.log_focal.detach().exp()),
+                   config={k: v for k, v in asdict(cfg).items() if k not in ("face_model_dir",)})
+    summary["config"]["face_model_dir"] = str(cfg.face_model_dir) if cfg.face_model_dir else None
+    write_json(work / "summary.json", summary)
+    summary["paths"] = paths
+    return summary
+
+
+def _digest(obs: Observations, *settings: object) -> str:
+    """What a stage's result depends on: the observations and the settings."""
+    h = hashlib.sha256(repr((obs.frame_numbers, obs.img_size, settings)).encode())
+    for t in (obs.landmarks, obs.irises, obs.confidence):
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _checkpoint(path: Path, params: TrackParams, obs: Observations, key: str, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in params.state_dict().items()}
+    with atomic_open(path, "wb") as f:
+        torch.save({"frames": list(obs.frame_numbers), "key": key, "params": state, "result": result}, f)
+
+
+def _resume(path: Path, params: TrackParams, obs: Observations, key: str, restart: bool) -> dict | None:
+    """Load a finished stage's parameters when they were made from these observations and settings;
+    None: run the stage."""
+    if restart or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("key") != key:
+        return None  # other frames, landmarks or settings: redo
+    params.load_state_dict(state["params"])
+    return state["result"]
