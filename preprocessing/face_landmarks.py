@@ -109,13 +109,13 @@ def find_face_models(model_dir: str | Path | None = None) -> tuple[Path, Path]:
                              f"them); {MEDIAPIPE_HELP}")
 
 
-def _interpreter(path: Path):
+def _interpreter(path: Path, threads: int | None = None):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
         raise ModelNotFoundError(f"the LiteRT runtime (ai-edge-litert) is not installed; "
                                  f"{MEDIAPIPE_HELP}") from exc
-    interp = Interpreter(model_path=str(path), num_threads=min(4, os.cpu_count() or 1))
+    interp = Interpreter(model_path=str(path), num_threads=threads or min(4, os.cpu_count() or 1))
     interp.allocate_tensors()
     return interp
 
@@ -155,8 +155,8 @@ class IrisLandmarker:
 
     SCALE = 2.3
 
-    def __init__(self, model_dir: str | Path | None = None) -> None:
-        self.net = _interpreter(find_iris_model(model_dir))
+    def __init__(self, model_dir: str | Path | None = None, threads: int | None = None) -> None:
+        self.net = _interpreter(find_iris_model(model_dir), threads)
         outs = {o["name"]: o["index"] for o in self.net.get_output_details()}
         if "output_iris" not in outs:
             raise ModelNotFoundError(f"{find_iris_model(model_dir)}: no 'output_iris' (not MediaPipe's iris "
@@ -191,11 +191,11 @@ class FaceLandmarker:
     ``irises`` also the two iris centres (:class:`IrisLandmarker`), 470 points in all."""
 
     def __init__(self, model_dir: str | Path | None = None, min_score: float = 0.5,
-                 irises: bool = False) -> None:
-        self.iris = IrisLandmarker(model_dir) if irises else None
+                 irises: bool = False, threads: int | None = None) -> None:
+        self.iris = IrisLandmarker(model_dir, threads) if irises else None
         det_path, lmk_path = find_face_models(model_dir)
-        self.detector = _interpreter(det_path)
-        self.landmarker = _interpreter(lmk_path)
+        self.detector = _interpreter(det_path, threads)
+        self.landmarker = _interpreter(lmk_path, threads)
         self.anchors = blazeface_anchors()
         self.min_score = min_score
         d_out = {o["name"]: o["index"] for o in self.detector.get_output_details()}

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face_model_dir", type=Path, default=None,
                    help="folder with MediaPipe's face and iris .tflite files (default: the installed "
                         "wheel's)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="landmark detection processes (0: up to 8, one per core)")
     p.add_argument("--viz", action="store_true",
                    help="write <data_root>/<idname>/track/overlay.mp4 (fitted mesh and landmarks over the "
                         "frames)")
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = TrackConfig(focal=args.focal, no_face=args.no_face, photometric=not args.no_photometric,
-                      face_model_dir=args.face_model_dir, restart=args.restart, show_progress=not args.quiet)
+                      face_model_dir=args.face_model_dir, workers=args.workers, restart=args.restart,
+                      show_progress=not args.quiet)
     cfg.fit.steps = args.steps
     cfg.photo.epochs, cfg.photo.size = args.photo_epochs, args.photo_size
     try:

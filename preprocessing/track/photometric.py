@@ -112,14 +112,14 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
 
     # colours first: a grey head gives the geometry no useful gradient
     opt = torch.optim.Adam([head.colour_logit], lr=cfg.lr_colour)
-    start = None
+    l1_start = None
     for _ in range(cfg.colour_steps):
         frames = torch.randint(n, (min(cfg.batch, n),), generator=order_gen).to(device)
         opt.zero_grad(set_to_none=True)
         loss = photo_loss(frames)
         loss.backward()
         opt.step()
-        start = loss.detach() if start is None else start
+        l1_start = loss.detach() if l1_start is None else l1_start
     # then everything; the landmark terms cover all frames every step, so every frame's parameters get
     # a real gradient (Adam's momentum never drifts frames outside the batch)
     opt = torch.optim.Adam([{"params": list(params.parameters()), "lr": cfg.lr},
@@ -141,5 +141,5 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
         pred = landmarks(params, obs.img_size)
         err = (pred[:, :68] - obs.landmarks).norm(dim=-1)
         seen = (obs.confidence[:, :68] > 0) & obs.valid[:, None]
-    return {"photometric_l1_start": float(start) if start is not None else float("nan"),
+    return {"photometric_l1_start": float(l1_start) if l1_start is not None else float("nan"),
             "photometric_l1": float(photo.detach()), "landmark_error_px": float(err[seen].mean())}

@@ -12,8 +12,10 @@ end, each atomically.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,7 @@ class TrackConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     photo: PhotometricConfig = field(default_factory=PhotometricConfig)
     face_model_dir: Path | None = None
+    workers: int = 0              # landmark detection processes (0: up to 8, one per core)
     restart: bool = False
     show_progress: bool = True
 
@@ -76,28 +79,44 @@ def detect_landmarks(frames: dict[int, Path], cache: Path, cfg: TrackConfig) -> 
             for n, pts, iris, found in zip(z["numbers"], z["points"], z["irises"], z["found"]):
                 data[int(n)] = (pts, iris, bool(found))
     todo = [n for n in numbers if n not in data]
-    size = None
-    if todo:
-        landmarker = FaceLandmarker(cfg.face_model_dir, irises=True)
-        bar = tqdm(todo, desc="landmarks", unit="frame", disable=not cfg.show_progress, dynamic_ncols=True)
-        for k, n in enumerate(bar):
-            rgb = read_image_uint8(frames[n])
-            size = size or rgb.shape[:2]
-            if rgb.shape[:2] != size:
-                raise PreprocessError(f"{frames[n]} is {rgb.shape[1]}x{rgb.shape[0]}, other frames "
-                                      f"{size[1]}x{size[0]}: all frames of a subject must have one size")
-            res = landmarker(rgb, refine=1)
-            if res is None:
-                data[n] = (np.full((468, 2), np.nan), np.full((2, 2), np.nan), False)
-            else:
-                data[n] = (res.points[:, :2], res.irises, True)
-            if (k + 1) % 200 == 0 or k + 1 == len(todo):
-                _save_cache(cache, data)
     first = read_image_uint8(frames[numbers[0]])
+    if todo:
+        workers = cfg.workers or min(8, os.cpu_count() or 1)
+        FaceLandmarker(cfg.face_model_dir, irises=True, threads=1)  # missing models: one clear error, here
+        jobs = [(frames[n], first.shape[:2]) for n in todo]
+        with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(cfg.face_model_dir,)) as pool:
+            results = pool.map(_detect_one, jobs, chunksize=8)
+            bar = tqdm(zip(todo, results), total=len(todo), desc="landmarks", unit="frame",
+                       disable=not cfg.show_progress, dynamic_ncols=True)
+            for k, (n, res) in enumerate(bar):
+                data[n] = res
+                if (k + 1) % 200 == 0 or k + 1 == len(todo):
+                    _save_cache(cache, data)
     pts = np.stack([data[n][0] for n in numbers])
     iris = np.stack([data[n][1] for n in numbers])
     found = np.array([data[n][2] for n in numbers])
     return observations_from_arrays(numbers, pts, iris, found, first.shape[:2])
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(face_model_dir: Path | None) -> None:
+    torch.set_num_threads(1)
+    _WORKER["landmarker"] = FaceLandmarker(face_model_dir, irises=True, threads=1)
+
+
+def _detect_one(job: tuple[Path, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One frame's 468 mesh points, irises and whether a face was found (in a worker process)."""
+    path, size = job
+    rgb = read_image_uint8(path)
+    if rgb.shape[:2] != size:
+        raise PreprocessError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, other frames {size[1]}x{size[0]}: "
+                              "all frames of a subject must have one size")
+    res = _WORKER["landmarker"](rgb, refine=1)
+    if res is None:
+        return np.full((468, 2), np.nan), np.full((2, 2), np.nan), False
+    return res.points[:, :2], res.irises, True
 
 
 def _save_cache(path: Path, data: dict) -> None:
@@ -147,6 +166,7 @@ def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, 
         imgs.append(comp.round().to(torch.uint8))
         masks.append((head * alpha / 255.0).round().to(torch.uint8))
     h, w = imgs[0].shape[1:]
+    size = min(size, max(h, w))  # never above the frames' own size
     hw = (size, round(size * w / h)) if h >= w else (round(size * h / w), size)
     return FrameImages(resize_uint8(torch.stack(imgs), hw).to(device),
                        resize_uint8(torch.stack(masks), hw).to(device))
