@@ -9,10 +9,11 @@ Two backends:
 - ``landmarks`` (offline, no downloaded weights): MediaPipe's bundled 468-point face mesh run through
   LiteRT (:mod:`preprocessing.face_landmarks`) plus the matte. Mouth = the filled outer lip contour
   (lips + inner mouth, as classes 11-13). Neck-head = the matte above the chin line (limited to the
-  jaw's width in a band just above the chin, where shoulders can rise), plus a neck band below the
-  chin (0.6 face heights long, 0.8 jaw widths wide, along the face's own axes), plus the face oval.
-  It approximates BiSeNet: shoulders and clothing are cut geometrically, so hair falling
-  below the chin beside the neck is dropped and a high collar inside the neck band is kept.
+  jaw's width in a band just above the chin, where shoulders can rise), plus the visible neck skin
+  below the jaw line (pixels of the face's own skin colour connected to the jaw,
+  :mod:`preprocessing.neck_mask`), plus the face oval. It approximates BiSeNet: shoulders are cut
+  geometrically, so hair falling below the chin beside the neck is dropped; collars, ties and
+  turtlenecks are left out because they are not skin.
 ``auto`` uses BiSeNet when weights are given, else the landmark backend, with a warning.
 
 Usage: ``python preprocessing/semantic.py --input_path <dir>/../comp [--bisenet_weights 79999_iter.pth]``;
@@ -28,31 +29,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preprocessing.bisenet import BISENET_HELP, load_bisenet, parse_labels
-from preprocessing.face_landmarks import CHIN, FACE_OVAL, FOREHEAD, LIPS_OUTER, FaceLandmarker
-from utils.device import resolve_device
-
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from preprocessing.bisenet import BISENET_HELP, load_bisenet, parse_labels
+from preprocessing.face_landmarks import CHIN, FACE_OVAL, FOREHEAD, LIPS_OUTER, FaceLandmarker
 from preprocessing.frames_io import PreprocessError, list_images, progress
+from preprocessing.neck_mask import neck_from_skin
 from preprocessing.rvm import ModelNotFoundError
+from utils.device import resolve_device
 from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image_uint8, read_mask, write_image
 
 BACKGROUND, CLOTH = 0, 16
 MOUTH_CLASSES = (11, 12, 13)
-NECK_LENGTH = 0.6     # neck band length below the chin, in face heights (forehead top to chin)
-NECK_WIDTH = 0.8      # neck band width, in jaw widths
 CHIN_BAND = 0.3       # height above the chin line where width is limited to the jaw, in face heights
 JAW_MARGIN = 0.6      # half-width allowed there, in jaw widths
 LANDMARK_WARNING = ("face parsing without BiSeNet weights: using the offline landmark backend, which "
                     "approximates BiSeNet's classes - mouth = filled outer lip contour of MediaPipe's face "
-                    "mesh; neck-head = matte above the chin line + a neck band below it + the face oval "
-                    "(shoulders and clothing cut geometrically, long hair below the chin dropped). For the "
-                    "exact class rules give --bisenet_weights 79999_iter.pth")
+                    "mesh; neck-head = matte above the chin line + the skin-coloured neck below the jaw "
+                    "+ the face oval (shoulders cut geometrically, long hair below the chin dropped). For "
+                    "the exact class rules give --bisenet_weights 79999_iter.pth")
 
 
 def masks_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,9 +124,9 @@ class LandmarkBackend:
         below = -(rel @ up)                       # distance below the chin line
         lateral = np.abs(rel @ side)
         keep = ((below <= -CHIN_BAND * face_h)  # well above the chin: head and hair, any width
-                | ((below <= 0) & (lateral <= JAW_MARGIN * jaw_w))  # just above: no shoulders beside the jaw
-                | ((below <= NECK_LENGTH * face_h) & (lateral <= 0.5 * NECK_WIDTH * jaw_w)))  # the neck
-        neckhead = (matte & keep) | fill_polygon(oval, hw)
+                | ((below <= 0) & (lateral <= JAW_MARGIN * jaw_w)))  # just above: no shoulders beside the jaw
+        neck = neck_from_skin(rgb, matte, pts, up, side, face_h, jaw_w, lambda p: fill_polygon(p, hw))
+        neckhead = (matte & keep) | neck | fill_polygon(oval, hw)
         return neckhead, mouth
 
 

@@ -22,16 +22,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scene.data.tracking import load_tracked_frame
-from utils.image_io import read_image_uint8
-
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
 from preprocessing.frames_io import scan_folder, stray_files_message
-from utils.image_io import ImageReadError, image_size, read_mask_uint8
+from scene.data.tracking import load_tracked_frame
+from utils.image_io import ImageReadError, image_size, read_image_uint8, read_mask_uint8
 
 FRAME_RE = re.compile(r"^\d{5}$")
 MASK_RE = re.compile(r"^(\d{5})_(neckhead|mouth)$")

@@ -7,11 +7,14 @@ Steps, each with its own progress bar and each resumable (frames whose outputs e
 3. parsing: BiSeNet (``--bisenet_weights``) or the offline landmark backend -> ``parsing/``
    (:mod:`preprocessing.semantic`);
 4. organise: check that every folder holds the same frames (:mod:`preprocessing.organize`);
-5. validate: the subject checks of :mod:`preprocessing.validate` (with ``--tracking_path`` when given).
+5. validate: the subject checks of :mod:`preprocessing.validate` (with ``--tracking_path`` when given);
+6. with ``--track``: FLAME tracking with the built-in tracker (:mod:`preprocessing.track`) into
+   ``<tracking_root>/<idname>/checkpoint/``, then the checks again with the tracking.
 The frame settings are recorded in ``preprocess.json``; resuming with different ones is refused
-(``--overwrite`` starts over). FLAME tracking (metrical-tracker) is external: docs/custom_video.md.
+(``--overwrite`` starts over). Without ``--track``, track with ``python -m preprocessing.track`` or an
+external tracker (docs/custom_video.md).
 
-Usage: ``python preprocessing/video_to_subject.py --video_path clip.mp4 --idname me [--data_root dataset]``.
+Usage: ``python preprocessing/video_to_subject.py --video_path clip.mp4 --idname me --track``.
 """
 
 from __future__ import annotations
@@ -22,21 +25,24 @@ import shutil
 import sys
 from pathlib import Path
 
-from preprocessing.face_landmarks import FaceLandmarker
-from preprocessing.organize import organize
-from preprocessing.rvm import matte_sequence
-from preprocessing.semantic import make_backend, parse_folder
-from preprocessing.validate import validate_subject
-
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 from PIL import Image
 
+from preprocessing.face_landmarks import FaceLandmarker
 from preprocessing.frames_io import FRAME_NAME, PreprocessError, open_frames, progress
+from preprocessing.organize import organize
+from preprocessing.rvm import matte_sequence
+from preprocessing.semantic import make_backend, parse_folder
+from preprocessing.track.run import TrackConfig, track_subject
+from preprocessing.validate import validate_subject
 from utils.atomic import write_json
+from utils.device import resolve_device
+from utils.errors import InputError
 from utils.image_io import write_image
+from utils.options import DEFAULT_TRACKING_ROOT
 
 SETTINGS_FILE = "preprocess.json"
 STEP_DIRS = ("imgs", "alpha", "comp", "parsing")
@@ -193,8 +199,11 @@ def video_to_subject(
     tracking_path: str | Path | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    track: bool = False,
+    tracking_root: str | Path = DEFAULT_TRACKING_ROOT,
+    flame_dir: str | Path | None = None,
 ):
-    """Run steps 1-5; returns the :class:`preprocessing.validate.ValidationReport`."""
+    """Run steps 1-5 (and 6 with ``track``); returns the :class:`preprocessing.validate.ValidationReport`."""
 
     out_dir = Path(out_dir)
     extract_frames(
@@ -221,7 +230,14 @@ def video_to_subject(
         show_progress=show_progress,
     )
     organize(out_dir)
-    return validate_subject(out_dir, tracking_path)
+    report = validate_subject(out_dir, tracking_path)
+    if not track or not report.ok:
+        return report
+    cfg = TrackConfig(face_model_dir=Path(face_model_dir) if face_model_dir else None,
+                      show_progress=show_progress)
+    summary = track_subject(out_dir.parent, Path(tracking_root), out_dir.name, cfg,
+                            flame_dir=Path(flame_dir) if flame_dir else None, device=resolve_device(device))
+    return validate_subject(out_dir, summary["output"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parsing_backend", default="auto", choices=["auto", "bisenet", "landmarks"])
     p.add_argument("--face_model_dir", default=None, help="folder with the MediaPipe face .tflite models")
     p.add_argument("--tracking_path", default=None, help="also validate this folder of .frame files")
+    p.add_argument("--track", action="store_true",
+                   help="track the frames with the built-in FLAME tracker (python -m preprocessing.track)")
+    p.add_argument("--tracking_root", default=str(DEFAULT_TRACKING_ROOT),
+                   help="--track writes <tracking_root>/<idname>/checkpoint/NNNNN.frame")
+    p.add_argument("--flame_dir", default=None,
+                   help="FLAME folder for --track (with landmark_embedding.npy; default: the repository's "
+                        "flame/)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--overwrite", action="store_true", help="delete earlier outputs and start over")
     return p
@@ -271,16 +294,20 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             tracking_path=args.tracking_path,
             overwrite=args.overwrite,
+            track=args.track,
+            tracking_root=args.tracking_root,
+            flame_dir=args.flame_dir,
         )
-    except PreprocessError as exc:
+    except (PreprocessError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.render())
-    if report.ok and args.tracking_path is None:
-        print(
-            f"next: track {out_dir / 'imgs'} with metrical-tracker (docs/custom_video.md), then "
-            f"python preprocessing/validate.py --data_path {out_dir} --tracking_path <tracker>/checkpoint"
-        )
+    if report.ok and args.tracking_path is None and not args.track:
+        print(f"next: python -m preprocessing.track --idname {out_dir.name} --data_root {out_dir.parent} "
+              "(or an external tracker: docs/custom_video.md), then train.py")
+    elif report.ok and args.track:
+        print(f"next: python train.py --idname {out_dir.name} --data_root {out_dir.parent} "
+              f"--tracking_root {args.tracking_root}")
     return 0 if report.ok else 1
 
 

@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_face", choices=["interpolate", "drop", "error"], default=d.no_face,
                    help="frames where no face is found: fill in from the neighbours, leave untracked, or "
                         "stop")
-    p.add_argument("--no_photometric", action="store_true",
-                   help="landmarks only (skip the refinement against the pixels)")
+    p.add_argument("--photometric", action="store_true",
+                   help="after the landmark fit, refine against the pixels (Gaussians on the mesh through "
+                        "the project's rasterizer; experimental: it does not improve the synthetic "
+                        "benchmark yet)")
     p.add_argument("--steps", type=int, default=d.fit.steps, help="landmark-fit iterations")
     p.add_argument("--photo_epochs", type=int, default=d.photo.epochs,
                    help="photometric passes over the clip")
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = TrackConfig(focal=args.focal, no_face=args.no_face, photometric=not args.no_photometric,
+    cfg = TrackConfig(focal=args.focal, no_face=args.no_face, photometric=args.photometric,
                       face_model_dir=args.face_model_dir, workers=args.workers, restart=args.restart,
                       show_progress=not args.quiet)
     cfg.fit.steps = args.steps

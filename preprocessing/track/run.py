@@ -44,7 +44,7 @@ class TrackConfig:
 
     focal: float = 2.5            # initial fx / image width (fitted, with a weak prior)
     no_face: str = "interpolate"  # frames without a face: "interpolate" | "drop" | "error"
-    photometric: bool = True
+    photometric: bool = False     # the pixel stage (opt-in: on the synthetic benchmark it does not help yet)
     fit: FitConfig = field(default_factory=FitConfig)
     photo: PhotometricConfig = field(default_factory=PhotometricConfig)
     face_model_dir: Path | None = None
@@ -87,7 +87,7 @@ def detect_landmarks(frames: dict[int, Path], cache: Path, cfg: TrackConfig) -> 
         with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(cfg.face_model_dir,)) as pool:
             results = pool.map(_detect_one, jobs, chunksize=8)
             bar = tqdm(zip(todo, results), total=len(todo), desc="landmarks", unit="frame",
-                       disable=not cfg.show_progress, dynamic_ncols=True)
+                       disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
             for k, (n, res) in enumerate(bar):
                 data[n] = res
                 if (k + 1) % 200 == 0 or k + 1 == len(todo):
@@ -155,7 +155,8 @@ def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, 
                 device: torch.device, show_progress: bool) -> FrameImages:
     """The matted frames on white and their head masks at ``size`` (longer side), uint8 on ``device``."""
     imgs, masks = [], []
-    for n in tqdm(numbers, desc="images", unit="frame", disable=not show_progress, dynamic_ncols=True):
+    for n in tqdm(numbers, desc="images", unit="frame", disable=not show_progress, dynamic_ncols=True,
+                  mininterval=1.0):
         rgb = torch.from_numpy(read_image_uint8(frames[n])).permute(2, 0, 1).float()
         alpha_p = _sibling(subject_dir / "alpha", n)
         alpha = (torch.from_numpy(read_mask_uint8(alpha_p)).float()[None] if alpha_p
@@ -227,7 +228,7 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
     stage1 = _resume(work / "stage1.pt", params, obs, key, cfg.restart)
     if stage1 is None:
         bar = tqdm(total=cfg.fit.rigid_steps + cfg.fit.steps, desc="fit landmarks", unit="step",
-                   disable=not cfg.show_progress, dynamic_ncols=True)
+                   disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
         stage1 = fit_landmarks(params, model, obs, cfg.fit, progress=bar.update)
         bar.close()
         _checkpoint(work / "stage1.pt", params, obs, key, stage1)
@@ -241,7 +242,7 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
             images = load_images(frames, obs.frame_numbers, subject_dir, cfg.photo.size, device,
                                  cfg.show_progress)
             bar = tqdm(total=cfg.photo.epochs * len(obs), desc="fit pixels", unit="frame",
-                       disable=not cfg.show_progress, dynamic_ncols=True)
+                       disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
             stage2 = refine_photometric(params, model, obs, images, assets, cfg.fit, cfg.photo,
                                         progress=bar.update)
             bar.close()
