@@ -77,7 +77,6 @@ class BiSeNetBackend:
     needs_alpha = False
 
     def __init__(self, weights: str | Path, device: str = "auto") -> None:
-
         try:
             self.model = load_bisenet(weights, resolve_device(device))
         except FileNotFoundError as exc:
@@ -86,7 +85,6 @@ class BiSeNetBackend:
             raise PreprocessError(str(exc)) from exc
 
     def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-
         return masks_from_labels(parse_labels(self.model, rgb)[0])
 
 
@@ -97,11 +95,9 @@ class LandmarkBackend:
     needs_alpha = True
 
     def __init__(self, face_model_dir: str | Path | None = None) -> None:
-
         self.landmarker = FaceLandmarker(face_model_dir)
 
     def __call__(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-
         if alpha is None:
             raise PreprocessError("the landmark backend needs the matte (alpha/); run rvm.py first or give "
                                   "--alpha_path")

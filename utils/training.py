@@ -31,7 +31,6 @@ class FrameSampler:
     generator, the current epoch's order and the position in it, so a resume draws the same frames."""
 
     def __init__(self, indices: list[int], seed: int) -> None:
-
         if not indices:
             raise ValueError("FrameSampler: no training frames")
         self.indices = list(indices)
@@ -41,7 +40,6 @@ class FrameSampler:
         self.epoch = 0
 
     def _reshuffle(self) -> None:
-
         perm = torch.randperm(len(self.indices), generator=self.generator).tolist()
         self.order = [self.indices[k] for k in perm]
         self.position = 0
@@ -81,7 +79,6 @@ def quantize8(img):
 
 
 def _sync(device) -> None:
-
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.synchronize(device)
 
