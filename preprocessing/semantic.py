@@ -41,7 +41,7 @@ from preprocessing.frames_io import PreprocessError, list_images, progress
 from preprocessing.neck_mask import neck_from_skin
 from preprocessing.rvm import ModelNotFoundError
 from utils.device import resolve_device
-from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image_uint8, read_mask, write_image
+from utils.image_io import ImageReadError, find_image, read_image_uint8, read_mask, write_image
 
 BACKGROUND, CLOTH = 0, 16
 MOUTH_CLASSES = (11, 12, 13)
@@ -141,14 +141,6 @@ def make_backend(kind: str = "auto", *, bisenet_weights: str | Path | None = Non
     return LandmarkBackend(face_model_dir)
 
 
-def _find_alpha(alpha_dir: Path, stem: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        p = alpha_dir / f"{stem}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
 @dataclass
 class ParsingResult:
     written: int
@@ -178,7 +170,7 @@ def parse_folder(input_path: str | Path, output_path: str | Path | None = None, 
         return ParsingResult(written=0, skipped=len(files), out_dir=out_dir)
     backend = backend or (backend_factory() if backend_factory is not None else make_backend("auto"))
     if backend.needs_alpha:
-        missing = [f.name for f in todo if _find_alpha(alpha_dir, f.stem) is None]
+        missing = [f.name for f in todo if find_image(alpha_dir, f.stem) is None]
         if missing:
             raise PreprocessError(f"{alpha_dir}: no matte for {len(missing)} frame(s) (e.g. {missing[:3]}); "
                                   f"the {backend.name} backend needs alpha/ - run rvm.py first or pass "
@@ -188,7 +180,7 @@ def parse_folder(input_path: str | Path, output_path: str | Path | None = None, 
     for f in progress(todo, desc=f"parsing ({backend.name})", disable=not show_progress):
         try:
             rgb = read_image_uint8(f)
-            alpha = read_mask(_find_alpha(alpha_dir, f.stem)) if backend.needs_alpha else None
+            alpha = read_mask(find_image(alpha_dir, f.stem)) if backend.needs_alpha else None
         except ImageReadError as exc:
             raise PreprocessError(str(exc)) from exc
         if alpha is not None and alpha.shape != rgb.shape[:2]:

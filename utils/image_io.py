@@ -26,6 +26,15 @@ class ImageReadError(InputError):
     """An image file that is missing, truncated or not an image."""
 
 
+def find_image(folder: str | Path, stem: str) -> Path | None:
+    """``folder/<stem>.png|jpg|jpeg`` where one exists (in that order), else None."""
+    for suffix in IMAGE_SUFFIXES:
+        path = Path(folder) / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
 def _open(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():

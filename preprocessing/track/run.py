@@ -33,7 +33,7 @@ from preprocessing.track.observe import observations_from_arrays
 from preprocessing.track.photometric import FrameImages, PhotometricConfig, refine_photometric, resize_uint8
 from scene.data.tracking import save_tracked_frame
 from utils.atomic import atomic_open, write_json
-from utils.image_io import IMAGE_SUFFIXES, read_image_uint8, read_mask_uint8
+from utils.image_io import IMAGE_SUFFIXES, find_image, read_image_uint8, read_mask_uint8
 
 MIN_FRAMES = 5
 
@@ -158,7 +158,7 @@ def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, 
     for n in tqdm(numbers, desc="images", unit="frame", disable=not show_progress, dynamic_ncols=True,
                   mininterval=1.0):
         rgb = torch.from_numpy(read_image_uint8(frames[n])).permute(2, 0, 1).float()
-        alpha_p = _sibling(subject_dir / "alpha", n)
+        alpha_p = find_image(subject_dir / "alpha", f"{n:05d}")
         alpha = (torch.from_numpy(read_mask_uint8(alpha_p)).float()[None] if alpha_p
                  else torch.full_like(rgb[:1], 255.0))
         head_p = subject_dir / "parsing" / f"{n:05d}_neckhead.png"
@@ -171,14 +171,6 @@ def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, 
     hw = (size, round(size * w / h)) if h >= w else (round(size * h / w), size)
     return FrameImages(resize_uint8(torch.stack(imgs), hw).to(device),
                        resize_uint8(torch.stack(masks), hw).to(device))
-
-
-def _sibling(folder: Path, n: int) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        p = folder / f"{n:05d}{suffix}"
-        if p.is_file():
-            return p
-    return None
 
 
 def write_frames(params: TrackParams, obs: Observations, out_dir: Path) -> list[Path]:
