@@ -33,10 +33,8 @@ def test_split_first_layer_equals_concatenated_input(ours, appearance, camera):
                              conditional_appearance=appearance, camera_conditioning=camera).double()
     enc, cond, view = _inputs()
     split = model.trunk(enc, cond, view if camera else None)
-    full = model.trunk.forward_concatenated(enc, cond, view if camera else None)
     assert model.trunk.layers[0].in_features == 51 + 120 + (3 if camera and not ours else 0)
-    torch.testing.assert_close(split, full, rtol=1e-12, atol=1e-12)
-    # and against plain numpy matrix products over the concatenated input
+    # against plain numpy matrix products over the concatenated input
     x = np.concatenate([enc.numpy(), np.tile(cond.numpy(), (N, 1))]
                        + ([view.numpy()] if camera and not ours else []), axis=1)
     for layer in model.trunk.layers:

@@ -25,7 +25,7 @@ def test_train_defaults_follow_spec():
     assert (m.ours, m.latent_dim, m.hidden_dim, m.hidden_layers, m.uv_size) == (False, 32, 256, 6, 128)
     d = cfg.data
     assert (d.frame_delta, d.test_num, d.eval_num, d.max_train) == (0, 500, 50, 10000)
-    assert d.background == "white" and d.background_rgb == (1.0, 1.0, 1.0)
+    assert d.background == "white"
     assert cfg.paths.logname == "baseline"
     assert cfg.paths.model_dir == DEFAULT_LOG_ROOT / "nf_01_baseline"
     assert cfg.paths.data_root == REPO_ROOT / "dataset"
@@ -43,7 +43,7 @@ def test_ours_logname_and_overridden_roots(tmp_path):
     assert cfg.paths.data_root == tmp_path / "d" and cfg.paths.tracking_root == tmp_path / "t"
     assert cfg.paths.flame_dir == tmp_path / "f"
     assert cfg.run.device == "cpu"
-    assert cfg.data.background_rgb == (0.0, 1.0, 0.0)
+    assert cfg.data.background == "green"
     assert parse_train_args(["--idname", "a", "--ours", "--logname", "x"]).paths.logname == "x"
 
 

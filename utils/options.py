@@ -23,8 +23,6 @@ DEFAULT_DATA_ROOT = REPO_ROOT / "dataset"
 DEFAULT_TRACKING_ROOT = REPO_ROOT / "metrical-tracker" / "output"
 DEFAULT_LOG_ROOT = REPO_ROOT / "logs"
 
-WHITE = (1.0, 1.0, 1.0)
-GREEN = (0.0, 1.0, 0.0)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -141,10 +139,6 @@ class DataOptions:
     preload: str = option("auto", choices=["auto", "none", "cpu", "device"],
                           help="cache frames: none (read per use), cpu, device (fastest); auto = device "
                                "when the subject fits in 2 GiB, else cpu when it fits in 8 GiB, else none")
-
-    @property
-    def background_rgb(self) -> tuple[float, float, float]:
-        return GREEN if self.background == "green" else WHITE
 
 
 @dataclass(frozen=True)

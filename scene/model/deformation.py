@@ -98,17 +98,6 @@ class Trunk(nn.Module):
             h = F.relu(layer(h))
         return self.out(h)
 
-    def forward_concatenated(self, encoding: Tensor, condition: Tensor,
-                             view_dirs: Tensor | None = None) -> Tensor:
-        """The same function with the (N, in_dim) input materialised: the reference for tests."""
-        parts = [encoding, condition.reshape(1, -1).expand(encoding.shape[0], -1)]
-        if self.view_dim:
-            parts.append(view_dirs)
-        h = torch.cat(parts, dim=-1)
-        for layer in self.layers:
-            h = F.relu(layer(h))
-        return self.out(h)
-
 
 class DirectHead(nn.Module):
     """Baseline: the trunk's outputs are the offsets (10 through tanh) and, with conditional appearance,
