@@ -21,7 +21,7 @@ from flame.assets import FlameAssets
 from flame.model import FLAME
 from gaussian_renderer import render
 from gaussian_renderer.types import GaussianSet
-from preprocessing.track.fit import FitConfig, frame_gaps, regularisers, reprojection_loss
+from preprocessing.track.fit import FitConfig, frame_gaps, regularisers, reprojection_loss, smoothness
 from preprocessing.track.model import LandmarkModel, Observations, TrackParams
 from scene.data.cameras import Camera
 from scene.model.embedding import Embedding
@@ -38,6 +38,7 @@ class PhotometricConfig:
     lr_colour: float = 0.05
     w_photo: float = 1e-3
     w_landmarks: float = 1.0
+    w_light_smooth: float = 1e-4  # the light changes slowly (and every frame's light gets a gradient)
 
 
 class FrameImages:
@@ -56,12 +57,27 @@ def resize_uint8(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x.float(), size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
 
 
-class SplatHead(torch.nn.Module):
-    """Gaussians on the FLAME mesh with a learnt colour each (the renderable head of stage 2)."""
+def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
+    """Area-weighted unit vertex normals (B, V, 3) of meshes (B, V, 3) with faces (F, 3)."""
+    tri = verts[:, faces]  # (B, F, 3, 3)
+    fn = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    corners = fn[:, :, None, :].expand(-1, -1, 3, -1).reshape(verts.shape[0], -1, 3)
+    vn = torch.zeros_like(verts).index_add_(1, faces.reshape(-1), corners)
+    return F.normalize(vn, dim=-1)
 
-    def __init__(self, assets: FlameAssets, shape: Tensor, uv_size: int) -> None:
+
+class SplatHead(torch.nn.Module):
+    """Gaussians on the FLAME mesh with a learnt albedo each, lit per frame by first-order spherical
+    harmonics on the mesh normals in camera space (so that shading that changes as the head turns is
+    explained by the light, not by moving the geometry): colour = albedo * (l0 + l1 . n)."""
+
+    def __init__(self, assets: FlameAssets, shape: Tensor, uv_size: int, n_frames: int) -> None:
         super().__init__()
         self.flame = FLAME(assets).to(shape.device)
+        self.register_buffer("faces", torch.as_tensor(assets.faces, dtype=torch.long, device=shape.device))
+        light = torch.zeros(n_frames, 3, 4, device=shape.device)
+        light[..., 0] = 1.0
+        self.light = torch.nn.Parameter(light)
         with torch.no_grad():
             canonical = self.flame(shape.detach()[None], torch.zeros(1, 100, device=shape.device))[0]
         self.embedding = Embedding.build(assets.uv_mesh, canonical.cpu(), assets.masks["boundary"],
@@ -74,16 +90,19 @@ class SplatHead(torch.nn.Module):
         self.register_buffer("rotation", torch.tensor([1.0, 0.0, 0.0, 0.0], device=shape.device).expand(n, 4))
         self.register_buffer("opacity", torch.full((n, 1), 0.95, device=shape.device))
 
-    def gaussians(self, shape: Tensor, expression: Tensor, jaw: Tensor, eyes: Tensor, eyelids: Tensor,
-                  R: Tensor, t: Tensor) -> list[GaussianSet]:
+    def gaussians(self, frames: Tensor, shape: Tensor, expression: Tensor, jaw: Tensor, eyes: Tensor,
+                  eyelids: Tensor, R: Tensor, t: Tensor) -> list[GaussianSet]:
         """The batch's Gaussians in camera space (the world-to-camera R (B,3,3), t (B,3) applied to the
         means, so that the pose gets gradients from either rasterizer backend; the splats are round, so
-        their rotations need no turning)."""
+        their rotations need no turning), lit by the frames' light."""
         verts = self.flame(shape[None], expression, jaw=jaw, eyes=eyes, eyelids=eyelids)
         means = self.embedding.interpolate(verts) @ R.transpose(1, 2) + t[:, None, :]  # (B, N, 3)
-        colours = torch.sigmoid(self.colour_logit)
-        return [GaussianSet(m, torch.exp(self.log_scale), self.rotation, self.opacity, colors=colours)
-                for m in means]
+        normals = F.normalize(self.embedding.interpolate(vertex_normals(verts, self.faces)), dim=-1)
+        n_cam = torch.cat([torch.ones_like(normals[..., :1]), normals @ R.transpose(1, 2)], -1)  # (B,N,4)
+        shade = torch.einsum("bnk,bck->bnc", n_cam, self.light[frames]).clamp(min=0.0)
+        colours = torch.sigmoid(self.colour_logit) * shade
+        return [GaussianSet(m, torch.exp(self.log_scale), self.rotation, self.opacity, colors=c)
+                for m, c in zip(means, colours)]
 
 
 def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Observations,
@@ -91,7 +110,7 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
                        *, generator: torch.Generator | None = None, progress=None) -> dict[str, float]:
     """Refine ``params`` in place; returns the last photometric loss and the reprojection error."""
     device = params.translation.device
-    head = SplatHead(assets, params.full_shape(), cfg.uv_size)
+    head = SplatHead(assets, params.full_shape(), cfg.uv_size, params.n_frames)
     gaps = frame_gaps(obs.frame_numbers, device)
     h, w = obs.img_size
     s = images.images.shape[-2:]
@@ -104,14 +123,14 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
     def photo_loss(frames: Tensor) -> Tensor:
         R, t, K = params.cameras(obs.img_size)
         camera = Camera(eye3, zero3, (K * scale).detach(), int(s[1]), int(s[0]))
-        gs = head.gaussians(params.full_shape(), params.full_expression()[frames], params.jaw[frames],
+        gs = head.gaussians(frames, params.full_shape(), params.full_expression()[frames], params.jaw[frames],
                             params.eyes[frames], params.eyelids[frames], R[frames], t[frames])
         target, mask = images.batch(frames)
         renders = torch.stack([render(camera, g, background).image for g in gs])
         return ((renders - target).abs() * mask).sum() / mask.sum().clamp(min=1.0) / 3.0
 
     # colours first: a grey head gives the geometry no useful gradient
-    opt = torch.optim.Adam([head.colour_logit], lr=cfg.lr_colour)
+    opt = torch.optim.Adam([head.colour_logit, head.light], lr=cfg.lr_colour)
     l1_start = None
     for _ in range(cfg.colour_steps):
         frames = torch.randint(n, (min(cfg.batch, n),), generator=order_gen).to(device)
@@ -123,7 +142,7 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
     # then everything; the landmark terms cover all frames every step, so every frame's parameters get
     # a real gradient (Adam's momentum never drifts frames outside the batch)
     opt = torch.optim.Adam([{"params": list(params.parameters()), "lr": cfg.lr},
-                            {"params": [head.colour_logit], "lr": cfg.lr_colour}])
+                            {"params": [head.colour_logit, head.light], "lr": cfg.lr_colour}])
     photo = torch.zeros((), device=device)
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=order_gen).to(device)
@@ -132,7 +151,8 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
             opt.zero_grad(set_to_none=True)
             photo = photo_loss(frames)
             lmk = reprojection_loss(landmarks(params, obs.img_size), obs, None, fit_cfg.robust_px)
-            loss = cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps)
+            loss = (cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps)
+                    + cfg.w_light_smooth * smoothness(head.light.flatten(1), gaps))
             loss.backward()
             opt.step()
             if progress is not None:
