@@ -124,7 +124,7 @@ def test_bisenet_backend_writes_masks(tmp_path: Path, model: BiSeNet, monkeypatc
     labels[14:18, 12:20] = 12  # upper lip
     labels[20:28, 10:22] = 14  # neck
     labels[28:, :] = 16  # cloth
-    monkeypatch.setattr("preprocessing.bisenet.parse_labels", lambda m, rgb: labels[None])
+    monkeypatch.setattr("preprocessing.semantic.parse_labels", lambda m, rgb: labels[None])
     write_image(tmp_path / "comp" / "00000.png", np.ones((32, 32, 3)))
     parse_folder(tmp_path / "comp", backend=backend, show_progress=False)
     nh = read_mask(tmp_path / "parsing" / "00000_neckhead.png") > 0.5
