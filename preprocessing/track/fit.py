@@ -34,7 +34,7 @@ class FitConfig:
     w_expression: float = 1e-5
     w_jaw: float = 1e-4
     w_eyes: float = 1e-6
-    w_eyelids: float = 1e-3
+    w_eyelids: float = 1.0        # the box [0, 1] on the eyelid weights
     w_focal: float = 1e-2
     w_smooth: float = 1e-4
     robust_px: float = 4.0
@@ -68,7 +68,7 @@ def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor) -> Tensor:
     reg = (cfg.w_shape * p.shape.pow(2).sum() + cfg.w_expression * p.expression.pow(2).sum(-1).mean()
            + cfg.w_jaw * (p.jaw - eye).pow(2).sum(-1).mean()
            + cfg.w_eyes * (p.eyes - eye.repeat(2)).pow(2).sum(-1).mean()
-           + cfg.w_eyelids * (torch.relu(-lids) + torch.relu(lids - 1.0)).pow(2).sum(-1).mean() * 1e3)
+           + cfg.w_eyelids * (torch.relu(-lids) + torch.relu(lids - 1.0)).pow(2).sum(-1).mean())
     motion = torch.cat([p.rotation, p.translation * 10.0, p.jaw, p.eyes, p.eyelids, p.expression * 0.1], 1)
     return reg + cfg.w_smooth * smoothness(motion, gaps)
 
