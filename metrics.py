@@ -11,6 +11,7 @@ is null and the reason is written next to it.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def find_frames_dir(model_dir: Path) -> Path:
             return cand
     raise MetricsInputError(f"{model_dir}: no renders/ folder in {model_dir / 'frames'} or {model_dir}; "
                             "run render.py for this model first (it writes frames/{renders,gt,mask}/)")
+
+
+def read_frame_map(frames_dir: Path) -> dict:
+    """The folder's frame_map.json (render.py's record of mode, checkpoint and frames); {} when absent.
+    Refuses a folder whose renders have no ground truth (turned views, another subject's motion,
+    visualisations): scoring them against the subject's frames would be meaningless."""
+    fmap = frames_dir / "frame_map.json"
+    if not fmap.is_file():
+        return {}  # a folder not written by render.py: judged by its gt/ and mask/ alone
+    try:
+        info = json.loads(fmap.read_text())
+    except (OSError, ValueError) as exc:
+        raise MetricsInputError(f"{fmap} cannot be read ({exc}); re-render with render.py") from exc
+    if info.get("has_ground_truth") is False:
+        mode = info.get("mode", frames_dir.name)
+        raise MetricsInputError(f"{frames_dir} holds '{mode}' renders, which have no ground truth; metrics "
+                                "score the plain test split: run render.py without --rotate/--cross/"
+                                "--uncertainty/--error and pass the run folder")
+    return info
 
 
 def list_views(frames_dir: Path) -> list[str]:
@@ -103,13 +123,19 @@ def evaluate_model_dir(model_dir: Path, lpips_model: LPIPSVGG | None, lpips_reas
                        device: torch.device, progress: bool = True) -> dict:
     """Compute and write ``results.json`` and ``per_view.json`` for one folder; returns the results."""
     frames_dir = find_frames_dir(model_dir)
+    info = read_frame_map(frames_dir)
     names = list_views(frames_dir)
     per_view = evaluate_views(frames_dir, names, lpips_model, device, progress)
     results = summarise(per_view, lpips_reason)
     results["frames_dir"] = str(frames_dir)
+    results["checkpoint"], results["iteration"] = info.get("checkpoint"), info.get("iteration")
     write_json(model_dir / "per_view.json", per_view)
     write_json(model_dir / "results.json", results)
     return results
+
+
+def _of_checkpoint(res: dict) -> str:
+    return f", checkpoint {res['checkpoint']}" if res.get("checkpoint") else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         lp = "null" if res["LPIPS"] is None else f"{res['LPIPS']:.4f}"
         print(f"{model_dir}: PSNR {res['PSNR']:.3f}  SSIM {res['SSIM']:.4f}  LPIPS {lp}  "
-              f"({res['num_views']} views) -> {model_dir / 'results.json'}")
+              f"({res['num_views']} views{_of_checkpoint(res)}) -> {model_dir / 'results.json'}")
     return status
 
 

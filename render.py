@@ -1,14 +1,16 @@
 """Render a trained avatar (docs/maths.md section 10): the test split, a turntable, cross-reenactment.
 
     python render.py --idname nf_01 --logname ours --ours [--checkpoint logs/nf_01_ours/ckpt/ckpt30000.pth]
-                     [--rotate] [--cross SRC [--cross_mode relative] [--cross_all]] [--uncertainty] [--error]
-                     [--export_ply] [--export_ply_frames]
+                     [--rotate [--rotate_frames 120] [--rotate_hold]] [--cross SRC [--cross_mode relative]
+                     [--cross_all]] [--uncertainty] [--error] [--export_ply [--render]] [--export_ply_frames]
 
-Writes ``<log_root>/<idname>_<logname>/frames[_rotate][_uncertainty][_error][_cross]/`` with
-``renders/NNNNN.png`` (NNNNN = 0-based index in the rendered sequence), ``gt/`` and ``mask/`` (where the
-frames have ground truth), ``frame_map.json`` (index -> source subject and frame number, turn angle) and
-``renders.mp4``. ``--export_ply`` writes ``ply/canonical.ply`` in the run folder (zero expression, jaw
-and eyes at rest), ``--export_ply_frames`` one ``ply/NNNNN.ply`` per rendered frame in the frames folder.
+Each mode writes its own folder ``<log_root>/<idname>_<logname>/frames[_rotate[_hold]][_uncertainty]
+[_error][_cross_<SRC>[_relative][_all]]/`` with ``renders/NNNNN.png`` (NNNNN = 0-based index in the
+rendered sequence), ``frame_map.json`` (mode, options, checkpoint; index -> source subject and frame,
+turn angle) and ``renders.mp4``; only the plain test split (``frames/``) has ground truth, ``gt/`` and
+``mask/``. The folder is rendered aside and swapped in when complete, so it never mixes two runs.
+``--export_ply`` writes ``ply/canonical.ply`` in the run folder (zero expression, jaw and eyes at rest)
+and on its own renders nothing; ``--export_ply_frames`` writes one ``ply/NNNNN.ply`` per rendered frame.
 
 Cross-reenactment drives the avatar with SRC's tracked expressions and SRC's cameras (intrinsics
 included). ``--cross_mode relative`` uses target neutral + (SRC frame - SRC neutral): expression and
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,11 +36,11 @@ from scene.data.subject import SubjectDataError
 from scene.model.checkpoint import load_checkpoint
 from scene.model.cuda_graphs import inference_deformer
 from scene.model.ply import write_ply
-from utils.atomic import write_json
+from utils.atomic import staged_dir, write_json
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.image_io import ImageWriter
-from utils.options import RenderConfig, parse_render_args
+from utils.options import RenderConfig, RenderOptions, parse_render_args
 from utils.video import write_video_from_pngs
 from utils.visualize import error_map, uncertainty_colors
 
@@ -48,9 +51,21 @@ class RenderSetupError(InputError):
 
 # ----------------------------------------------------------------------------- conditions and cameras
 def turn_angles(n_frames: int) -> list[float]:
-    """0..359 degrees spread over a third of the frames, repeating (docs/maths.md section 10)."""
-    period = max(1, n_frames // 3)
-    return [360.0 * (k % period) / period for k in range(n_frames)]
+    """One full turn in ``n_frames`` equal steps from 0 degrees (docs/maths.md section 10)."""
+    return [360.0 * k / n_frames for k in range(n_frames)]
+
+
+def render_plan(indices: list[int], r: RenderOptions) -> list[tuple[int, float]]:
+    """(frame index, turn angle) of every frame to render: the frames as they are, or for ``--rotate``
+    ``rotate_frames`` steps of a turn over the frames looped (or the first held); at most ``max_frames``."""
+    if not indices:
+        return []
+    if r.rotate:
+        angles = turn_angles(r.rotate_frames)
+        plan = [(indices[0] if r.rotate_hold else indices[k % len(indices)], a) for k, a in enumerate(angles)]
+    else:
+        plan = [(i, 0.0) for i in indices]
+    return plan[: r.max_frames] if r.max_frames is not None else plan
 
 
 # ----------------------------------------------------------------------------- setup
@@ -115,9 +130,8 @@ class Renderer:
         else:
             self.source = self.target
             self.indices = list(self.source.test_indices)
-        if r.max_frames is not None:
-            self.indices = self.indices[: r.max_frames]
-        if r.error and not all(self.source.has_image(i) for i in self.indices):
+        self.plan = render_plan(self.indices, r) if r.renders_frames else []
+        if r.error and not all(self.source.has_image(i) for i, _ in self.plan):
             raise RenderSetupError(f"--error needs ground truth images, but subject '{self.source.idname}' "
                                    "has frames without images (cross-reenactment source?)")
         self.relative = None
@@ -127,7 +141,8 @@ class Renderer:
             self.relative = (self.source.conditions[s_n], self.target.conditions[t_n],
                              self.source.frame_ids[s_n], self.target.frame_ids[t_n])
         self.frames_dir = self.model_dir / r.frames_dirname
-        check_writable(self.frames_dir)
+        check_writable(self.model_dir)
+        print(f"[render] {self.avatar.embedding.describe()}")
 
     def condition(self, i: int) -> Tensor:
         c = self.source.condition(i)
@@ -135,12 +150,11 @@ class Renderer:
             c = relative_condition(c, self.relative[0], self.relative[1])
         return c
 
-    def _render_frames(self, todo, deform, writer) -> tuple[list[dict], bool]:
-        """Render (frame index, turn angle) pairs; queue the PNGs on ``writer``. -> (records, has_gt)."""
+    def _render_frames(self, out: Path, deform, writer: ImageWriter) -> list[dict]:
+        """Render the plan into ``out``, queueing the PNGs on ``writer``; one record per frame."""
         r = self.cfg.render
         records: list[dict] = []
-        has_gt = False
-        for k, (i, angle) in enumerate(tqdm(todo, desc=f"render {self.frames_dir.name}")):
+        for k, (i, angle) in enumerate(tqdm(self.plan, desc=f"render {self.frames_dir.name}")):
             fr = self.source.frame(i)
             cam = fr.camera.turned_about_y(angle) if r.rotate else fr.camera
             gaussians, extras = deform(self.condition(i), cam)
@@ -150,54 +164,72 @@ class Renderer:
                     raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
                 colors = uncertainty_colors(extras.uncertainty)
             img = render(cam, gaussians, self.background, override_color=colors,
-                                 backend=self.cfg.run.backend).image
+                         backend=self.cfg.run.backend).image
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
             name = f"{k:05d}.png"
-            writer.submit(self.frames_dir / "renders" / name, img)
-            if fr.image is not None:
-                has_gt = True
-                writer.submit(self.frames_dir / "gt" / name, fr.image)
-                writer.submit(self.frames_dir / "mask" / name, fr.head_mask)
+            writer.submit(out / "renders" / name, img)
+            if r.has_ground_truth:
+                writer.submit(out / "gt" / name, fr.image)
+                writer.submit(out / "mask" / name, fr.head_mask)
             if r.export_ply_frames:
-                write_ply(self.frames_dir / "ply" / f"{k:05d}.ply", gaussians)
+                write_ply(out / "ply" / f"{k:05d}.ply", gaussians)
             records.append({"index": k, "file": name, "source_subject": self.source.idname,
                             "source_frame": int(fr.frame_id), "rotation_deg": angle if r.rotate else None})
-        return records, has_gt
+        return records
 
-    @torch.no_grad()
-    def run(self) -> Path:
+    def frame_map(self, records: list[dict]) -> dict:
+        """What the frames folder holds: mode, options, checkpoint, one record per frame."""
         r = self.cfg.render
-        angles = turn_angles(len(self.indices)) if r.rotate else [0.0] * len(self.indices)
-        todo = list(zip(self.indices, angles))
-        deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
-        with ImageWriter() as writer:  # PNG encoding overlaps the next frame's rendering
-            records, has_gt = self._render_frames(todo, deform, writer)
-        info = {"checkpoint": str(self.checkpoint), "iteration": self.iteration,
-                "method": self.avatar.method, "target_subject": self.target.idname,
+        options = {k: v for k, v in asdict(r).items() if k not in ("checkpoint", "fps", "no_video")}
+        info = {"mode": r.frames_dirname, "options": options, "checkpoint": str(self.checkpoint),
+                "iteration": self.iteration, "method": self.avatar.method,
+                "embedding": self.avatar.embedding.counts(), "target_subject": self.target.idname,
                 "source_subject": self.source.idname, "cross_mode": r.cross_mode if r.cross else None,
-                "has_ground_truth": has_gt, "frames": records}
+                "has_ground_truth": r.has_ground_truth, "frames": records}
         if self.relative is not None:
             info["source_neutral_frame"] = int(self.relative[2])
             info["target_neutral_frame"] = int(self.relative[3])
-        write_json(self.frames_dir / "frame_map.json", info)
+        return info
+
+    @torch.no_grad()
+    def run(self) -> list[Path]:
+        """Render and export what the options ask for; returns the paths written (also printed)."""
+        r = self.cfg.render
+        written: list[Path] = []
+        if self.plan:
+            deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
+            with staged_dir(self.frames_dir) as out:
+                with ImageWriter() as writer:  # PNG encoding overlaps the next frame's rendering
+                    records = self._render_frames(out, deform, writer)
+                write_json(out / "frame_map.json", self.frame_map(records))
+                if not r.no_video:
+                    pngs = [out / "renders" / rec["file"] for rec in records]
+                    write_video_from_pngs(out / "renders.mp4", pngs, fps=r.fps)
+            subs = ["renders"] + (["gt", "mask"] if r.has_ground_truth else []) + \
+                (["ply"] if r.export_ply_frames else [])
+            print(f"[render] {len(records)} frames ({r.frames_dirname}) -> {self.frames_dir}/"
+                  f"{{{','.join(subs)}}}/NNNNN.{{png|ply}}")
+            written += [self.frames_dir / s for s in subs] + [self.frames_dir / "frame_map.json"]
+            if not r.no_video:
+                written.append(self.frames_dir / "renders.mp4")
+                print(f"[render] video -> {self.frames_dir / 'renders.mp4'} ({len(records)} frames at "
+                      f"{r.fps:g} fps)")
+            print(f"[render] frame map -> {self.frames_dir / 'frame_map.json'}")
         if r.export_ply:
             cam = self.source.camera(self.indices[0]) if self.indices else None
             path = self.model_dir / "ply" / "canonical.ply"
             self.avatar.export_ply(path, canonical_condition(self.device), cam)
             print(f"[render] canonical Gaussians -> {path}")
-        if not r.no_video and records:
-            pngs = [self.frames_dir / "renders" / rec["file"] for rec in records]
-            write_video_from_pngs(self.frames_dir / "renders.mp4", pngs, fps=r.fps)
-        print(f"[render] {len(records)} frames -> {self.frames_dir}")
-        return self.frames_dir
+            written.append(path)
+        return written
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_render_args(argv)
     try:
         renderer = Renderer(cfg)
-        if not renderer.indices:
+        if not renderer.indices and renderer.cfg.render.renders_frames:
             raise RenderSetupError("no frames to render (empty test split?)")
         renderer.run()
     except InputError as exc:

@@ -74,7 +74,9 @@ class Trainer:
             raise InputError(f"cannot create the output folder {self.run_dir} ({exc}); pass a "
                                      "writable --log_root") from exc
         config = {"options": _plain(asdict(cfg)), "device": str(self.device),
-                  "n_gaussians": self.avatar.n_gaussians, "subject": repr(self.subject)}
+                  "n_gaussians": self.avatar.n_gaussians, "embedding": self.avatar.embedding.counts(),
+                  "subject": repr(self.subject)}
+        print(f"[train] {self.avatar.embedding.describe()}")
         self.logger = RunLogger(self.run_dir, config, resume_from=self.iteration)
         if self.lpips_reason and not cfg.train.skip_test:
             self.logger.event(f"LPIPS in evaluations is null: {self.lpips_reason}")

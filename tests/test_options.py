@@ -88,8 +88,14 @@ def test_render_frames_dirname():
     assert name() == "frames"
     assert name("--rotate") == "frames_rotate"
     assert name("--uncertainty") == "frames_uncertainty"
-    assert name("--error", "--cross", "b") == "frames_error_cross"
-    assert name("--rotate", "--uncertainty", "--cross", "b") == "frames_rotate_uncertainty_cross"
+    assert name("--error", "--cross", "b") == "frames_error_cross_b"
+    assert name("--rotate", "--uncertainty", "--cross", "b") == "frames_rotate_uncertainty_cross_b"
+    assert name("--rotate", "--rotate_hold") == "frames_rotate_hold"
+    # every mode and option its own folder (issue 16.1): absolute and relative, split and all
+    cross = {name("--cross", "b", *m) for m in ([], ["--cross_mode", "relative"], ["--cross_all"],
+                                                  ["--cross_all", "--cross_mode", "relative"])}
+    assert cross == {"frames_cross_b", "frames_cross_b_relative", "frames_cross_b_all",
+                     "frames_cross_b_relative_all"}
     cfg = parse_render_args(["--idname", "a", "--cross", "b", "--cross_mode", "relative",
                              "--checkpoint", "x.pth"])
     assert cfg.render.cross == "b" and cfg.render.cross_mode == "relative"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,28 @@ def atomic_open(path: str | Path, mode: str = "wb", fsync: bool = False) -> Iter
         if fsync:
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextmanager
+def staged_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``final``; when the block succeeds it replaces ``final`` (the
+    previous contents removed), when it fails it is removed and ``final`` is left as it was. A folder of
+    outputs is therefore always one run's, never a mix of a finished and an interrupted one."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage, old = final.with_name(f".{final.name}.partial"), final.with_name(f".{final.name}.old")
+    shutil.rmtree(stage, ignore_errors=True)  # left by a run that was killed
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_safe(obj: Any) -> Any:

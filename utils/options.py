@@ -219,8 +219,11 @@ class RenderOptions:
 
     checkpoint: Path | None = option(None, type=Path, help="checkpoint to render (default: the newest "
                                      "ckpt/ckpt<iter>.pth of the run)")
-    rotate: bool = option(False, help="turn the head about FLAME's y axis, 0..359 degrees over a third of "
-                                      "the frames")
+    rotate: bool = option(False, help="turn the head about FLAME's y axis, a full turn over --rotate_frames "
+                                      "frames (the test sequence looped, or --rotate_hold)")
+    rotate_frames: int = option(120, type=_positive_int, help="length of the --rotate turn in frames")
+    rotate_hold: bool = option(False, help="--rotate over the first test frame's expression and camera "
+                                           "instead of the test sequence looped")
     cross: str | None = option(None, metavar="SRC", help="cross-reenactment: drive the avatar with subject "
                                                          "SRC's expressions and cameras")
     cross_mode: str = option("absolute", choices=["absolute", "relative"],
@@ -234,21 +237,40 @@ class RenderOptions:
     uncertainty: bool = option(False, help="colour Gaussians by viridis(sigmoid(2.5 * uncertainty)) "
                                            "(HyperGaussians only)")
     error: bool = option(False, help="write error maps instead of renders")
-    export_ply: bool = option(False, help="write the canonical-pose Gaussians as PLY")
+    export_ply: bool = option(False, help="write the canonical-pose Gaussians as PLY to "
+                                          "<run>/ply/canonical.ply; on its own it renders nothing (add "
+                                          "--render for the test split)")
+    render: bool = option(False, help="render the test split too when --export_ply is given")
     export_ply_frames: bool = option(False, help="write one PLY per rendered frame")
     fps: float = option(25.0, type=float, help="video frame rate")
     max_frames: int | None = option(None, type=_positive_int, help="render at most N frames")
     no_video: bool = option(False, help="do not write the mp4")
 
     @property
+    def renders_frames(self) -> bool:
+        """Whether anything is rendered: always, except for --export_ply on its own."""
+        visual = (self.rotate, self.uncertainty, self.error, self.cross is not None, self.export_ply_frames)
+        return not self.export_ply or self.render or any(visual)
+
+    @property
     def frames_dirname(self) -> str:
-        """frames[_rotate][_uncertainty][_error][_cross] (docs/maths.md section 10)."""
+        """The output folder of this mode and its options, never shared by two modes (docs/maths.md
+        section 10): frames[_rotate[_hold]][_uncertainty][_error][_cross_<SRC>[_relative][_all]]."""
         name = "frames"
-        for flag, suffix in ((self.rotate, "_rotate"), (self.uncertainty, "_uncertainty"),
-                             (self.error, "_error"), (self.cross is not None, "_cross")):
+        for flag, suffix in ((self.rotate, "_rotate"), (self.rotate and self.rotate_hold, "_hold"),
+                             (self.uncertainty, "_uncertainty"), (self.error, "_error"),
+                             (self.cross is not None, f"_cross_{self.cross}"),
+                             (self.cross is not None and self.cross_mode == "relative", "_relative"),
+                             (self.cross is not None and self.cross_all, "_all")):
             if flag:
                 name += suffix
         return name
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether the renders are comparable with the subject's frames: only the plain test split (turned
+        views, another subject's motion and visualisations have no ground truth)."""
+        return not (self.rotate or self.uncertainty or self.error or self.cross is not None)
 
 
 @dataclass

@@ -10,6 +10,7 @@ the parameters it was rendered with. Figures (means over frames):
 - ``motion_vertex_mm``: the per-frame part alone: the true shape posed with the fitted and the true
   expression, jaw, eyes and eyelids;
 - ``camera_vertex_mm``: the same vertices in each camera's frame (pose and translation included);
+- ``rotation_deg``: the angle between the fitted and the true head rotation (camera R) per frame;
 - ``reprojection_px``: the 68 landmarks projected with the fitted and the true cameras;
 - ``expression_rmse``, ``jaw_deg`` (rotation angle), ``gaze_deg`` (angle between the gaze directions;
   the roll of an eyeball about its gaze is invisible and not counted), ``eyelids_mae``, ``focal_rel``.
@@ -84,6 +85,7 @@ def compare_tracking(truth: list[TrackedFrame], fit: list[TrackedFrame], assets:
         "motion_vertex_mm": float((vg - vm).norm(dim=-1).mean() * 1000),
         "camera_vertex_mm": float((cam_g - cam_f).norm(dim=-1).mean() * 1000),
         "reprojection_px": float((pg - pf).norm(dim=-1).mean()),
+        "rotation_deg": float(_angle_deg(f["R"][:, :2].reshape(-1, 6), g["R"][:, :2].reshape(-1, 6)).mean()),
         "expression_rmse": float((f["expression"] - g["expression"]).pow(2).mean().sqrt()),
         "expression_rms_truth": float(g["expression"].pow(2).mean().sqrt()),
         "jaw_deg": float(_angle_deg(f["jaw"], g["jaw"]).mean()),
