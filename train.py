@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import sys
 
-from scene.trainer import Trainer
-from utils.errors import InputError
 from utils.options import parse_train_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_train_args(argv)
+    cfg = parse_train_args(argv)  # --help answers here, before torch is imported
+    from scene.trainer import Trainer
+    from utils.errors import InputError
+
     try:
         trainer = Trainer(cfg)
     except InputError as exc:

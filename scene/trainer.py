@@ -80,6 +80,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, config, resume_from=self.iteration)
         if self.lpips_reason and not cfg.train.skip_test:
             self.logger.event(f"LPIPS in evaluations is null: {self.lpips_reason}")
+            print(f"[train] evaluations will show LPIPS null: {self.lpips_reason}")
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, self.avatar, self.optimizers, restore_rng=True)
@@ -157,7 +158,8 @@ class Trainer:
     def write_grid(self, it: int, frame: FrameData, img: torch.Tensor) -> None:
         with torch.no_grad():
             grid = image_grid([img.detach().clamp(0, 1), frame.image,
-                               error_map(img.detach(), frame.image, frame.head_mask, self.background)])
+                               error_map(img.detach(), frame.image, frame.head_mask, self.background)],
+                              labels=[f"render {it}", "ground truth", "error"])
         self.logger.image(it, "train/render_gt_error", grid)
         write_image(self.run_dir / "train" / f"{it:05d}.png", grid)
 

@@ -15,6 +15,7 @@ import torch
 import metrics
 import render
 import train
+from scene import rendering
 from utils.image_io import read_image
 from utils.video import read_video_frame_count
 
@@ -78,7 +79,8 @@ def test_both_methods_learn(trained, synthetic_subject, method):
     assert np.isfinite(last["FPS"]) and last["FPS"] > 0
     assert {p.name for p in (run / "ckpt").glob("*.pth")} == {f"ckpt{TRAIN_ITERS}.pth",
                                                                f"ckpt{TRAIN_ITERS // 2}.pth"}
-    assert (run / "train" / f"{TRAIN_ITERS:05d}.png").is_file()  # render | gt | error grid
+    grid = read_image(run / "train" / f"{TRAIN_ITERS:05d}.png")  # render | gt | error, labelled
+    assert grid.shape[1] == 3 * 64 + 2 * 2 and grid.shape[0] > 64
     assert list(run.glob("events.out.tfevents.*"))
     losses = _log(run)["losses"]
     assert losses and all(np.isfinite(r["loss"]) for r in losses)
@@ -139,6 +141,16 @@ def test_cuda_train_graphed_matches_eager_and_learns(synthetic_subject, tmp_path
         ev = log["evaluations"]
         assert ev[-1]["PSNR"] >= ev[0]["PSNR"] + 6.0, ev
     assert abs(graphs["evaluations"][-1]["PSNR"] - eager["evaluations"][-1]["PSNR"]) < 1.0
+
+
+@pytest.mark.slow
+def test_train_says_once_why_lpips_is_null(synthetic_subject, tmp_path, capsys):
+    """Issue 15.3: without the VGG file, the console says once why evaluations show LPIPS null."""
+    assert _train(synthetic_subject, tmp_path, "--iterations", "4", "--eval_every", "2",
+                  "--grid_every", "0") == 0
+    out = capsys.readouterr().out
+    why = [line for line in out.splitlines() if "LPIPS null" in line and "vgg16-397923af.pth" in line]
+    assert len(why) == 1 and "[eval 4]" in out
 
 
 @pytest.mark.slow
@@ -256,7 +268,7 @@ def test_failed_render_keeps_the_previous_folder(trained, synthetic_subject, mon
     def broken(*args, **kwargs):
         raise RuntimeError("encoder died")
 
-    monkeypatch.setattr(render, "write_video_from_pngs", broken)
+    monkeypatch.setattr(rendering, "write_video_from_pngs", broken)
     with pytest.raises(RuntimeError, match="encoder died"):
         _render(synthetic_subject, trained)  # 4 frames rendered, then the video fails
     assert sorted(p.relative_to(run) for p in (run / "frames").rglob("*")) == before  # no mix of runs
@@ -355,6 +367,47 @@ def test_render_bad_inputs(trained, synthetic_subject, tmp_path, capsys):
     assert "cannot write the output folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_render_reads_the_run_options(trained, synthetic_subject, capsys):
+    """Issue 15.1: the run's recorded options fill every model, data and path flag not given."""
+    run = trained / f"{synthetic_subject.idname}_ours"
+    fast = ["--device", "cpu", "--backend", "torch", "--no_video"]
+    assert render.main(["-m", str(run), *fast]) == 0  # no model, split or root flags at all
+    out = capsys.readouterr().out
+    assert "uv_size=32" in out and "hidden_dim=64" in out and "ours=True" in out and "test_num=4" in out
+    fmap = json.loads((run / "frames" / "frame_map.json").read_text())
+    assert fmap["method"] == "ours" and [f["source_frame"] for f in fmap["frames"]] == [28, 29, 30, 31]
+    # --idname/--logname/--log_root find the same run; a flag given overrides the record
+    assert render.main(["--idname", synthetic_subject.idname, "--logname", "ours", "--log_root", str(trained),
+                        "--test_num", "2", *fast]) == 0
+    fmap = json.loads((run / "frames" / "frame_map.json").read_text())
+    assert [f["source_frame"] for f in fmap["frames"]] == [30, 31]
+    # a model flag that contradicts the checkpoint is still refused, by name
+    capsys.readouterr()
+    assert render.main(["-m", str(run), "--hidden_dim", "32", *fast]) == 2
+    assert "hidden_dim" in capsys.readouterr().err
+    # metrics needs nothing but the folder
+    assert metrics.main(["-m", str(run), "--device", "cpu", "--no_lpips"]) == 0
+    # -m on a folder that is not a run
+    with pytest.raises(SystemExit) as exc:
+        render.main(["-m", str(trained), *fast])
+    assert exc.value.code == 2 and "not a train.py run folder" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    """Issue 15.6: --help answers from the option parser alone (torch takes seconds to import)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    for script in ("train", "render", "metrics"):
+        code = (f"import sys; import {script}\ntry:\n    {script}.main(['--help'])\nexcept SystemExit:\n"
+                "    pass\nprint('TORCH', 'torch' in sys.modules)")
+        res = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                             timeout=60)
+        assert "usage:" in res.stdout and "TORCH False" in res.stdout, (script, res.stdout[-300:], res.stderr)
+
+
 # ----------------------------------------------------------------------------- fast helpers
 def test_frame_sampler_epochs_and_resume():
     from utils.training import FrameSampler
@@ -376,16 +429,16 @@ def test_frame_sampler_epochs_and_resume():
 def test_turn_angles_and_turned_camera():
     from scene.data.cameras import Camera
 
-    assert render.turn_angles(3) == [0.0, 120.0, 240.0]
-    assert render.turn_angles(8) == [45.0 * k for k in range(8)]
+    assert rendering.turn_angles(3) == [0.0, 120.0, 240.0]
+    assert rendering.turn_angles(8) == [45.0 * k for k in range(8)]
     # the turn's length does not depend on the split's: 120 steps over 10 frames looped, or one held
     from utils.options import RenderOptions
 
-    plan = render.render_plan(list(range(50, 60)), RenderOptions(rotate=True))
+    plan = rendering.render_plan(list(range(50, 60)), RenderOptions(rotate=True))
     assert len(plan) == 120 and plan[13] == (53, 39.0)
-    held = render.render_plan([7, 8], RenderOptions(rotate=True, rotate_frames=4, rotate_hold=True))
+    held = rendering.render_plan([7, 8], RenderOptions(rotate=True, rotate_frames=4, rotate_hold=True))
     assert held == [(7, 0.0), (7, 90.0), (7, 180.0), (7, 270.0)]
-    assert render.render_plan([1, 2, 3], RenderOptions(max_frames=2)) == [(1, 0.0), (2, 0.0)]
+    assert rendering.render_plan([1, 2, 3], RenderOptions(max_frames=2)) == [(1, 0.0), (2, 0.0)]
     K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
     cam = Camera(torch.eye(3), torch.tensor([0.0, 0.0, 2.0]), K, 64, 64)
     turned = cam.turned_about_y(90.0)
@@ -469,3 +522,15 @@ def test_visualize_helpers():
     assert torch.equal(grid[:, 0:2, 4:7], torch.full((3, 2, 3), 0.5))
     assert torch.equal(grid[:, 3:5, 0:3], torch.ones(3, 2, 3))
     assert torch.equal(grid[:, 3:5, 4:7], torch.ones(3, 2, 3))  # empty cell keeps the pad value
+    # labelled panels (issue 15.5): a caption strip above each image, the images themselves unchanged
+    panels = [torch.full((3, 40, 90), v) for v in (0.2, 0.5, 0.8)]
+    labelled = image_grid(panels, pad=2, labels=["render", "ground truth", "error"])
+    strip = labelled.shape[1] - 40
+    assert strip >= 10 and labelled.shape[2] == 3 * 90 + 2 * 2
+    for k, p in enumerate(panels):
+        x = k * 92
+        assert torch.equal(labelled[:, strip:, x:x + 90], p)
+        text = labelled[:, :strip, x:x + 90]
+        assert (text < 0.3).sum() > 20 and (text > 0.9).float().mean() > 0.6  # dark glyphs on white
+    with pytest.raises(ValueError, match="labels"):
+        image_grid(panels, labels=["one"])

@@ -14,6 +14,7 @@ wherever they are started.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,12 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def option(default: Any = MISSING, *, help: str, flag: str | None = None, type: Any = None,
+def option(default: Any = MISSING, *, help: str, flag: str | tuple[str, ...] | None = None, type: Any = None,
            choices: list[str] | None = None, action: str | None = None, metavar: str | None = None,
            required: bool = False, switches: dict[str, tuple[str, str]] | None = None) -> Any:
     """A dataclass field that is also a command-line flag: ``--<field name>`` unless ``flag`` names
-    another, or, with ``switches`` ({flag: (value, help)}), mutually exclusive flags that each set the
-    field to their value. ``bool`` fields default to ``store_true``."""
+    another (or several), or, with ``switches`` ({flag: (value, help)}), mutually exclusive flags that
+    each set the field to their value. ``bool`` fields default to ``store_true``."""
     meta = {"help": help, "flag": flag, "type": type, "choices": choices, "action": action,
             "metavar": metavar, "required": required, "switches": switches}
     return field(default=default, metadata={"cli": meta})
@@ -93,7 +94,8 @@ def add_group(parser: argparse.ArgumentParser, group: type, title: str) -> None:
             kwargs["required"] = True
         else:
             kwargs["default"] = f.default
-        g.add_argument(meta["flag"] or f"--{f.name}", **kwargs)
+        flags = meta["flag"] or f"--{f.name}"
+        g.add_argument(*((flags,) if isinstance(flags, str) else flags), **kwargs)
 
 
 def read_group(group: type, ns: argparse.Namespace) -> Any:
@@ -105,8 +107,8 @@ def read_group(group: type, ns: argparse.Namespace) -> Any:
 class PathOptions:
     """Where the subject, its tracking, the FLAME files and the outputs live."""
 
-    idname: str = option(required=True, help="subject name: frames in <data_root>/<idname>/ "
-                         "('demo' generates the synthetic demo subject when missing)")
+    idname: str | None = option(None, help="subject name: frames in <data_root>/<idname>/ ('demo' "
+                                "generates the synthetic demo subject when missing); required by train.py")
     logname: str | None = option(None, help="run name; outputs go to <log_root>/<idname>_<logname>/ "
                                  "(default: 'ours' with --ours, else 'baseline')")
     data_root: Path = option(DEFAULT_DATA_ROOT, type=Path,
@@ -116,11 +118,12 @@ class PathOptions:
     flame_dir: Path | None = option(None, type=Path, help="FLAME assets folder (default: the subject's own "
                                     "flame/ when it has one, else the repository's flame/)")
     log_root: Path = option(DEFAULT_LOG_ROOT, type=Path, help="folder for run outputs")
+    run_dir: Path | None = None  # render.py -m: the run folder itself (not a flag of this group)
 
     @property
     def model_dir(self) -> Path:
-        """<log_root>/<idname>_<logname>: checkpoints, logs, frames, metrics of this run."""
-        return self.log_root / f"{self.idname}_{self.logname}"
+        """<log_root>/<idname>_<logname> (or the folder given by -m): checkpoints, logs, frames, metrics."""
+        return self.run_dir if self.run_dir is not None else self.log_root / f"{self.idname}_{self.logname}"
 
 
 @dataclass
@@ -217,6 +220,9 @@ class TrainOptions:
 class RenderOptions:
     """What ``render.py`` renders and writes (docs/maths.md section 10)."""
 
+    model_path: Path | None = option(None, flag=("-m", "--model_path"), type=Path, metavar="RUN",
+                                     help="the run folder to render (e.g. logs/demo_baseline), instead of "
+                                          "--idname/--logname/--log_root")
     checkpoint: Path | None = option(None, type=Path, help="checkpoint to render (default: the newest "
                                      "ckpt/ckpt<iter>.pth of the run)")
     rotate: bool = option(False, help="turn the head about FLAME's y axis, a full turn over --rotate_frames "
@@ -289,6 +295,8 @@ class RenderConfig:
     model: ModelOptions
     render: RenderOptions
     run: RunOptions
+    record: Path | None = None  # the run's train_log.json whose options filled the flags not given
+    adopted: dict[str, Any] = field(default_factory=dict)  # those options: flag name -> recorded value
 
 
 @dataclass
@@ -328,8 +336,19 @@ def build_parser(script: str) -> argparse.ArgumentParser:
     return p
 
 
+RUN_RECORD = "train_log.json"
+# what render.py takes from the run's record when the flag is not given: where the data is, how it is
+# split and composited, and the model (the device, backend and render options stay this call's own)
+_RECORDED_GROUPS: tuple[tuple[str, type, tuple[str, ...] | None], ...] = (
+    ("paths", PathOptions, ("data_root", "tracking_root", "flame_dir")),
+    ("data", DataOptions, None), ("model", ModelOptions, None))
+
+
 def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig) -> None:
     """The rules that span flags or groups, in one place; a broken one ends in ``parser.error``."""
+    if cfg.paths.idname is None and cfg.paths.run_dir is None:
+        parser.error("the subject is needed: --idname ID" + (" (or -m RUN_FOLDER)" if isinstance(
+            cfg, RenderConfig) else ""))
     if cfg.model.camera_conditioning and not cfg.model.conditional_appearance:
         parser.error("--camera_conditioning needs --conditional_appearance")
     if isinstance(cfg, RenderConfig):
@@ -340,13 +359,78 @@ def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig) 
             parser.error("--uncertainty and --error are exclusive: choose one visualisation")
 
 
+def _given_flags(script: str, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags on the command line (a parse in which nothing has a default)."""
+    probe = build_parser(script)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    probe._defaults.clear()
+    return set(vars(probe.parse_args(argv)))
+
+
+def read_run_record(run_dir: Path) -> dict | None:
+    """The options train.py recorded in ``run_dir/train_log.json`` ({group: {field: value}}); None when
+    the folder has no record. A record that cannot be read is an error (``ValueError``) naming the file."""
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text())["config"]["options"]
+        if not all(isinstance(options[g], dict) for g, _, _ in _RECORDED_GROUPS):
+            raise TypeError("an option group is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} cannot be read as train.py's record ({type(exc).__name__}: {exc}); "
+                         "pass the model and data flags yourself") from exc
+    return options
+
+
+def _adopt_recorded(parser: argparse.ArgumentParser, ns: argparse.Namespace, given: set[str]) -> tuple[
+        Path | None, dict[str, Any]]:
+    """Fill every recorded data, model and path flag the command line did not give from the run's
+    record; returns the record's path and what was taken. ``-m RUN`` names the run folder itself."""
+    run_dir = ns.model_path
+    if run_dir is None:
+        run_dir = ns.log_root / f"{ns.idname}_{ns.logname}"
+    try:
+        record = read_run_record(run_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if record is None:
+        if ns.model_path is not None:
+            parser.error(f"-m {ns.model_path}: no {RUN_RECORD} there, so it is not a train.py run folder; "
+                         "pass --idname/--logname/--log_root and the model flags instead")
+        return None, {}
+    adopted: dict[str, Any] = {}
+    if ns.model_path is not None and "idname" not in given:
+        ns.idname = record["paths"].get("idname")
+    for group_name, group, names in _RECORDED_GROUPS:
+        for f in fields(group):
+            if "cli" not in f.metadata or (names is not None and f.name not in names) or f.name in given \
+                    or f.name not in record[group_name]:
+                continue
+            value = record[group_name][f.name]
+            if value is not None and f.metadata["cli"]["type"] is Path:
+                value = Path(value)
+            if value != getattr(ns, f.name):
+                adopted[f.name] = value
+            setattr(ns, f.name, value)
+    return run_dir / RUN_RECORD, adopted
+
+
 def _parse(script: str, argv: list[str] | None) -> Any:
     parser = build_parser(script)
     ns = parser.parse_args(argv)
     if ns.logname is None:
         ns.logname = "ours" if ns.ours else "baseline"
+    record, adopted = None, {}
+    if script == "render" and (ns.idname is not None or ns.model_path is not None):
+        record, adopted = _adopt_recorded(parser, ns, _given_flags(script, argv))
     _, config, groups = _SCRIPTS[script]
     cfg = config(**{title: read_group(group, ns) for title, group in groups})
+    if script == "render":
+        cfg.paths.run_dir = ns.model_path
+        cfg.record, cfg.adopted = record, adopted
     _validate(parser, cfg)
     return cfg
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,9 +51,32 @@ def error_map(render: Tensor, gt: Tensor, mask: Tensor | None = None,
     return col * m + bg.view(3, 1, 1) * (1 - m)
 
 
+def caption_strip(text: str, width: int, height: int | None = None) -> Tensor:
+    """A white (3, h, width) strip with ``text`` in black, centred (Pillow's built-in font, scaled to the
+    strip: about a ninth of the panel width, at least 10 pixels)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h = height or max(10, min(24, width // 9))
+    strip = Image.new("L", (width, h), 255)
+    draw = ImageDraw.Draw(strip)
+    try:
+        font = ImageFont.load_default(size=max(8, h - 4))
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font only
+        font = ImageFont.load_default()
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text(((width - (right - left)) / 2 - left, (h - (bottom - top)) / 2 - top), text, fill=0, font=font)
+    grey = torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)
+    return grey.expand(3, -1, -1).clone()
+
+
 def image_grid(images: list[Tensor], ncols: int | None = None, pad: int = 2,
-               pad_value: float = 1.0) -> Tensor:
-    """Tile equally sized (3,H,W) images row-major into one (3, H', W') image with ``pad`` pixels between."""
+               pad_value: float = 1.0, labels: list[str] | None = None) -> Tensor:
+    """Tile equally sized (3,H,W) images row-major into one (3, H', W') image with ``pad`` pixels between;
+    ``labels`` (one per image) are written in a strip above each panel."""
+    if labels is not None:
+        if len(labels) != len(images):
+            raise ValueError(f"image_grid: {len(labels)} labels for {len(images)} images")
+        images = [torch.cat([caption_strip(t, im.shape[-1]).to(im), im], 1) for t, im in zip(labels, images)]
     if not images:
         raise ValueError("image_grid: no images")
     c, h, w = images[0].shape

@@ -21,7 +21,7 @@ from flame.assets import FlameAssets
 from flame.model import FLAME
 from gaussian_renderer import render
 from gaussian_renderer.types import GaussianSet
-from preprocessing.track.fit import FitConfig, frame_gaps, regularisers, reprojection_loss, smoothness
+from preprocessing.track.fit import FitConfig, frame_gaps, regularisers, reprojection_loss
 from preprocessing.track.model import LandmarkModel, Observations, TrackParams
 from scene.data.cameras import Camera
 from scene.model.embedding import Embedding
@@ -38,7 +38,6 @@ class PhotometricConfig:
     lr_colour: float = 0.05
     w_photo: float = 1e-3
     w_landmarks: float = 1.0
-    w_light_smooth: float = 1e-4  # the light changes slowly (and every frame's light gets a gradient)
 
 
 class FrameImages:
@@ -71,19 +70,20 @@ class SplatHead(torch.nn.Module):
     harmonics on the mesh normals in camera space (so that shading that changes as the head turns is
     explained by the light, not by moving the geometry): colour = albedo * (l0 + l1 . n)."""
 
-    def __init__(self, assets: FlameAssets, shape: Tensor, uv_size: int, n_frames: int) -> None:
+    def __init__(self, assets: FlameAssets, shape: Tensor, uv_size: int, n_frames: int,
+                 splat_scale: float = 0.5) -> None:
         super().__init__()
         self.flame = FLAME(assets).to(shape.device)
         self.register_buffer("faces", torch.as_tensor(assets.faces, dtype=torch.long, device=shape.device))
-        light = torch.zeros(n_frames, 3, 4, device=shape.device)
-        light[..., 0] = 1.0
+        light = torch.zeros(3, 4, device=shape.device)
+        light[:, 0] = 1.0
         self.light = torch.nn.Parameter(light)
         with torch.no_grad():
             canonical = self.flame(shape.detach()[None], torch.zeros(1, 100, device=shape.device))[0]
         self.embedding = Embedding.build(assets.uv_mesh, canonical.cpu(), assets.masks["boundary"],
                                          uv_size=uv_size, faces=assets.faces).to(shape.device)
         pos = self.embedding.interpolate(canonical)
-        scale = torch.sqrt(distCUDA2(pos).clamp(min=1e-10))
+        scale = splat_scale * torch.sqrt(distCUDA2(pos).clamp(min=1e-10))
         self.register_buffer("log_scale", torch.log(scale)[:, None].expand(-1, 3).contiguous())
         n = pos.shape[0]
         self.colour_logit = torch.nn.Parameter(torch.zeros(n, 3, device=shape.device))
@@ -99,7 +99,7 @@ class SplatHead(torch.nn.Module):
         means = self.embedding.interpolate(verts) @ R.transpose(1, 2) + t[:, None, :]  # (B, N, 3)
         normals = F.normalize(self.embedding.interpolate(vertex_normals(verts, self.faces)), dim=-1)
         n_cam = torch.cat([torch.ones_like(normals[..., :1]), normals @ R.transpose(1, 2)], -1)  # (B,N,4)
-        shade = torch.einsum("bnk,bck->bnc", n_cam, self.light[frames]).clamp(min=0.0)
+        shade = torch.einsum("bnk,bck->bnc", n_cam, self.light.expand(len(frames), -1, -1)).clamp(min=0.0)
         colours = torch.sigmoid(self.colour_logit) * shade
         return [GaussianSet(m, torch.exp(self.log_scale), self.rotation, self.opacity, colors=c)
                 for m, c in zip(means, colours)]
@@ -151,8 +151,7 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
             opt.zero_grad(set_to_none=True)
             photo = photo_loss(frames)
             lmk = reprojection_loss(landmarks(params, obs.img_size), obs, None, fit_cfg.robust_px)
-            loss = (cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps)
-                    + cfg.w_light_smooth * smoothness(head.light.flatten(1), gaps))
+            loss = (cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps))
             loss.backward()
             opt.step()
             if progress is not None:

@@ -1,0 +1,210 @@
+"""The render job of ``render.py`` (docs/maths.md section 10): what to render, rendering it, writing it.
+
+``render.py`` parses its options and hands them to :class:`Renderer`; the modes, the folder names and
+the outputs are described in ``render.py``'s docstring and the README.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from flame.condition import canonical_condition, neutral_index, relative_condition
+from gaussian_renderer import render
+from scene.assemble import build_avatar, open_subject
+from scene.data.subject import SubjectDataError
+from scene.model.checkpoint import load_checkpoint
+from scene.model.cuda_graphs import inference_deformer
+from scene.model.ply import write_ply
+from utils.atomic import staged_dir, write_json
+from utils.device import resolve_device
+from utils.errors import InputError
+from utils.image_io import ImageWriter
+from utils.options import RenderConfig, RenderOptions
+from utils.video import write_video_from_pngs
+from utils.visualize import error_map, uncertainty_colors
+
+
+class RenderSetupError(InputError):
+    """Bad input for render.py; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------- conditions and cameras
+def turn_angles(n_frames: int) -> list[float]:
+    """One full turn in ``n_frames`` equal steps from 0 degrees (docs/maths.md section 10)."""
+    return [360.0 * k / n_frames for k in range(n_frames)]
+
+
+def render_plan(indices: list[int], r: RenderOptions) -> list[tuple[int, float]]:
+    """(frame index, turn angle) of every frame to render: the frames as they are, or for ``--rotate``
+    ``rotate_frames`` steps of a turn over the frames looped (or the first held); at most ``max_frames``."""
+    if not indices:
+        return []
+    if r.rotate:
+        angles = turn_angles(r.rotate_frames)
+        plan = [(indices[0] if r.rotate_hold else indices[k % len(indices)], a) for k, a in enumerate(angles)]
+    else:
+        plan = [(i, 0.0) for i in indices]
+    return plan[: r.max_frames] if r.max_frames is not None else plan
+
+
+# ----------------------------------------------------------------------------- setup
+def newest_checkpoint(model_dir: Path) -> Path:
+    """The ckpt/ckpt<iter>.pth with the largest iteration."""
+    found = []
+    for p in (model_dir / "ckpt").glob("ckpt*.pth"):
+        m = re.fullmatch(r"ckpt(\d+)\.pth", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    if not found:
+        raise RenderSetupError(f"no checkpoint in {model_dir / 'ckpt'}: train first (train.py with the same "
+                               "--idname/--logname/--log_root) or pass --checkpoint")
+    return max(found)[1]
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there; refuse clearly otherwise."""
+    probe = folder / ".write_test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RenderSetupError(f"cannot write the output folder {folder} ({type(exc).__name__}: {exc}); pass "
+                               "a writable --log_root (or fix the folder's permissions)") from exc
+
+
+class Renderer:
+    """Everything render.py builds once: target subject, avatar, the frames to render."""
+
+    def __init__(self, cfg: RenderConfig) -> None:
+        self.cfg = cfg
+        r, p = cfg.render, cfg.paths
+        try:
+            self.device = resolve_device(cfg.run.device)
+        except RuntimeError as exc:
+            raise RenderSetupError(str(exc)) from exc
+        self.model_dir = p.model_dir
+        self.checkpoint = r.checkpoint if r.checkpoint is not None else newest_checkpoint(self.model_dir)
+        cross = r.cross is not None
+        if r.error and r.rotate:
+            raise RenderSetupError("--error compares with the ground truth, which turned (--rotate) views "
+                                   "do not have: drop one of the two")
+        self.target = open_subject(p.data_root, p.tracking_root, p.idname, cfg.data, self.device,
+                                   with_images=not cross, preload="none")
+        self.avatar = build_avatar(p, cfg.model, self.target, self.device, seed=0)
+        state = load_checkpoint(self.checkpoint, self.avatar)
+        self.iteration = int(state["iteration"])
+        self.avatar.eval()
+        self.background = self.target.background
+        if cross:
+            root = r.cross_data_root or p.data_root
+            troot = r.cross_tracking_root or p.tracking_root
+            try:
+                self.source = open_subject(root, troot, r.cross, cfg.data, self.device, with_images=False)
+            except SubjectDataError as exc:
+                raise RenderSetupError(f"--cross {r.cross}: the source subject cannot be used: {exc}") \
+                    from exc
+            n = len(self.source)
+            self.indices = list(range(n)) if r.cross_all else list(range(max(0, n - cfg.data.test_num), n))
+        else:
+            self.source = self.target
+            self.indices = list(self.source.test_indices)
+        self.plan = render_plan(self.indices, r) if r.renders_frames else []
+        if r.error and not all(self.source.has_image(i) for i, _ in self.plan):
+            raise RenderSetupError(f"--error needs ground truth images, but subject '{self.source.idname}' "
+                                   "has frames without images (cross-reenactment source?)")
+        self.relative = None
+        if cross and r.cross_mode == "relative":
+            s_n = neutral_index(self.source.conditions)
+            t_n = neutral_index(self.target.conditions)
+            self.relative = (self.source.conditions[s_n], self.target.conditions[t_n],
+                             self.source.frame_ids[s_n], self.target.frame_ids[t_n])
+        self.frames_dir = self.model_dir / r.frames_dirname
+        check_writable(self.model_dir)
+        print(f"[render] {self.avatar.embedding.describe()}")
+
+    def condition(self, i: int) -> Tensor:
+        c = self.source.condition(i)
+        if self.relative is not None:
+            c = relative_condition(c, self.relative[0], self.relative[1])
+        return c
+
+    def _render_frames(self, out: Path, deform, writer: ImageWriter) -> list[dict]:
+        """Render the plan into ``out``, queueing the PNGs on ``writer``; one record per frame."""
+        r = self.cfg.render
+        records: list[dict] = []
+        for k, (i, angle) in enumerate(tqdm(self.plan, desc=f"render {self.frames_dir.name}")):
+            fr = self.source.frame(i)
+            cam = fr.camera.turned_about_y(angle) if r.rotate else fr.camera
+            gaussians, extras = deform(self.condition(i), cam)
+            colors = None
+            if r.uncertainty:
+                if extras.uncertainty is None:
+                    raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
+                colors = uncertainty_colors(extras.uncertainty)
+            img = render(cam, gaussians, self.background, override_color=colors,
+                         backend=self.cfg.run.backend).image
+            if r.error:
+                img = error_map(img, fr.image, fr.head_mask, self.background)
+            name = f"{k:05d}.png"
+            writer.submit(out / "renders" / name, img)
+            if r.has_ground_truth:
+                writer.submit(out / "gt" / name, fr.image)
+                writer.submit(out / "mask" / name, fr.head_mask)
+            if r.export_ply_frames:
+                write_ply(out / "ply" / f"{k:05d}.ply", gaussians)
+            records.append({"index": k, "file": name, "source_subject": self.source.idname,
+                            "source_frame": int(fr.frame_id), "rotation_deg": angle if r.rotate else None})
+        return records
+
+    def frame_map(self, records: list[dict]) -> dict:
+        """What the frames folder holds: mode, options, checkpoint, one record per frame."""
+        r = self.cfg.render
+        options = {k: v for k, v in asdict(r).items() if k not in ("checkpoint", "fps", "no_video")}
+        info = {"mode": r.frames_dirname, "options": options, "checkpoint": str(self.checkpoint),
+                "iteration": self.iteration, "method": self.avatar.method,
+                "embedding": self.avatar.embedding.counts(), "target_subject": self.target.idname,
+                "source_subject": self.source.idname, "cross_mode": r.cross_mode if r.cross else None,
+                "has_ground_truth": r.has_ground_truth, "frames": records}
+        if self.relative is not None:
+            info["source_neutral_frame"] = int(self.relative[2])
+            info["target_neutral_frame"] = int(self.relative[3])
+        return info
+
+    @torch.no_grad()
+    def run(self) -> list[Path]:
+        """Render and export what the options ask for; returns the paths written (also printed)."""
+        r = self.cfg.render
+        written: list[Path] = []
+        if self.plan:
+            deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
+            with staged_dir(self.frames_dir) as out:
+                with ImageWriter() as writer:  # PNG encoding overlaps the next frame's rendering
+                    records = self._render_frames(out, deform, writer)
+                write_json(out / "frame_map.json", self.frame_map(records))
+                if not r.no_video:
+                    pngs = [out / "renders" / rec["file"] for rec in records]
+                    write_video_from_pngs(out / "renders.mp4", pngs, fps=r.fps)
+            subs = ["renders"] + (["gt", "mask"] if r.has_ground_truth else []) + \
+                (["ply"] if r.export_ply_frames else [])
+            print(f"[render] {len(records)} frames ({r.frames_dirname}) -> {self.frames_dir}/"
+                  f"{{{','.join(subs)}}}/NNNNN.{{png|ply}}")
+            written += [self.frames_dir / s for s in subs] + [self.frames_dir / "frame_map.json"]
+            if not r.no_video:
+                written.append(self.frames_dir / "renders.mp4")
+                print(f"[render] video -> {self.frames_dir / 'renders.mp4'} ({len(records)} frames at "
+                      f"{r.fps:g} fps)")
+            print(f"[render] frame map -> {self.frames_dir / 'frame_map.json'}")
+        if r.export_ply:
+            cam = self.source.camera(self.indices[0]) if self.indices else None
+            path = self.model_dir / "ply" / "canonical.ply"
+            self.avatar.export_ply(path, canonical_condition(self.device), cam)
+            print(f"[render] canonical Gaussians -> {path}")
+            written.append(path)
+        return written
