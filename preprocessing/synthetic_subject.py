@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +40,9 @@ from flame.assets import load_flame_assets
 from flame.model import FLAME
 from flame.synthetic import write_synthetic_flame
 from preprocessing.mesh_renderer import box_downsample, rasterize_mesh, vertex_normals
+from scene.data.novel_views import NOVEL_DIR, NOVEL_INDEX
 from scene.data.tracking import save_tracked_frame
+from utils.atomic import write_json
 from utils.image_io import write_image
 
 MARKER = "synthetic.json"
@@ -241,28 +246,129 @@ def camera_for(verts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np
 def _subject_paths(data_root: Path, tracking_root: Path, idname: str) -> dict[str, Path]:
     subj = data_root / idname
     return {"subject": subj, "imgs": subj / "imgs", "alpha": subj / "alpha", "parsing": subj / "parsing",
-            "flame": subj / "flame", "checkpoint": tracking_root / idname / "checkpoint"}
+            "flame": subj / "flame", "checkpoint": tracking_root / idname / "checkpoint",
+            "novel": subj / NOVEL_DIR}
+
+
+NOVEL_VIEWS: dict[str, tuple[float, float]] = {  # name -> (yaw, pitch) in degrees, as render.py turns
+    "yaw-45": (-45.0, 0.0), "yaw-30": (-30.0, 0.0), "yaw-15": (-15.0, 0.0), "yaw+15": (15.0, 0.0),
+    "yaw+30": (30.0, 0.0), "yaw+45": (45.0, 0.0), "pitch-15": (0.0, -15.0), "pitch+15": (0.0, 15.0)}
+
+
+def turned_pose(R: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """The world-to-camera rotation that sees the head turned by ``yaw`` about FLAME's y axis, then
+    ``pitch`` about its x axis, through FLAME's origin: R (R_x(pitch) R_y(yaw))^T, t unchanged (the
+    turn of ``render.py --rotate``, docs/maths.md section 10)."""
+    turn = axis_angle_to_matrix(np.array([np.deg2rad(pitch_deg), 0.0, 0.0])) @ axis_angle_to_matrix(
+        np.array([0.0, np.deg2rad(yaw_deg), 0.0]))
+    return np.asarray(R, np.float64) @ turn.T
+
+
+@dataclass
+class _FrameRenderer:
+    """What drawing one frame needs; one per subject, shared with worker processes by fork."""
+
+    posed: np.ndarray        # (N, V, 3) posed vertices per frame
+    faces: np.ndarray
+    canonical: np.ndarray
+    look: Appearance
+    K: np.ndarray
+    light: np.ndarray
+    image_size: int
+    ss: int
+    seed: int
+
+    def __call__(self, k: int, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame ``k``'s expression seen by camera R, t -> image (H,W,3), alpha (H,W), mouth mask (H,W)."""
+        faces, ss, size = self.faces, self.ss, self.image_size
+        frag = rasterize_mesh(self.posed[k], faces, R, t, self.K, size, size, ss=ss)
+        m = frag.mask
+        region = self.look.face_region[frag.face[m]]
+        p_can = frag.interpolate(self.canonical, faces)[m]
+        albedo = self.look.colour(frag.face[m], p_can)
+        normals_cam = vertex_normals(self.posed[k], faces) @ R.T
+        n = frag.interpolate(normals_cam, faces)[m]
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        view = -frag.interpolate(frag.points, faces)[m]
+        n *= np.sign((n * view).sum(1, keepdims=True) + 1e-12)  # face the camera
+        shade = 0.45 + 0.6 * np.clip(n @ self.light, 0.0, 1.0)
+        shade = np.where(region == 2, 0.6 + 0.4 * shade, shade)
+        rng = np.random.default_rng([self.seed + 3000, k])  # per frame: the same in any process
+        bg = background(size, rng)
+        bg = np.repeat(np.repeat(bg, ss, 0), ss, 1) if ss > 1 else bg
+        full = bg.copy()
+        full[m] = np.clip(albedo * shade[:, None], 0.0, 1.0)
+        mouth = np.zeros(m.shape)
+        mouth[m] = (region == 1) | (region == 2)
+        alpha = box_downsample(m.astype(np.float64), ss)
+        return box_downsample(full, ss), alpha, box_downsample(mouth, ss) >= 0.5
+
+
+_RENDERER: dict[str, _FrameRenderer] = {}
+
+
+def _draw_and_write(job: tuple[int, np.ndarray, np.ndarray, str]) -> None:
+    """Render frame ``k`` with R, t and write its image, alpha, neck-head and mouth masks under ``folder``
+    (runs in a worker process, or inline)."""
+    k, R, t, folder = job
+    img, alpha, mouth_mask = _RENDERER["current"](k, R, t)
+    root, name = Path(folder), f"{k:05d}"
+    write_image(root / "imgs" / f"{name}.png", img)
+    write_image(root / "alpha" / f"{name}.png", alpha)
+    write_image(root / "parsing" / f"{name}_neckhead.png", (alpha > 0).astype(np.float64))
+    write_image(root / "parsing" / f"{name}_mouth.png", mouth_mask.astype(np.float64))
+
+
+def _run_jobs(renderer: _FrameRenderer, jobs: list, workers: int, verbose: bool) -> None:
+    """Draw ``jobs`` inline or on ``workers`` forked processes (frames are independent)."""
+    _RENDERER["current"] = renderer
+    try:
+        if workers <= 1 or len(jobs) < 2:
+            for k, job in enumerate(jobs):
+                _draw_and_write(job)
+                if verbose and (k + 1) % max(1, len(jobs) // 10) == 0:
+                    print(f"  frame {k + 1}/{len(jobs)}", file=sys.stderr)
+            return
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            chunk = max(1, len(jobs) // (8 * workers))
+            for k, _ in enumerate(pool.map(_draw_and_write, jobs, chunksize=chunk)):
+                if verbose and (k + 1) % max(1, len(jobs) // 10) == 0:
+                    print(f"  frame {k + 1}/{len(jobs)}", file=sys.stderr)
+    finally:
+        _RENDERER.clear()
+
+
+def _auto_workers(n_jobs: int, image_size: int, ss: int) -> int:
+    """One process for small jobs (a fork costs more than it saves), else one per core (at most 16)."""
+    work = n_jobs * (image_size * ss) ** 2
+    return 1 if work < 2e7 or sys.platform == "win32" else min(16, os.cpu_count() or 1)
 
 
 def make_synthetic_subject(data_root: str | Path, tracking_root: str | Path, idname: str = "demo",
                            n_frames: int = DEFAULT_FRAMES, image_size: int = DEFAULT_SIZE, seed: int = 0,
                            resolution: int = DEFAULT_RESOLUTION, supersample: int = 3,
-                           verbose: bool = False) -> Path:
+                           verbose: bool = False, novel_views: int = 0, workers: int = 0) -> Path:
     """Generate the synthetic subject (see module docstring); returns ``<data_root>/<idname>``.
-    Existing generated files of this subject are replaced."""
+    Existing generated files of this subject are replaced. ``novel_views`` > 0 also draws, for each of
+    the last ``novel_views`` frames, the views of :data:`NOVEL_VIEWS` (same expression, head turned)
+    into ``<id>/novel_views/<view>/`` with ``novel_views.json``; ``workers`` processes draw (0: auto)."""
     if n_frames < 1 or image_size < 8 or resolution < 8:
         raise ValueError(f"make_synthetic_subject: need n_frames >= 1, image_size >= 8, resolution >= 8 "
                          f"(got {n_frames}, {image_size}, {resolution})")
+    if not 0 <= novel_views <= n_frames:
+        raise ValueError(f"make_synthetic_subject: novel_views must be in 0..n_frames, got {novel_views}")
     start = time.perf_counter()
     paths = _subject_paths(Path(data_root), Path(tracking_root), idname)
     params = {"n_frames": int(n_frames), "image_size": int(image_size), "seed": int(seed),
-              "resolution": int(resolution), "supersample": int(supersample)}
+              "resolution": int(resolution), "supersample": int(supersample), "novel_views": int(novel_views)}
     paths["subject"].mkdir(parents=True, exist_ok=True)
     _write_marker(paths["subject"], params, complete=False)
-    for key in ("imgs", "alpha", "parsing", "checkpoint"):
+    for key in ("imgs", "alpha", "parsing", "checkpoint", "novel"):
         if paths[key].exists():
             shutil.rmtree(paths[key])
-        paths[key].mkdir(parents=True)
+        if key != "novel":
+            paths[key].mkdir(parents=True)
 
     flame_dir = write_synthetic_flame(paths["flame"], resolution=resolution, seed=seed)
     assets = load_flame_assets(flame_dir)
@@ -280,50 +386,37 @@ def make_synthetic_subject(data_root: str | Path, tracking_root: str | Path, idn
     look = Appearance(canonical, faces, n_model, assets.masks, seed)
     K, R0, c, d = camera_for(canonical, image_size)
     t0 = np.array([0.0, 0.0, d]) - R0 @ c
-    rng = np.random.default_rng(seed + 3000)
     light = np.array([-0.4, -0.5, -1.0])  # towards the light, camera frame (up-left, in front)
     light /= np.linalg.norm(light)
-    ss = max(1, int(supersample))
+    renderer = _FrameRenderer(posed, faces, canonical, look, K, light, image_size, max(1, int(supersample)),
+                              seed)
 
+    cams = []
     for k in range(n_frames):
         Rh, Th = motion.head_R[k], motion.head_T[k]
         R = R0 @ Rh
         t = R0 @ (c - Rh @ c + Th) + t0
-        frag = rasterize_mesh(posed[k], faces, R, t, K, image_size, image_size, ss=ss)
-        m = frag.mask
-        region = look.face_region[frag.face[m]]
-        p_can = frag.interpolate(canonical, faces)[m]
-        albedo = look.colour(frag.face[m], p_can)
-        normals_cam = vertex_normals(posed[k], faces) @ R.T
-        n = frag.interpolate(normals_cam, faces)[m]
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-        view = -frag.interpolate(frag.points, faces)[m]
-        n *= np.sign((n * view).sum(1, keepdims=True) + 1e-12)  # face the camera
-        shade = 0.45 + 0.6 * np.clip(n @ light, 0.0, 1.0)
-        shade = np.where(region == 2, 0.6 + 0.4 * shade, shade)
-        bg = background(image_size * ss, rng) if ss == 1 else np.repeat(np.repeat(
-            background(image_size, rng), ss, 0), ss, 1)
-        full = bg.copy()
-        full[m] = np.clip(albedo * shade[:, None], 0.0, 1.0)
-        mouth = np.zeros(m.shape)
-        mouth[m] = (region == 1) | (region == 2)
-        img = box_downsample(full, ss)
-        alpha = box_downsample(m.astype(np.float64), ss)
-        mouth_mask = box_downsample(mouth, ss) >= 0.5
-        name = f"{k:05d}"
-        write_image(paths["imgs"] / f"{name}.png", img)
-        write_image(paths["alpha"] / f"{name}.png", alpha)
-        write_image(paths["parsing"] / f"{name}_neckhead.png", (alpha > 0).astype(np.float64))
-        write_image(paths["parsing"] / f"{name}_mouth.png", mouth_mask.astype(np.float64))
-        save_tracked_frame(paths["checkpoint"] / f"{name}.frame", shape=motion.shape,
+        cams.append((R, t))
+        save_tracked_frame(paths["checkpoint"] / f"{k:05d}.frame", shape=motion.shape,
                            expression=motion.expression[k], jaw=motion.jaw[k], eyes=motion.eyes[k],
                            eyelids=motion.eyelids[k], R=R, t=t, K=K, img_size=(image_size, image_size),
                            frame_id=k, global_step=k)
-        if verbose and (k + 1) % max(1, n_frames // 10) == 0:
-            print(f"  frame {k + 1}/{n_frames}", file=sys.stderr)
+    jobs = [(k, R, t, str(paths["subject"])) for k, (R, t) in enumerate(cams)]
+    novel = range(n_frames - novel_views, n_frames)
+    for view, (yaw, pitch) in NOVEL_VIEWS.items() if novel_views else ():
+        folder = str(paths["novel"] / view)
+        jobs += [(k, turned_pose(cams[k][0], yaw, pitch), cams[k][1], folder) for k in novel]
+    _run_jobs(renderer, jobs, workers or _auto_workers(len(jobs), image_size, renderer.ss), verbose)
+    if novel_views:
+        views = {v: {"yaw_deg": y, "pitch_deg": p} for v, (y, p) in NOVEL_VIEWS.items()}
+        write_json(paths["novel"] / NOVEL_INDEX, {
+            "frames": list(novel), "views": views,
+            "note": "each view: the frame's expression and camera with the head turned (R (R_x(pitch) "
+                    "R_y(yaw))^T, t unchanged), lit as the frame (the light stays with the camera)"})
     _write_marker(paths["subject"], params, complete=True)
     if verbose:
-        print(f"synthetic subject '{idname}': {n_frames} frames at {image_size}x{image_size} in "
+        print(f"synthetic subject '{idname}': {n_frames} frames at {image_size}x{image_size}"
+              f"{f' + {len(jobs) - n_frames} novel views' if novel_views else ''} in "
               f"{time.perf_counter() - start:.1f}s -> {paths['subject']}", file=sys.stderr)
     return paths["subject"]
 
@@ -379,11 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, help="synthetic mesh resolution")
     ap.add_argument("--supersample", type=int, default=3, help="samples per pixel side (anti-aliasing)")
     ap.add_argument("--force", action="store_true", help="regenerate even when an identical subject exists")
+    ap.add_argument("--novel_views", type=int, default=0, metavar="N",
+                    help="also draw the last N frames from turned views (yaw +-15/30/45, pitch +-15 degrees) "
+                         "into <id>/novel_views/ (render.py --novel_views, metrics.py score them)")
+    ap.add_argument("--workers", type=int, default=0, help="drawing processes (0: one per core for big jobs)")
     args = ap.parse_args(argv)
     kw = dict(n_frames=args.frames, image_size=args.size, seed=args.seed, resolution=args.resolution,
               supersample=args.supersample)
-    if args.force:
-        out = make_synthetic_subject(args.data_root, args.tracking_root, args.idname, verbose=True, **kw)
+    if args.force or args.novel_views:
+        out = make_synthetic_subject(args.data_root, args.tracking_root, args.idname, verbose=True,
+                                     novel_views=args.novel_views, workers=args.workers, **kw)
     else:
         out = ensure_demo_subject(args.data_root, args.tracking_root, args.idname, **kw)
     print(out)

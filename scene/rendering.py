@@ -17,6 +17,7 @@ from tqdm import tqdm
 from flame.condition import canonical_condition, neutral_index, relative_condition
 from gaussian_renderer import render
 from scene.assemble import build_avatar, open_subject
+from scene.data.novel_views import load_novel_views
 from scene.data.subject import SubjectDataError
 from scene.model.checkpoint import load_checkpoint
 from scene.model.cuda_graphs import inference_deformer
@@ -115,7 +116,21 @@ class Renderer:
         else:
             self.source = self.target
             self.indices = list(self.source.test_indices)
-        self.plan = render_plan(self.indices, r) if r.renders_frames else []
+        self.plan = render_plan(self.indices, r) if r.renders_frames and not r.novel_views else []
+        self.novel = None
+        if r.novel_views:
+            self.novel = load_novel_views(self.target.subject_dir)
+            if self.novel is None:
+                raise RenderSetupError(
+                    f"--novel_views: subject '{self.target.idname}' has no novel-view split "
+                    f"({self.target.subject_dir / 'novel_views'}); synthetic subjects get one with "
+                    "python -m preprocessing.synthetic_subject --novel_views N")
+            index_of = {int(f): i for i, f in enumerate(self.target.frame_ids)}
+            unknown = [f for f in self.novel.frames if f not in index_of]
+            if unknown:
+                raise RenderSetupError(f"--novel_views: frames {unknown[:5]} of the split are not tracked "
+                                       f"frames of '{self.target.idname}'")
+            self.novel_indices = [index_of[f] for f in self.novel.frames]
         if r.error and not all(self.source.has_image(i) for i, _ in self.plan):
             raise RenderSetupError(f"--error needs ground truth images, but subject '{self.source.idname}' "
                                    "has frames without images (cross-reenactment source?)")
@@ -177,11 +192,50 @@ class Renderer:
             info["target_neutral_frame"] = int(self.relative[3])
         return info
 
+    def _render_novel_views(self, out: Path, deform, writer: ImageWriter) -> dict:
+        """Every view of the novel-view split into ``out/<view>/{renders,gt,mask}``, each with its
+        frame_map.json; returns the split's summary."""
+        views = {}
+        for view in self.novel.views:
+            records = []
+            for k, (i, fid) in enumerate(zip(self.novel_indices, self.novel.frames)):
+                cam = self.target.camera(i).turned(view.yaw_deg, view.pitch_deg)
+                gaussians, _ = deform(self.target.condition(i), cam)
+                img = render(cam, gaussians, self.background, backend=self.cfg.run.backend).image
+                raw, alpha, head = self.novel.ground_truth(view, fid)
+                alpha, head = (x.to(img.device).float() / 255.0 for x in (alpha, head))
+                if raw.shape[-2:] != img.shape[-2:]:
+                    raise RenderSetupError(f"novel view '{view.name}' of frame {fid}: its image, "
+                                           f"{tuple(raw.shape)}, does not match the camera's "
+                                           f"{tuple(img.shape)}")
+                gt = self.target.composite(raw.to(img.device).float() / 255.0, alpha, head)
+                name = f"{k:05d}.png"
+                writer.submit(out / view.name / "renders" / name, img)
+                writer.submit(out / view.name / "gt" / name, gt)
+                writer.submit(out / view.name / "mask" / name, head)
+                records.append({"index": k, "file": name, "source_subject": self.target.idname,
+                                "source_frame": int(fid), "yaw_deg": view.yaw_deg,
+                                "pitch_deg": view.pitch_deg})
+            info = self.frame_map(records) | {"mode": f"novel view {view.name}", "yaw_deg": view.yaw_deg,
+                                              "pitch_deg": view.pitch_deg, "has_ground_truth": True}
+            write_json(out / view.name / "frame_map.json", info)
+            views[view.name] = {"yaw_deg": view.yaw_deg, "pitch_deg": view.pitch_deg, "frames": len(records)}
+        return views
+
     @torch.no_grad()
     def run(self) -> list[Path]:
         """Render and export what the options ask for; returns the paths written (also printed)."""
         r = self.cfg.render
         written: list[Path] = []
+        if self.novel is not None:
+            deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)
+            with staged_dir(self.frames_dir) as out:
+                with ImageWriter() as writer:
+                    views = self._render_novel_views(out, deform, writer)
+                write_json(out / "frame_map.json", self.frame_map([]) | {"views": views})
+            print(f"[render] novel views {', '.join(views)} ({len(self.novel.frames)} frames each) -> "
+                  f"{self.frames_dir}/<view>/{{renders,gt,mask}}/NNNNN.png")
+            written.append(self.frames_dir)
         if self.plan:
             deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
             with staged_dir(self.frames_dir) as out:
@@ -193,8 +247,8 @@ class Renderer:
                     write_video_from_pngs(out / "renders.mp4", pngs, fps=r.fps)
             subs = ["renders"] + (["gt", "mask"] if r.has_ground_truth else []) + \
                 (["ply"] if r.export_ply_frames else [])
-            print(f"[render] {len(records)} frames ({r.frames_dirname}) -> {self.frames_dir}/"
-                  f"{{{','.join(subs)}}}/NNNNN.{{png|ply}}")
+            listing = ", ".join(f"{sub}/NNNNN.{'ply' if sub == 'ply' else 'png'}" for sub in subs)
+            print(f"[render] {len(records)} frames ({r.frames_dirname}) -> {self.frames_dir}: {listing}")
             written += [self.frames_dir / s for s in subs] + [self.frames_dir / "frame_map.json"]
             if not r.no_video:
                 written.append(self.frames_dir / "renders.mp4")

@@ -59,6 +59,8 @@ class Trainer:
         p = cfg.paths
         self.subject = open_subject(p.data_root, p.tracking_root, p.idname, cfg.data, self.device)
         self.avatar = build_avatar(p, cfg.model, self.subject, self.device, cfg.train.seed)
+        if not cfg.train.original_init:
+            self.avatar.deformation.start_at_rest()  # a resumed run's state replaces it below
         self.optimizers = self.avatar.make_optimizers()
         self.background = self.subject.background.to(self.device)
         self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)

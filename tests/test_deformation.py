@@ -127,3 +127,25 @@ def test_deformation_optimizer_settings():
     assert group["lr"] == 1e-4 and group["eps"] == 1e-8 and group["betas"] == (0.9, 0.999)
     assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
     assert any(p is model.head.geometry.l21 for p in group["params"])
+
+
+def test_baseline_start_at_rest_zeroes_offsets_only():
+    """Issue 11: the baseline starts at zero offset, identity rotation, unit scale; appearance rows and
+    the hidden layers keep their init, and the zeroed rows still learn (non-zero gradient)."""
+    torch.manual_seed(0)
+    model = DeformationModel(50, hidden_dim=32, hidden_layers=2, conditional_appearance=True)
+    enc, cond = torch.randn(50, 51), torch.randn(120)
+    before = model(enc, cond)
+    assert before.d_xyz.abs().max() > 1e-3  # PyTorch's default init: a random shift
+    colours_before = before.colors.clone()
+    model.start_at_rest()
+    out = model(enc, cond)
+    for part in (out.d_xyz, out.d_rot, out.d_scale):
+        assert torch.equal(part, torch.zeros_like(part))
+    assert torch.equal(out.colors, colours_before)  # appearance rows untouched
+    out.d_xyz.sum().backward()
+    assert model.trunk.out.weight.grad[:3].abs().sum() > 0
+    hyper = DeformationModel(50, ours=True, hidden_dim=32, hidden_layers=2)
+    state = {k: v.clone() for k, v in hyper.state_dict().items()}
+    hyper.start_at_rest()  # HyperGaussians start at rest by construction: nothing to change
+    assert all(torch.equal(state[k], v) for k, v in hyper.state_dict().items())

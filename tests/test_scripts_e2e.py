@@ -73,7 +73,10 @@ def test_both_methods_learn(trained, synthetic_subject, method):
     evals = _log(run)["evaluations"]
     assert [e["iteration"] for e in evals] == [0, TRAIN_ITERS // 2, TRAIN_ITERS]
     first, last = evals[0], evals[-1]
-    assert last["PSNR"] >= first["PSNR"] + 6.0, (first, last)
+    # both start on the mesh (the baseline's offsets start at zero, issue 11: 20.9 dB at iteration 0 here,
+    # 17.6 dB with --original_init), learn at least 5 dB, and end above what the random start reached
+    # (25.0 dB after these 300 iterations)
+    assert last["PSNR"] >= first["PSNR"] + 5.0 and last["PSNR"] >= 26.0, (first, last)
     assert last["SSIM"] > first["SSIM"]
     assert last["LPIPS"] is None and "vgg16-397923af.pth" in last["LPIPS_unavailable_reason"]
     assert np.isfinite(last["FPS"]) and last["FPS"] > 0
@@ -90,6 +93,26 @@ def test_both_methods_learn(trained, synthetic_subject, method):
     counts = _log(run)["config"]["embedding"]  # issue 16.4: the texel counts are logged
     assert counts["gaussians_after_neck_cut"] == ckpt["n_gaussians"] < counts["texels_covered"]
     assert counts["uv_size"] == 32 and 0 < counts["mouth_gaussians"] < ckpt["n_gaussians"]
+
+
+def test_baseline_starts_on_the_mesh(synthetic_subject, tmp_path):
+    """Issue 11: train.py's baseline starts with zero offsets (Gaussians on the mesh); --original_init keeps
+    PyTorch's random start of the output layer (a shift of the whole head)."""
+    from scene.trainer import Trainer
+    from utils.options import parse_train_args
+
+    for extra, at_rest in (([], True), (["--original_init"], False)):
+        argv = [*_roots(synthetic_subject), "--log_root", str(tmp_path), *SMALL, "--lambda_lpips", "0",
+                *extra]
+        trainer = Trainer(parse_train_args(argv))
+        with torch.no_grad():
+            gaussians, extras = trainer.avatar.deform(trainer.subject.condition(0))
+        offset = extras.deformation.d_xyz.norm(dim=-1)
+        if at_rest:
+            assert offset.max() == 0 and torch.equal(gaussians.means, extras.base_positions)
+        else:
+            assert offset.min() > 1e-3  # every Gaussian shifted
+        trainer.logger.close()
 
 
 @pytest.mark.slow
@@ -406,6 +429,63 @@ def test_help_does_not_import_torch():
         res = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
                              timeout=60)
         assert "usage:" in res.stdout and "TORCH False" in res.stdout, (script, res.stdout[-300:], res.stderr)
+
+
+@pytest.mark.slow
+def test_novel_view_split_render_and_metrics(trained, synthetic_subject, tmp_path, monkeypatch, capsys):
+    """Issue 11: the synthetic subject's novel-view split (turned views of the last frames, with ground
+    truth), render.py --novel_views and metrics.py's per-view block. A view at yaw 0 is added to the split
+    for the test: its images equal the test frames' and its renders equal the test renders."""
+    from conftest import SYNTHETIC_FRAMES, SYNTHETIC_RESOLUTION, SYNTHETIC_SEED, SYNTHETIC_SIZE
+
+    from preprocessing import synthetic_subject as gen
+    from scene.data.cameras import Camera
+
+    views = {"yaw+0": (0.0, 0.0), "yaw+30": (30.0, 0.0), "pitch-15": (0.0, -15.0)}
+    monkeypatch.setattr(gen, "NOVEL_VIEWS", views)
+    data, track = tmp_path / "data", tmp_path / "track"
+    gen.make_synthetic_subject(data, track, "synth", n_frames=SYNTHETIC_FRAMES, image_size=SYNTHETIC_SIZE,
+                               seed=SYNTHETIC_SEED, resolution=SYNTHETIC_RESOLUTION, novel_views=4, workers=2)
+    src = synthetic_subject.data_root / "synth"
+    novel = data / "synth" / "novel_views"
+    spec = json.loads((novel / "novel_views.json").read_text())
+    assert spec["frames"] == [28, 29, 30, 31] and set(spec["views"]) == set(views)
+    for n in spec["frames"]:  # the same subject as the fixture's (per-frame random streams), and yaw 0 = it
+        same = read_image(src / "imgs" / f"{n:05d}.png")
+        assert np.array_equal(same, read_image(data / "synth" / "imgs" / f"{n:05d}.png"))
+        assert np.array_equal(same, read_image(novel / "yaw+0" / "imgs" / f"{n:05d}.png"))
+        assert not np.array_equal(same, read_image(novel / "yaw+30" / "imgs" / f"{n:05d}.png"))
+    # the views' cameras: R (Rx(pitch) Ry(yaw))^T, t unchanged, in the generator and in Camera.turned
+    K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
+    R = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
+    cam = Camera(R, torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64), K.double(), 64, 64)
+    for yaw, pitch in ((30.0, 0.0), (0.0, -15.0), (45.0, 15.0)):
+        a, b = np.deg2rad(yaw), np.deg2rad(pitch)
+        ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+        expect = R.numpy() @ (rx @ ry).T
+        assert np.allclose(gen.turned_pose(R.numpy(), yaw, pitch), expect, atol=1e-12)
+        assert np.allclose(cam.turned(yaw, pitch).R.numpy(), expect, atol=1e-6)
+        assert torch.equal(cam.turned(yaw, pitch).t, cam.t)
+    # render.py --novel_views with the trained avatar; metrics.py reports every view
+    run = trained / "synth_baseline"
+    common = ["--data_root", str(data), "--tracking_root", str(track), "--device", "cpu", "--backend",
+              "torch"]
+    assert render.main(["-m", str(run), *common, "--novel_views"]) == 0
+    assert render.main(["-m", str(run), *common, "--no_video"]) == 0
+    out = run / "frames_novel_views"
+    for k in range(4):
+        assert np.array_equal(read_image(out / "yaw+0" / "renders" / f"{k:05d}.png"),
+                              read_image(run / "frames" / "renders" / f"{k:05d}.png"))
+        assert np.array_equal(read_image(out / "yaw+0" / "gt" / f"{k:05d}.png"),
+                              read_image(run / "frames" / "gt" / f"{k:05d}.png"))
+    assert metrics.main(["-m", str(run), "--device", "cpu", "--no_lpips"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert list(res["novel_views"]) == ["pitch-15", "yaw+0", "yaw+30"]  # by yaw, then pitch
+    assert res["novel_views"]["yaw+0"]["PSNR"] == pytest.approx(res["PSNR"], abs=1e-9)
+    assert res["novel_views"]["yaw+30"]["yaw_deg"] == 30.0 and res["novel_views"]["yaw+30"]["num_views"] == 4
+    assert "novel view    yaw+30" in capsys.readouterr().out
+    shutil.rmtree(out)  # leave the shared run as the other tests expect it
 
 
 # ----------------------------------------------------------------------------- fast helpers

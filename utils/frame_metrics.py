@@ -118,14 +118,40 @@ def evaluate_model_dir(model_dir: Path, lpips_model: LPIPSVGG | None, lpips_reas
     results = summarise(per_view, lpips_reason)
     results["frames_dir"] = str(frames_dir)
     results["checkpoint"], results["iteration"] = info.get("checkpoint"), info.get("iteration")
+    novel = evaluate_novel_views(model_dir / NOVEL_FRAMES_DIR, lpips_model, lpips_reason, device, progress)
+    if novel:
+        results["novel_views"] = novel
     write_json(model_dir / "per_view.json", per_view)
     write_json(model_dir / "results.json", results)
     return results
+
+
+NOVEL_FRAMES_DIR = "frames_novel_views"  # render.py --novel_views: one sub-folder per view
+
+
+def evaluate_novel_views(folder: Path, lpips_model: LPIPSVGG | None, lpips_reason: str | None,
+                         device: torch.device, progress: bool = True) -> dict:
+    """{view: PSNR / SSIM / LPIPS means, its yaw and pitch, frame count} of render.py --novel_views'
+    output, ordered by yaw then pitch; {} when there is none."""
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for view_dir in sorted(p for p in folder.iterdir() if (p / "renders").is_dir()):
+        info = read_frame_map(view_dir)
+        res = summarise(evaluate_views(view_dir, list_views(view_dir), lpips_model, device, progress),
+                        lpips_reason)
+        res.pop("notes", None)
+        out[view_dir.name] = {"yaw_deg": info.get("yaw_deg"), "pitch_deg": info.get("pitch_deg"), **res}
+    return dict(sorted(out.items(), key=lambda kv: (kv[1]["yaw_deg"] or 0.0, kv[1]["pitch_deg"] or 0.0)))
 
 
 def summary_line(model_dir: Path, res: dict) -> str:
     """The console line of one folder's results (LPIPS null when it was not computed)."""
     lp = "null" if res["LPIPS"] is None else f"{res['LPIPS']:.4f}"
     ckpt = f", checkpoint {res['checkpoint']}" if res.get("checkpoint") else ""
-    return (f"{model_dir}: PSNR {res['PSNR']:.3f}  SSIM {res['SSIM']:.4f}  LPIPS {lp}  "
+    line = (f"{model_dir}: PSNR {res['PSNR']:.3f}  SSIM {res['SSIM']:.4f}  LPIPS {lp}  "
             f"({res['num_views']} views{ckpt}) -> {model_dir / 'results.json'}")
+    for name, v in res.get("novel_views", {}).items():
+        line += (f"\n  novel view {name:>9}: PSNR {v['PSNR']:.3f}  SSIM {v['SSIM']:.4f}  "
+                 f"({v['num_views']} frames)")
+    return line

@@ -192,7 +192,11 @@ class TrainOptions:
     """The training schedule and loss weights (docs/maths.md section 9)."""
 
     iterations: int = option(30000, type=_positive_int, help="training iterations")
-    seed: int = option(0, type=int, help="seeds torch (model init) and the frame order")
+    seed: int = option(0, type=int, help="seeds torch (model init) and the frame order; our random stream "
+                       "differs from the original's, so seed N here is not the original's seed N")
+    original_init: bool = option(False, help="baseline: keep the original's random start of the offset "
+                                 "head (PyTorch's default init shifts the whole head by several cm, and "
+                                 "results vary by seed) instead of starting at zero offset (the default)")
     start_checkpoint: Path | None = option(None, type=Path, help="resume exactly from ckpt/ckpt<iter>.pth "
                                            "(model, Gaussians, optimisers, RNG)")
     lambda_lpips: float = option(0.05, type=_non_negative_float,
@@ -240,6 +244,9 @@ class RenderOptions:
     cross_data_root: Path | None = option(None, type=Path, help="SRC's data root (default --data_root)")
     cross_tracking_root: Path | None = option(None, type=Path,
                                               help="SRC's tracking root (default --tracking_root)")
+    novel_views: bool = option(False, help="render the subject's novel-view split (synthetic subjects made "
+                                           "with --novel_views) into frames_novel_views/<view>/ with ground "
+                                           "truth; metrics.py scores each view")
     uncertainty: bool = option(False, help="colour Gaussians by viridis(sigmoid(2.5 * uncertainty)) "
                                            "(HyperGaussians only)")
     error: bool = option(False, help="write error maps instead of renders")
@@ -255,15 +262,18 @@ class RenderOptions:
     @property
     def renders_frames(self) -> bool:
         """Whether anything is rendered: always, except for --export_ply on its own."""
-        visual = (self.rotate, self.uncertainty, self.error, self.cross is not None, self.export_ply_frames)
+        visual = (self.rotate, self.uncertainty, self.error, self.cross is not None, self.export_ply_frames,
+                  self.novel_views)
         return not self.export_ply or self.render or any(visual)
 
     @property
     def frames_dirname(self) -> str:
         """The output folder of this mode and its options, never shared by two modes (docs/maths.md
-        section 10): frames[_rotate[_hold]][_uncertainty][_error][_cross_<SRC>[_relative][_all]]."""
+        section 10): frames[_novel_views][_rotate[_hold]][_uncertainty][_error][_cross_<SRC>[_relative]
+        [_all]]."""
         name = "frames"
-        for flag, suffix in ((self.rotate, "_rotate"), (self.rotate and self.rotate_hold, "_hold"),
+        for flag, suffix in ((self.novel_views, "_novel_views"), (self.rotate, "_rotate"),
+                             (self.rotate and self.rotate_hold, "_hold"),
                              (self.uncertainty, "_uncertainty"), (self.error, "_error"),
                              (self.cross is not None, f"_cross_{self.cross}"),
                              (self.cross is not None and self.cross_mode == "relative", "_relative"),
@@ -357,6 +367,10 @@ def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig) 
                          "uncertainty")
         if cfg.render.uncertainty and cfg.render.error:
             parser.error("--uncertainty and --error are exclusive: choose one visualisation")
+        r = cfg.render
+        if r.novel_views and (r.rotate or r.cross or r.uncertainty or r.error or r.export_ply_frames):
+            parser.error("--novel_views renders the subject's novel-view split with ground truth: use it "
+                         "without --rotate/--cross/--uncertainty/--error/--export_ply_frames")
 
 
 def _given_flags(script: str, argv: list[str] | None) -> set[str]:

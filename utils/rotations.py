@@ -59,3 +59,9 @@ def rotation_about_y(angle_rad: float, dtype: torch.dtype = torch.float32, devic
     """3x3 rotation by ``angle_rad`` about the y axis (right-handed)."""
     c, s = math.cos(angle_rad), math.sin(angle_rad)
     return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=dtype, device=device)
+
+
+def rotation_about_x(angle_rad: float, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """3x3 rotation by ``angle_rad`` about the x axis (right-handed)."""
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=dtype, device=device)

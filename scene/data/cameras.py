@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from utils.rotations import rotation_about_y
+from utils.rotations import rotation_about_x, rotation_about_y
 
 ZNEAR = 0.01
 ZFAR = 100.0
@@ -100,8 +100,15 @@ class Camera:
     def turned_about_y(self, angle_deg: float) -> Camera:
         """The camera looking at the head turned by ``angle_deg`` about FLAME's vertical (y) axis through
         its origin: R -> R Ry(angle)^T, t unchanged (render.py's turntable, docs/maths.md section 10)."""
-        ry = rotation_about_y(math.radians(angle_deg), dtype=self.R.dtype, device=self.R.device)
-        return self.with_pose(self.R @ ry.T, self.t)
+        return self.turned(angle_deg)
+
+    def turned(self, yaw_deg: float, pitch_deg: float = 0.0) -> Camera:
+        """The camera looking at the head turned by ``yaw_deg`` about FLAME's y axis, then ``pitch_deg``
+        about its x axis, through its origin: R -> R (Rx(pitch) Ry(yaw))^T, t unchanged (the novel views
+        of the synthetic subject, docs/maths.md section 10)."""
+        ry = rotation_about_y(math.radians(yaw_deg), dtype=self.R.dtype, device=self.R.device)
+        rx = rotation_about_x(math.radians(pitch_deg), dtype=self.R.dtype, device=self.R.device)
+        return self.with_pose(self.R @ (rx @ ry).T, self.t)
 
     def project(self, points: Tensor) -> Tensor:
         """World points (..., 3) to continuous pixel coordinates (..., 2) (u = fx x/z + cx) and depth."""

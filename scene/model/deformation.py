@@ -197,6 +197,15 @@ class DeformationModel(nn.Module):
             view_dirs = None
         return self.head(self.trunk(encoding, condition, view_dirs), view_dirs)
 
+    @torch.no_grad()
+    def start_at_rest(self) -> None:
+        """Baseline: zero the output rows of the offsets, so every Gaussian starts on the mesh with its base
+        rotation and scale (tanh(0) = 0) instead of PyTorch's random shift of the whole head (the
+        original's start; docs/maths.md section 5). HyperGaussians start there by construction."""
+        if not self.ours:
+            self.trunk.out.weight[:N_GEOMETRY].zero_()
+            self.trunk.out.bias[:N_GEOMETRY].zero_()
+
     def make_optimizer(self, lr: float = DEFORMATION_LR) -> torch.optim.Adam:
         """Adam over the trunk and the HyperGaussian modules: lr 1e-4, betas (0.9, 0.999), eps 1e-8;
         fused on CUDA (one launch per step instead of several per tensor)."""
