@@ -6,7 +6,8 @@ then trains the same avatar on both trackings for each seed and reports the held
 SSIM (the subject's test split: the same images, each tracking's own cameras), mean and spread.
 
     python bench/bench_tracked_training.py --seeds 0 1 --device cpu            # demo size, ~15 min on 2 cores
-    python bench/bench_tracked_training.py --size 512 --frames 200 --iterations 7000 --device cuda
+    python bench/bench_tracked_training.py --size 512 --frames 200 --test_num 50 --iterations 7000 \
+        --model_size full --device cuda
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--photometric", action="store_true", help="also run the tracker's photometric stage")
-    ap.add_argument("--model", nargs="*", help="model flags for train.py (default: the demo's)",
-                    default=["--uv_size", "64", "--hidden_dim", "128", "--hidden_layers", "4"])
+    ap.add_argument("--model_size", choices=["demo", "full"], default="demo",
+                    help="demo: the README demo's model (uv 64, 128 x 4); full: train.py's defaults")
     ap.add_argument("--work", type=Path, default=REPO / ".devbuild" / "tracked_training")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -58,6 +59,8 @@ def main() -> None:
     summary = track_subject(root / "d", root / "tracked", "s", cfg, observations=obs, device=args.device)
     errors = compare_tracking(truth, load_sequence(root / "tracked" / "s" / "checkpoint"), assets, emb)
     print("tracking vs truth:", json.dumps(errors))
+    demo_model = ["--uv_size", "64", "--hidden_dim", "128", "--hidden_layers", "4"]
+    model = demo_model if args.model_size == "demo" else []
     result: dict = {"tracking_errors": errors, "tracking_timings": summary["timings"], "runs": {}}
     for tracking in ("truth", "tracked"):
         for seed in args.seeds:
@@ -65,10 +68,12 @@ def main() -> None:
                     "--log_root", str(root / "logs"), "--logname", f"{tracking}_seed{seed}",
                     "--test_num", str(args.test_num), "--eval_num", str(args.test_num), "--iterations",
                     str(args.iterations), "--eval_every", "0", "--lambda_lpips", "0", "--grid_every", "0",
-                    "--seed", str(seed), "--device", args.device, *args.model]
+                    "--seed", str(seed), "--device", args.device, *model]
             res = Trainer(parse_train_args(argv)).run()
             result["runs"][f"{tracking}_seed{seed}"] = {k: res[k] for k in ("PSNR", "SSIM")}
             print(tracking, seed, result["runs"][f"{tracking}_seed{seed}"], flush=True)
+            if args.out:
+                write_json(args.out, result)
     for tracking in ("truth", "tracked"):
         psnr = [result["runs"][f"{tracking}_seed{s}"]["PSNR"] for s in args.seeds]
         result[tracking] = {"PSNR_mean": statistics.mean(psnr),

@@ -1,0 +1,122 @@
+"""Held-out quality over seeds: how much a method's result depends on its random start (issue 11).
+
+Makes (once) a synthetic subject with a novel-view split, trains every requested run kind for every seed
+with the same schedule, and reports the held-out masked PSNR / SSIM on the whole test split per seed with
+mean and standard deviation, and the PSNR of every novel view (the test frames' expressions seen with the
+head turned by yaw +-15/30/45 and pitch +-15 degrees). Kinds: ``baseline`` (zero-offset start, the
+default), ``baseline_original`` (``--original_init``, PyTorch's random start as in the original code),
+``ours`` (HyperGaussians); ``<kind>+<flag>`` adds a train.py flag (``baseline+--lambda_opacity_reg=0.1``).
+Results go to ``--out`` after every run, so a run cut short keeps what it finished.
+
+    python bench/bench_seeds.py --device cuda --frames 300 --size 512 --test_num 100 --novel_views 30 \\
+        --iterations 10000 --seeds 0 1 2 3 --kinds baseline baseline_original ours --out seeds.json
+    python bench/bench_seeds.py --device cpu --frames 40 --size 64 --test_num 8 --novel_views 4 \\
+        --iterations 300 --seeds 0 1 --model_size demo               # a smoke run on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from preprocessing.synthetic_subject import make_synthetic_subject, read_marker  # noqa: E402
+from scene.rendering import Renderer  # noqa: E402
+from scene.trainer import Trainer  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
+from utils.frame_metrics import evaluate_novel_views  # noqa: E402
+from utils.options import parse_render_args, parse_train_args  # noqa: E402
+
+KIND_FLAGS = {"baseline": [], "baseline_original": ["--original_init"], "ours": ["--ours"]}
+
+
+def kind_flags(kind: str) -> list[str]:
+    base, *extra = kind.split("+")
+    if base not in KIND_FLAGS:
+        raise SystemExit(f"unknown kind {kind!r}: use {sorted(KIND_FLAGS)} with optional +--flag=value")
+    return KIND_FLAGS[base] + [x for e in extra for x in e.split("=", 1)]
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--test_num", type=int, default=100)
+    ap.add_argument("--novel_views", type=int, default=30, help="test frames with novel views (the last N)")
+    ap.add_argument("--iterations", type=int, default=10000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--kinds", nargs="+", default=["baseline", "baseline_original", "ours"])
+    ap.add_argument("--model_size", choices=["demo", "full"], default="full")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--work", type=Path, default=REPO / ".devbuild" / "seeds")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    data, track = args.work / "data", args.work / "track"
+    want = {"n_frames": args.frames, "image_size": args.size, "novel_views": args.novel_views}
+    marker = read_marker(data / "s") or {}
+    if not marker.get("complete") or any(marker.get(k) != v for k, v in want.items()):
+        t0 = time.perf_counter()
+        make_synthetic_subject(data, track, "s", n_frames=args.frames, image_size=args.size, seed=0,
+                               novel_views=args.novel_views)
+        print(f"subject: {args.frames} frames + novel views at {args.size} px in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    demo_model = ["--uv_size", "64", "--hidden_dim", "128", "--hidden_layers", "4"]
+    model = demo_model if args.model_size == "demo" else []
+    result: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+                    "settings": vars(args) | {"work": str(args.work), "out": str(args.out)}, "runs": {}}
+    for kind in args.kinds:
+        for seed in args.seeds:
+            name = f"{kind}_seed{seed}".replace("+", "_").replace("=", "").replace("--", "")
+            argv = ["--idname", "s", "--data_root", str(data), "--tracking_root", str(track),
+                    "--log_root", str(args.work / "logs"), "--logname", name,
+                    "--test_num", str(args.test_num), "--eval_num", str(args.test_num),
+                    "--iterations", str(args.iterations), "--eval_every", "0", "--lambda_lpips", "0",
+                    "--grid_every", "0", "--ckpt_every", "0", "--seed", str(seed),
+                    "--device", args.device, *model, *kind_flags(kind)]
+            t0 = time.perf_counter()
+            trainer = Trainer(parse_train_args(argv))
+            res = trainer.run()
+            train_s = time.perf_counter() - t0
+            renderer = Renderer(parse_render_args(["-m", str(trainer.run_dir), "--novel_views", "--device",
+                                                   args.device]))
+            renderer.run()
+            novel = evaluate_novel_views(trainer.run_dir / "frames_novel_views", None, "not computed",
+                                         torch.device(args.device), progress=False)
+            run = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"],
+                   "train_s": train_s, "novel_PSNR": {v: r["PSNR"] for v, r in novel.items()}}
+            result["runs"][name] = run
+            print(json.dumps(run), flush=True)
+            if args.out:
+                write_json(args.out, result)
+    summary = {}
+    for kind in args.kinds:
+        runs = [r for r in result["runs"].values() if r["kind"] == kind]
+        views = list(runs[0]["novel_PSNR"])
+        summary[kind] = {"PSNR": mean_sd([r["PSNR"] for r in runs]),
+                         "SSIM": mean_sd([r["SSIM"] for r in runs]),
+                         "PSNR_per_seed": [round(r["PSNR"], 2) for r in runs],
+                         "novel_PSNR": {v: mean_sd([r["novel_PSNR"][v] for r in runs]) for v in views}}
+        s = summary[kind]
+        print(f"{kind:>20}: test PSNR {s['PSNR']['mean']:.2f} +- {s['PSNR']['sd']:.2f} (seeds "
+              f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}; novel views: "
+              + ", ".join(f"{v} {m['mean']:.2f}" for v, m in s["novel_PSNR"].items()))
+    result["summary"] = summary
+    if args.out:
+        write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
