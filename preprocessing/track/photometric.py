@@ -66,9 +66,11 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
 
 
 class SplatHead(torch.nn.Module):
-    """Gaussians on the FLAME mesh with a learnt albedo each, lit per frame by first-order spherical
-    harmonics on the mesh normals in camera space (so that shading that changes as the head turns is
-    explained by the light, not by moving the geometry): colour = albedo * (l0 + l1 . n)."""
+    """Gaussians on the FLAME mesh with a learnt albedo each, lit by one first-order spherical-harmonics
+    light for the clip on the mesh normals in camera space (a static camera and room: shading that
+    changes as the head turns is explained by the light, not by moving the geometry): colour = albedo *
+    (l0 + l1 . n). Each splat's sigma is ``splat_scale`` times its neighbour spacing (0.5: sharp; at 1 the
+    head came out blurred and a splat wider). ``n_frames`` is kept for the caller's bookkeeping."""
 
     def __init__(self, assets: FlameAssets, shape: Tensor, uv_size: int, n_frames: int,
                  splat_scale: float = 0.5) -> None:
