@@ -19,7 +19,8 @@ from utils.options import parse_metrics_args
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_metrics_args(argv)  # --help answers here, before torch is imported
     from utils.device import resolve_device
-    from utils.frame_metrics import MetricsInputError, evaluate_model_dir, summary_line
+    from utils.errors import InputError, one_line
+    from utils.frame_metrics import evaluate_model_dir, summary_line
     from utils.lpips_loader import try_load_lpips_vgg
 
     device = resolve_device(cfg.device)
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     for model_dir in cfg.model_dirs:
         try:
             res = evaluate_model_dir(model_dir, lpips_model, reason, device)
-        except MetricsInputError as exc:
-            print(f"metrics.py: {exc}", file=sys.stderr)
+        except (InputError, OSError) as exc:  # one line per folder; the other folders still count
+            print(f"metrics.py: {one_line(exc)}", file=sys.stderr)
             status = 2
             continue
         print(summary_line(model_dir, res))

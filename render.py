@@ -30,21 +30,22 @@ from utils.options import parse_render_args
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_render_args(argv)  # --help answers here, before torch is imported
-    from scene.rendering import Renderer, RenderSetupError
-    from utils.errors import InputError
+    from utils.errors import guarded
 
     if cfg.record is not None:
         taken = " ".join(f"{k}={v}" for k, v in cfg.adopted.items()) or "the same as given"
         print(f"[render] options from {cfg.record}: {taken}")
-    try:
+
+    def body() -> int:
+        from scene.rendering import Renderer, RenderSetupError
+
         renderer = Renderer(cfg)
         if not renderer.indices and renderer.cfg.render.renders_frames:
             raise RenderSetupError("no frames to render (empty test split?)")
         renderer.run()
-    except InputError as exc:
-        print(f"render.py: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return guarded("render.py", body)
 
 
 if __name__ == "__main__":

@@ -20,22 +20,23 @@ from utils.options import parse_train_args
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_args(argv)  # --help answers here, before torch is imported
-    from scene.trainer import Trainer
-    from utils.errors import InputError
+    from utils.errors import guarded
 
-    try:
+    def body() -> int:
+        from scene.trainer import Trainer
+
         trainer = Trainer(cfg)
-    except InputError as exc:
-        print(f"train.py: {exc}", file=sys.stderr)
-        return 2
-    print(f"[train] {trainer.avatar.method}: {trainer.avatar.n_gaussians} Gaussians, {trainer.subject!r}, "
-          f"device {trainer.device}, output {trainer.run_dir}")
-    if trainer.iteration >= cfg.train.iterations:
-        print(f"[train] checkpoint is at iteration {trainer.iteration} >= --iterations "
-              f"{cfg.train.iterations}: nothing to do")
+        print(f"[train] {trainer.avatar.method}: {trainer.avatar.n_gaussians} Gaussians, "
+              f"{trainer.subject!r}, device {trainer.device}, output {trainer.run_dir}")
+        if trainer.iteration >= cfg.train.iterations:
+            print(f"[train] checkpoint is at iteration {trainer.iteration} >= --iterations "
+                  f"{cfg.train.iterations}: nothing to do")
+            trainer.close()
+            return 0
+        trainer.run()
         return 0
-    trainer.run()
-    return 0
+
+    return guarded("train.py", body)
 
 
 if __name__ == "__main__":

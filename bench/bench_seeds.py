@@ -84,7 +84,7 @@ def main() -> None:
                     "--log_root", str(args.work / "logs"), "--logname", name,
                     "--test_num", str(args.test_num), "--eval_num", str(args.test_num),
                     "--iterations", str(args.iterations), "--eval_every", "0", "--lambda_lpips", "0",
-                    "--grid_every", "0", "--ckpt_every", "0", "--seed", str(seed),
+                    "--grid_every", "0", "--ckpt_every", "0", "--seed", str(seed), "--overwrite",
                     "--device", args.device, *model, *kind_flags(kind)]
             t0 = time.perf_counter()
             trainer = Trainer(parse_train_args(argv))

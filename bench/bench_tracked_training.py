@@ -68,7 +68,7 @@ def main() -> None:
                     "--log_root", str(root / "logs"), "--logname", f"{tracking}_seed{seed}",
                     "--test_num", str(args.test_num), "--eval_num", str(args.test_num), "--iterations",
                     str(args.iterations), "--eval_every", "0", "--lambda_lpips", "0", "--grid_every", "0",
-                    "--seed", str(seed), "--device", args.device, *model]
+                    "--seed", str(seed), "--device", args.device, "--overwrite", *model]
             res = Trainer(parse_train_args(argv)).run()
             result["runs"][f"{tracking}_seed{seed}"] = {k: res[k] for k in ("PSNR", "SSIM")}
             print(tracking, seed, result["runs"][f"{tracking}_seed{seed}"], flush=True)

@@ -6,7 +6,6 @@ the outputs are described in ``render.py``'s docstring and the README.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from gaussian_renderer import render
 from scene.assemble import build_avatar, open_subject
 from scene.data.novel_views import load_novel_views
 from scene.data.subject import SubjectDataError
-from scene.model.checkpoint import load_checkpoint
+from scene.model.checkpoint import load_checkpoint, newest_checkpoint
 from scene.model.cuda_graphs import inference_deformer
 from scene.model.ply import write_ply
 from utils.atomic import staged_dir, write_json
@@ -55,17 +54,13 @@ def render_plan(indices: list[int], r: RenderOptions) -> list[tuple[int, float]]
 
 
 # ----------------------------------------------------------------------------- setup
-def newest_checkpoint(model_dir: Path) -> Path:
-    """The ckpt/ckpt<iter>.pth with the largest iteration."""
-    found = []
-    for p in (model_dir / "ckpt").glob("ckpt*.pth"):
-        m = re.fullmatch(r"ckpt(\d+)\.pth", p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    if not found:
+def newest_run_checkpoint(model_dir: Path) -> Path:
+    """The newest ``ckpt/ckpt<iter>.pth`` of the run; a clear error when there is none."""
+    path = newest_checkpoint(model_dir)
+    if path is None:
         raise RenderSetupError(f"no checkpoint in {model_dir / 'ckpt'}: train first (train.py with the same "
                                "--idname/--logname/--log_root) or pass --checkpoint")
-    return max(found)[1]
+    return path
 
 
 def check_writable(folder: Path) -> None:
@@ -91,7 +86,7 @@ class Renderer:
         except RuntimeError as exc:
             raise RenderSetupError(str(exc)) from exc
         self.model_dir = p.model_dir
-        self.checkpoint = r.checkpoint if r.checkpoint is not None else newest_checkpoint(self.model_dir)
+        self.checkpoint = r.checkpoint if r.checkpoint is not None else newest_run_checkpoint(self.model_dir)
         cross = r.cross is not None
         if r.error and r.rotate:
             raise RenderSetupError("--error compares with the ground truth, which turned (--rotate) views "

@@ -9,6 +9,8 @@ exactly: parameters, both optimisers, iteration, SH degree, RNG states and the e
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -21,14 +23,15 @@ from gaussian_renderer import render
 from gaussian_renderer.types import GaussianSet
 from scene.assemble import build_avatar, ensure_subject, open_subject
 from scene.data.subject import FrameData
-from scene.model.checkpoint import load_checkpoint, save_checkpoint
+from scene.model.checkpoint import list_checkpoints, load_checkpoint, newest_checkpoint, save_checkpoint
 from scene.model.cuda_graphs import inference_deformer, training_graph
 from utils.device import resolve_device
-from utils.errors import InputError
+from utils.errors import InputError, NonFiniteError
 from utils.image_io import write_image
 from utils.losses import opacity_regulariser, photometric_loss
 from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
+from utils.run_folder import RunFolder
 from utils.training import FrameSampler, RunLogger, evaluate_frames, seed_everything
 from utils.visualize import error_map, image_grid
 
@@ -53,6 +56,20 @@ class Trainer:
         except RuntimeError as exc:
             raise InputError(str(exc)) from exc
         self.run_dir = cfg.paths.model_dir
+        self.folder = RunFolder(self.run_dir)
+        self.folder.acquire()  # one writer per run folder; released by close() or on error here
+        self.logger: RunLogger | None = None
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg: TrainConfig) -> None:
+        stale = self.folder.remove_stale_temp_files()
+        if stale:
+            print(f"[train] removed {len(stale)} temporary file(s) of an interrupted earlier write")
+        start = self._start_checkpoint(cfg)
         seed_everything(cfg.train.seed)
         self.lpips, self.lpips_reason = load_perceptual(cfg, self.device)  # fail fast, before any work
         ensure_subject(cfg.paths)
@@ -68,13 +85,10 @@ class Trainer:
         # per-frame deformations: eager until prepare() swaps in the CUDA-graphed ones on CUDA
         self.train_deform = self._eager_train_deform
         self._eval_deform = self.avatar.deform
-        if cfg.train.start_checkpoint is not None:
-            self._resume(cfg.train.start_checkpoint)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create the output folder {self.run_dir} ({exc}); pass a "
-                                     "writable --log_root") from exc
+        if start is not None:
+            self._resume(start)
+        if cfg.train.overwrite:
+            self._clear_earlier_run()
         config = {"options": _plain(asdict(cfg)), "device": str(self.device),
                   "n_gaussians": self.avatar.n_gaussians, "embedding": self.avatar.embedding.counts(),
                   "subject": repr(self.subject)}
@@ -83,6 +97,42 @@ class Trainer:
         if self.lpips_reason and not cfg.train.skip_test:
             self.logger.event(f"LPIPS in evaluations is null: {self.lpips_reason}")
             print(f"[train] evaluations will show LPIPS null: {self.lpips_reason}")
+
+    def _start_checkpoint(self, cfg: TrainConfig) -> Path | None:
+        """The checkpoint to resume from; a fresh run into a folder holding another run's checkpoints
+        needs --resume (continue it) or --overwrite (start over)."""
+        t = cfg.train
+        newest = newest_checkpoint(self.run_dir)
+        if t.resume:
+            if newest is None:
+                raise InputError(f"--resume: no checkpoint in {self.run_dir / 'ckpt'} to continue from; drop "
+                                 "--resume to start a new run")
+            return newest
+        if newest is not None and t.start_checkpoint is None and not t.overwrite:
+            raise InputError(f"{self.run_dir} already holds checkpoints of an earlier run (newest "
+                             f"{newest.name}): --resume continues it, --overwrite starts over (deleting "
+                             "them), or choose another --logname")
+        return t.start_checkpoint
+
+    def _clear_earlier_run(self) -> None:
+        """--overwrite: delete the earlier run's checkpoints, grids, log and tensorboard events."""
+        doomed = [p for _, p in list_checkpoints(self.run_dir)]
+        doomed += sorted((self.run_dir / "train").glob("*.png"))
+        doomed += [self.run_dir / "train_log.json"] + sorted(self.run_dir.glob("events.out.tfevents.*"))
+        removed = 0
+        for path in doomed:
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        if removed:
+            print(f"[train] --overwrite: removed {removed} file(s) of the earlier run in {self.run_dir}")
+
+    def close(self) -> None:
+        """Flush the log and give the run folder back (idempotent)."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        self.folder.release()
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, self.avatar, self.optimizers, restore_rng=True)
@@ -151,7 +201,21 @@ class Trainer:
                    f"FPS {res['FPS']:.1f} ({res['num_views']} views)")
         return res
 
+    def check_finite(self, it: int) -> None:
+        """Refuse to go on (or to write a checkpoint) with NaN or infinite parameters."""
+        bad = [name for name, p in self.avatar.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteError(
+                f"parameters {', '.join(bad[:4])} hold NaN/Inf at iteration {it}; no checkpoint written. "
+                f"{self._last_good()} Lower the loss weights, or check the subject's tracking and images")
+
+    def _last_good(self) -> str:
+        newest = newest_checkpoint(self.run_dir)
+        return (f"The last good checkpoint is {newest} (continue with --resume)." if newest is not None
+                else "No checkpoint was written before.")
+
     def save(self, it: int) -> Path:
+        self.check_finite(it)
         path = self.run_dir / "ckpt" / f"ckpt{it}.pth"
         save_checkpoint(path, self.avatar, self.optimizers, it, extra={"sampler": self.sampler.state_dict()})
         self.logger.event(f"checkpoint {path.name} at iteration {it}")
@@ -167,6 +231,15 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self) -> dict | None:
+        """Train to ``--iterations``. Ctrl-C stops after the step in flight, saves a checkpoint and the log
+        and returns; a NaN/Inf loss stops with :class:`NonFiniteError` naming the iteration and frame.
+        The run folder is given back in every case."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict | None:
         t = self.cfg.train
         g_opt, d_opt = self.optimizers
         fresh = self.iteration == 0
@@ -175,41 +248,96 @@ class Trainer:
             self.evaluate(0)  # the untrained avatar: the reference for "how much was learnt"
         start = self.iteration
         last_eval = None
+        stop = _InterruptFlag()
+        # the first non-finite loss (iteration, frame index), tracked on the device: no sync per step
+        first_bad = torch.full((2,), -1, dtype=torch.long, device=self.device)
         bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
                    dynamic_ncols=True, mininterval=1.0)
         t0 = time.perf_counter()
-        for it in bar:
-            self.avatar.update_sh_degree(it)
-            frame = self.subject.frame(self.sampler.next())
-            terms, img = self.loss(it, frame)
-            terms.total.backward()
-            g_opt.step()
-            d_opt.step()
-            g_opt.zero_grad(set_to_none=True)
-            d_opt.zero_grad(set_to_none=True)
-            self.iteration = it
-            if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
-                values = {"loss": terms.total.item(), "huber": terms.image.item(),
-                          "mouth": terms.mouth.item()}
-                if terms.perceptual is not None:
-                    values["lpips"] = terms.perceptual.item()
-                if terms.opacity is not None:
-                    values["opacity_reg"] = terms.opacity.item()
-                values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
-                self.logger.loss(it, values)
-                bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)
-            if t.grid_every and it % t.grid_every == 0:
-                self.write_grid(it, frame, img)
-            if not t.skip_test and t.eval_every and it % t.eval_every == 0:
-                last_eval = self.evaluate(it)
-            if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations:
-                self.save(it)
-        bar.close()
+        try:
+            with stop:
+                for it in bar:
+                    self.avatar.update_sh_degree(it)
+                    index = self.sampler.next()
+                    frame = self.subject.frame(index)
+                    terms, img = self.loss(it, frame)
+                    terms.total.backward()
+                    g_opt.step()
+                    d_opt.step()
+                    g_opt.zero_grad(set_to_none=True)
+                    d_opt.zero_grad(set_to_none=True)
+                    self.iteration = it
+                    nonfinite = ~torch.isfinite(terms.total.detach()) & (first_bad[0] < 0)
+                    first_bad = torch.where(nonfinite, first_bad.new_tensor([it, index]), first_bad)
+                    if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
+                        self._check_loss(first_bad)
+                        self._log_losses(it, start, t0, terms, bar)
+                    if t.grid_every and it % t.grid_every == 0:
+                        self.write_grid(it, frame, img)
+                    if not t.skip_test and t.eval_every and it % t.eval_every == 0:
+                        last_eval = self.evaluate(it)
+                    if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations or stop.raised:
+                        self._check_loss(first_bad)
+                        self.save(it)
+                    if stop.raised:
+                        break
+        finally:
+            bar.close()
+        if stop.raised:
+            msg = (f"interrupted at iteration {self.iteration}: checkpoint and train_log.json written; "
+                   "continue with the same command plus --resume")
+            self.logger.event(msg)
+            print(f"[train] {msg}")
+            return last_eval
         if not t.skip_test and (not t.eval_every or self.iteration % t.eval_every != 0):
             last_eval = self.evaluate(self.iteration)
         self.logger.event(f"finished at iteration {self.iteration} in {time.perf_counter() - t0:.1f} s")
-        self.logger.close()
         return last_eval
+
+    def _check_loss(self, first_bad: torch.Tensor) -> None:
+        it, index = (int(v) for v in first_bad.tolist())
+        if it < 0:
+            return
+        fr = self.subject.frame_ids[index]
+        where = self.subject.image_path(index)
+        raise NonFiniteError(
+            f"the loss became NaN/Inf at iteration {it} (training frame {fr}, {where}); stopped at iteration "
+            f"{self.iteration} with no checkpoint written after it. {self._last_good()} Lower the loss "
+            "weights, or check that frame's image and tracking")
+
+    def _log_losses(self, it: int, start: int, t0: float, terms, bar) -> None:
+        values = {"loss": terms.total.item(), "huber": terms.image.item(), "mouth": terms.mouth.item()}
+        if terms.perceptual is not None:
+            values["lpips"] = terms.perceptual.item()
+        if terms.opacity is not None:
+            values["opacity_reg"] = terms.opacity.item()
+        values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
+        self.logger.loss(it, values)
+        bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)
+
+
+class _InterruptFlag:
+    """Within the block, Ctrl-C (SIGINT) only raises a flag that the loop reads after the step in flight,
+    so the checkpoint it then writes is exact; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+        print("\n[train] Ctrl-C: stopping after this step (press again to stop at once)", flush=True)
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _plain(obj):

@@ -112,7 +112,7 @@ def test_baseline_starts_on_the_mesh(synthetic_subject, tmp_path):
             assert offset.max() == 0 and torch.equal(gaussians.means, extras.base_positions)
         else:
             assert offset.min() > 1e-3  # every Gaussian shifted
-        trainer.logger.close()
+        trainer.close()
 
 
 @pytest.mark.slow

@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _file_mode() -> int:
+    """0666 less the process umask: the mode an ordinary ``open(path, "w")`` would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on error it is removed.
@@ -23,6 +33,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would survive the rename: the usual mode instead
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -7,6 +7,32 @@ catch this one class and print the message on one line (exit 2) instead of a tra
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class InputError(RuntimeError):
     """A problem with the user's input or environment; the message says what to change."""
+
+
+class NonFiniteError(InputError):
+    """A loss, a parameter or a model that holds NaN or infinity; the message names where."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a domain error, or of an ``OSError`` with the file it concerns (a full disk, a
+    folder that cannot be written), on one line."""
+    if isinstance(exc, OSError) and not isinstance(exc, InputError):
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        text = f"{exc.strerror or exc} ({where})" if where else str(exc)
+        return f"{text}; free space or fix the folder's permissions, then run again"
+    return " ".join(str(exc).split())
+
+
+def guarded(script: str, fn: Callable[[], int]) -> int:
+    """Run a script's body; a domain error or an ``OSError`` becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except (InputError, OSError) as exc:
+        print(f"{script}: {one_line(exc)}", file=sys.stderr)
+        return 2

@@ -64,6 +64,20 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def check_image(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image whose whole file was checked (chunk CRCs, truncation) without decoding
+    its pixels: the cheap full check of a frame that will only be read later."""
+    path = Path(path)
+    h, w = image_size(path)
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: the image file is damaged ({exc}); re-export or regenerate it"
+                             ) from exc
+    return h, w
+
+
 def read_image_uint8(path: str | Path) -> np.ndarray:
     """RGB image as uint8 (H, W, 3); grey or RGBA inputs are converted (alpha dropped)."""
     img = _open(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,9 @@ class TrainOptions:
                                  "results vary by seed) instead of starting at zero offset (the default)")
     start_checkpoint: Path | None = option(None, type=Path, help="resume exactly from ckpt/ckpt<iter>.pth "
                                            "(model, Gaussians, optimisers, RNG)")
+    resume: bool = option(False, help="continue the run in the output folder from its newest checkpoint")
+    overwrite: bool = option(False, help="start over in an output folder that holds an earlier run's "
+                                         "checkpoints (they, its grids and its log are deleted)")
     lambda_lpips: float = option(0.05, type=_non_negative_float,
                                  help="weight of the LPIPS-VGG term; 0 turns it off (no VGG weights needed)")
     lpips_start: int = option(15000, type=_non_negative_int,
@@ -354,13 +358,26 @@ _RECORDED_GROUPS: tuple[tuple[str, type, tuple[str, ...] | None], ...] = (
     ("data", DataOptions, None), ("model", ModelOptions, None))
 
 
-def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig) -> None:
+def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig, given: set[str]) -> None:
     """The rules that span flags or groups, in one place; a broken one ends in ``parser.error``."""
     if cfg.paths.idname is None and cfg.paths.run_dir is None:
         parser.error("the subject is needed: --idname ID" + (" (or -m RUN_FOLDER)" if isinstance(
             cfg, RenderConfig) else ""))
     if cfg.model.camera_conditioning and not cfg.model.conditional_appearance:
         parser.error("--camera_conditioning needs --conditional_appearance")
+    if cfg.data.eval_num > cfg.data.test_num:
+        if "eval_num" in given:
+            parser.error(f"--eval_num {cfg.data.eval_num} is larger than --test_num {cfg.data.test_num}: "
+                         "the eval frames are the last of the test frames; lower --eval_num or raise "
+                         "--test_num")
+        print(f"[options] --eval_num (default {cfg.data.eval_num}) lowered to --test_num "
+              f"{cfg.data.test_num}: the eval frames are the last of the test frames", file=sys.stderr)
+        cfg.data.eval_num = cfg.data.test_num
+    if isinstance(cfg, TrainConfig):
+        t = cfg.train
+        if sum([t.resume, t.overwrite, t.start_checkpoint is not None]) > 1:
+            parser.error("--resume, --overwrite and --start_checkpoint exclude each other: continue the run "
+                         "(--resume or --start_checkpoint) or start over (--overwrite)")
     if isinstance(cfg, RenderConfig):
         if cfg.render.uncertainty and not cfg.model.ours:
             parser.error("--uncertainty needs a HyperGaussians model (--ours): the baseline has no "
@@ -438,14 +455,15 @@ def _parse(script: str, argv: list[str] | None) -> Any:
     if ns.logname is None:
         ns.logname = "ours" if ns.ours else "baseline"
     record, adopted = None, {}
+    given = _given_flags(script, argv)
     if script == "render" and (ns.idname is not None or ns.model_path is not None):
-        record, adopted = _adopt_recorded(parser, ns, _given_flags(script, argv))
+        record, adopted = _adopt_recorded(parser, ns, given)
     _, config, groups = _SCRIPTS[script]
     cfg = config(**{title: read_group(group, ns) for title, group in groups})
     if script == "render":
         cfg.paths.run_dir = ns.model_path
         cfg.record, cfg.adopted = record, adopted
-    _validate(parser, cfg)
+    _validate(parser, cfg, given)
     return cfg
 
 

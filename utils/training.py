@@ -127,12 +127,14 @@ class RunLogger:
     """Tensorboard scalars / images (when tensorboard is installed) and a JSON log of the run.
 
     The JSON log (``train_log.json`` in the run folder) holds the options, the loss at logging steps and
-    every evaluation; it is rewritten atomically at evaluations and at the end."""
+    every evaluation; it is rewritten atomically at logging steps (at most once a second), evaluations
+    and the end."""
 
     def __init__(self, run_dir: Path, config: dict, resume_from: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.json_path = self.run_dir / "train_log.json"
         self.record: dict = {"config": config, "losses": [], "evaluations": [], "events": []}
+        self._flushed = float("-inf")
         if resume_from > 0 and self.json_path.is_file():
             try:
                 old = json.loads(self.json_path.read_text())
@@ -159,8 +161,12 @@ class RunLogger:
                     self.tb.add_scalar(k, v, step)
 
     def loss(self, step: int, values: dict[str, float]) -> None:
+        """Record a logging step's losses; the JSON log is rewritten too, at most once a second (so that a
+        killed run leaves its losses, without a write every few milliseconds on a fast GPU)."""
         self.record["losses"].append({"iteration": step, **values})
         self.scalars(step, {f"train/{k}": v for k, v in values.items()})
+        if time.monotonic() - self._flushed >= 1.0:
+            self.flush()
 
     def evaluation(self, step: int, values: dict) -> None:
         self.record["evaluations"].append({"iteration": step, **values})
@@ -177,6 +183,7 @@ class RunLogger:
 
     def flush(self) -> None:
         write_json(self.json_path, self.record)
+        self._flushed = time.monotonic()
         if self.tb is not None:
             self.tb.flush()
 

@@ -26,7 +26,7 @@ from flame.condition import build_condition
 from scene.data.cameras import Camera
 from scene.data.tracking import TrackedFrame, TrackingFileError, load_tracked_frame
 from utils.errors import InputError
-from utils.image_io import IMAGE_SUFFIXES, image_size, read_image_uint8, read_mask_uint8
+from utils.image_io import IMAGE_SUFFIXES, check_image, image_size, read_image_uint8, read_mask_uint8
 
 BACKGROUNDS: dict[str, tuple[float, float, float]] = {
     "white": (1.0, 1.0, 1.0),
@@ -164,6 +164,8 @@ class Subject:
         self._cache: dict[str, Tensor] | None = None
         if preload != "none":
             self._preload(self.device if preload == "device" else torch.device("cpu"))
+        else:
+            self._check_files()  # read per use later: find a damaged or odd-sized file now, not mid-run
 
     # ----------------------------------------------------------------------------------- discovery
     def _find_tracking(self) -> dict[int, Path]:
@@ -268,6 +270,18 @@ class Subject:
                     f"{first}: image is {hw[0]}x{hw[1]} (h x w) but the tracking says img_size "
                     f"[{h}, {w}] ({self._frame_paths[0]}); resize/crop the frames to the tracked size or "
                     "re-run the tracker on these images")
+
+    def _check_files(self) -> None:
+        """Every image and mask of the paired frames is intact and of the tracked size."""
+        h, w = self.img_size
+        paths = [table[n] for n in self.frame_ids if n in self._image_paths
+                 for table in (self._image_paths, self._alpha_paths, self._head_paths, self._mouth_paths)]
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            for path, hw in zip(paths, pool.map(check_image, paths)):
+                if hw != (h, w):
+                    raise SubjectDataError(f"{path}: size {hw[0]}x{hw[1]} (h x w) differs from the "
+                                           f"tracked img_size [{h}, {w}]; resize/crop it to the tracked size "
+                                           "or re-track")
 
     def _make_camera(self, f: TrackedFrame, number: int) -> Camera:
         return Camera(f.R, f.t, f.K, image_width=f.width, image_height=f.height,

@@ -109,6 +109,9 @@ def _get(data: Mapping, path: Path, block: str, key: str) -> Any:
     return sub[key]
 
 
+FLAME_PARAMETER_BOUND = 100.0  # |coefficient| above this is a diverged fit, not a face
+
+
 def _checked(value: Any, path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray:
     arr = _as_array(value, path, key)
     size = int(np.prod(shape))
@@ -176,6 +179,11 @@ def load_tracked_frame(path: str | Path) -> TrackedFrame:
             flame[key] = np.asarray(default, dtype=np.float64)
             continue
         flame[key] = _checked(_get(data, path, "flame", key), path, f"flame.{key}", shape)
+        big = float(np.abs(flame[key]).max()) if flame[key].size else 0.0
+        if big > FLAME_PARAMETER_BOUND:  # FLAME coefficients are in standard deviations, rotations 6D
+            raise TrackingFileError(f"{path}: flame.{key} holds a value of magnitude {big:.3g}, far outside "
+                                    f"the plausible range (|x| <= {FLAME_PARAMETER_BOUND:g}); the tracker "
+                                    "diverged on this frame - re-track it or remove the frame")
     if defaulted:
         warnings.warn(f"{path}: no {', '.join(defaulted)} in the tracking file (older tracker?); using "
                       "identity rotations / zero eyelids", stacklevel=2)

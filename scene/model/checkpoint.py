@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,22 @@ def check_compatible(state: dict, avatar: Avatar, path: str | os.PathLike = "<ch
             "subject differ from training")
 
 
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(iteration, path) of every ``<run>/ckpt/ckpt<iter>.pth``, in iteration order."""
+    found = []
+    for p in (Path(run_dir) / "ckpt").glob("ckpt*.pth"):
+        m = re.fullmatch(r"ckpt(\d+)\.pth", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the largest iteration in ``<run>/ckpt``, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
 def load_checkpoint(path: str | os.PathLike, avatar: Avatar,
                     optimizers: Optimizers | None = None, *,
                     restore_rng: bool = False) -> dict:
@@ -179,6 +196,10 @@ def load_checkpoint(path: str | os.PathLike, avatar: Avatar,
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path}: model parameters do not fit ({str(exc).splitlines()[0]})"
                               ) from exc
+    bad = [name for name, p in avatar.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds NaN/Inf parameters ({', '.join(bad[:3])}): the run "
+                              "diverged before it was saved; use an earlier checkpoint")
     avatar.gaussians.active_sh_degree = int(state.get("active_sh_degree", 0))
     if optimizers is not None:
         if not state.get("optimizers"):
