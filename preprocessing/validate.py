@@ -6,7 +6,8 @@ Subject layout (docs/maths.md section 8): ``imgs/NNNNN.png|jpg``, ``alpha/NNNNN.
 ``NNNNN`` pairing with tracking frame ``NNNNN - frame_delta``. Checked: the folders exist, hold only
 images named by 5-digit frame numbers, the same frames in every folder, one image size throughout,
 every file decodes (unless ``--quick``), no empty neck-head mask; each needed ``.frame`` file exists,
-loads (:func:`scene.data.tracking.load_tracked_frame`) and was tracked at the images' size. Empty mouth masks
+loads (:func:`scene.data.tracking.load_tracked_frame`) and was tracked at the images' size; then what
+train.py checks, through its own code: the FLAME folder loads and the subject opens. Empty mouth masks
 are warnings (a frame may hide the mouth). Exit code 1 when there is any problem.
 
 Usage: ``python preprocessing/validate.py --data_path dataset/<id> [--tracking_path
@@ -54,7 +55,8 @@ class ValidationReport:
         ]
         lines += [f"PROBLEM: {p}" for p in self.problems]
         lines += [f"warning: {w}" for w in self.warnings]
-        lines.append("OK: ready for training" if self.ok else f"{len(self.problems)} problem(s) found")
+        ok = "OK: ready for training" if self.tracking_path else "OK: the images are ready for tracking"
+        lines.append(ok if self.ok else f"{len(self.problems)} problem(s) found")
         return "\n".join(lines)
 
 
@@ -135,6 +137,7 @@ def validate_subject(
     *,
     frame_delta: int = 0,
     decode: bool = True,
+    flame_dir: str | Path | None = None,
 ) -> ValidationReport:
     """Check a subject folder and (when given or present) its tracking folder; collect every problem."""
     data_path = Path(data_path)
@@ -237,7 +240,36 @@ def validate_subject(
             )
         elif imgs:
             _check_tracking(report, tracking, sorted(int(s) for s in imgs), frame_delta, size)
+    _check_as_training_does(report, data_path, tracking, frame_delta, flame_dir)
     return report
+
+
+def _check_as_training_does(report: ValidationReport, data_path: Path, tracking: Path | None,
+                            frame_delta: int, flame_dir: Path | None) -> None:
+    """What train.py itself checks, through the same code: the FLAME folder it would use, and opening the
+    subject (pairing, sizes, every file intact, plausible tracking). Its first complaint is added when the
+    checks above found nothing, so that "OK" means train.py will start."""
+    from flame.assets import load_flame_assets, resolve_flame_dir
+    from scene.data.subject import Subject
+    from utils.errors import InputError
+
+    if tracking is None:
+        return  # images only (before tracking): FLAME is not needed yet
+    try:
+        load_flame_assets(resolve_flame_dir(flame_dir, data_path))
+    except InputError as exc:
+        report.problems.append(str(exc))
+    if report.problems:
+        return
+    if tracking.name != "checkpoint" or tracking.parent.name != data_path.name:
+        report.warnings.append(f"{tracking}: not laid out as <tracking_root>/{data_path.name}/checkpoint, so "
+                               "the subject was not opened the way train.py opens it")
+        return
+    try:
+        Subject(data_path.parent, tracking.parent.parent, data_path.name, frame_delta=frame_delta, test_num=1,
+                eval_num=1, preload="none")
+    except InputError as exc:
+        report.problems.append(str(exc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frame_delta", type=int, default=0, help="image NNNNN pairs with tracking frame NNNNN - delta"
     )
+    p.add_argument("--flame_dir", default=None, help="FLAME folder (default: the subject's own flame/, else "
+                   "the repository's flame/), checked as train.py loads it")
     p.add_argument("--quick", action="store_true", help="read image headers only (skip decoding every file)")
     return p
 
@@ -272,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         tracking = candidate if candidate.is_dir() else None
         if tracking is None:
             print(f"note: no tracking folder at {candidate}; checking the images only", file=sys.stderr)
-    report = validate_subject(data_path, tracking, frame_delta=args.frame_delta, decode=not args.quick)
+    report = validate_subject(data_path, tracking, frame_delta=args.frame_delta, decode=not args.quick,
+                              flame_dir=Path(args.flame_dir) if args.flame_dir else None)
     print(report.render())
     return 0 if report.ok else 1
 

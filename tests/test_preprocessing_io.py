@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,9 @@ def test_validator_lists_every_problem(tmp_path: Path) -> None:
     _raw_subject(subj, ["00000", "00001", "00002", "00003"])
     for k in range(4):
         _tracked(track / f"{k:05d}.frame", (8, 6))
+    from flame.synthetic import write_synthetic_flame
+
+    write_synthetic_flame(subj / "flame", resolution=16)  # train.py needs a FLAME folder; so does "OK"
     report = validate_subject(subj, track)
     assert report.ok, report.render()
     assert report.n_frames == 4
@@ -215,11 +219,41 @@ def test_validator_lists_every_problem(tmp_path: Path) -> None:
     assert len(report.problems) >= 6
 
 
+def test_validator_agrees_with_training(tmp_path: Path, capsys) -> None:
+    """Issue 12.3: what train.py refuses, validate.py reports (it runs the same checks)."""
+    from preprocessing import validate
+    from preprocessing.synthetic_subject import make_synthetic_subject
+    from scene.data.tracking import load_tracked_frame, save_tracked_frame
+
+    make_synthetic_subject(tmp_path / "d", tmp_path / "t", "s", n_frames=6, image_size=32, resolution=16)
+    args = ["--idname", "s", "--data_root", str(tmp_path / "d"), "--tracking_root", str(tmp_path / "t")]
+    assert validate.main(args) == 0 and "OK: ready for training" in capsys.readouterr().out
+    frame = tmp_path / "t" / "s" / "checkpoint" / "00002.frame"
+    f = load_tracked_frame(frame)
+    save_tracked_frame(frame, shape=f.shape.numpy(), expression=f.expression.numpy() + 1e30, R=f.R.numpy(),
+                       t=f.t.numpy(), K=f.K.numpy(), img_size=f.img_size, frame_id=2)
+    assert validate.main(args) == 1 and "00002.frame" in capsys.readouterr().out
+    save_tracked_frame(frame, shape=f.shape.numpy(), expression=f.expression.numpy(), R=f.R.numpy(),
+                       t=f.t.numpy(), K=f.K.numpy(), img_size=f.img_size, frame_id=2)
+    (tmp_path / "d" / "s" / "imgs" / "00004.png").write_bytes((tmp_path / "d" / "s" / "imgs" / "00004.png"
+                                                                ).read_bytes()[:120])  # truncated
+    assert validate.main([*args, "--quick"]) == 1 and "00004.png" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "d" / "s" / "imgs")
+    shutil.copytree(tmp_path / "d" / "s" / "alpha", tmp_path / "d" / "s" / "imgs")  # grey, but intact
+    (tmp_path / "d" / "s" / "flame" / "generic_model.pkl").write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")
+    assert validate.main(args) == 1
+    out = capsys.readouterr().out
+    assert "generic_model.pkl" in out and "OK: ready" not in out
+
+
 def test_validator_tracking_size_and_delta(tmp_path: Path) -> None:
     subj, track = tmp_path / "s", tmp_path / "track"
     _raw_subject(subj, ["00001", "00002"])
     _tracked(track / "00000.frame", (8, 6))
     _tracked(track / "00001.frame", (16, 12))
+    from flame.synthetic import write_synthetic_flame
+
+    write_synthetic_flame(subj / "flame", resolution=16)
     assert validate_subject(subj, track).problems  # delta 0: image 00002 has no frame 00002
     report = validate_subject(subj, track, frame_delta=1)
     assert len(report.problems) == 1 and "tracked at another image size" in report.problems[0]

@@ -260,7 +260,7 @@ def test_video_to_subject_end_to_end(tmp_path: Path, capsys) -> None:
     ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "OK: ready for training" in out.stdout
+    assert "OK: the images are ready for tracking" in out.stdout  # no tracking yet: not "for training"
     assert "offline landmark backend" in out.stderr  # the approximation warning
     subj = tmp_path / "subj"
     assert sorted(p.name for p in (subj / "imgs").iterdir()) == ["00000.png", "00001.png", "00002.png"]

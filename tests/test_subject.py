@@ -156,7 +156,11 @@ def test_size_mismatch_unreadable_png_and_nan(tmp_path: Path) -> None:
         Subject(data, track, "s", test_num=1)
     data, track = make_subject(tmp_path / "b", range(3), range(3))
     _write(data / "s" / "parsing" / "00001_mouth.png", np.zeros((H + 1, W), np.uint8))
+    with pytest.raises(SubjectDataError, match=r"00001_mouth\.png: size 7x8"):
+        Subject(data, track, "s", test_num=1)  # found at load even without preloading (issue 12)
+    _write(data / "s" / "parsing" / "00001_mouth.png", np.zeros((H, W), np.uint8))
     s = Subject(data, track, "s", test_num=1)
+    _write(data / "s" / "parsing" / "00001_mouth.png", np.zeros((H + 1, W), np.uint8))  # changed later
     with pytest.raises(SubjectDataError, match=r"00001_mouth\.png: size 7x8"):
         s.frame(1)
     bad = data / "s" / "imgs" / "00002.png"
@@ -164,8 +168,9 @@ def test_size_mismatch_unreadable_png_and_nan(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match=r"00002\.png.*corrupt"):
         s.frame(2)
     _write(data / "s" / "parsing" / "00001_mouth.png", np.zeros((H, W), np.uint8))
-    with pytest.raises(ImageReadError, match=r"00002\.png"):
-        Subject(data, track, "s", test_num=1, preload="cpu")
+    for preload in ("none", "cpu"):
+        with pytest.raises(ImageReadError, match=r"00002\.png"):
+            Subject(data, track, "s", test_num=1, preload=preload)
     # NaN in a .frame: the file and key are named
     data, track = make_subject(tmp_path / "c", range(3), range(3))
     p = track / "s" / "checkpoint" / "00001.frame"
