@@ -91,8 +91,9 @@ setup(
     extras_require={
         # preprocessing a custom video: RVM matting (ONNX) and the offline face-landmark models (LiteRT)
         "preprocess": ["onnxruntime>=1.19", "ai-edge-litert>=2.3,<3"],
-        # skimage ships the real portrait (astronaut) the preprocessing tests run on
-        "test": ["pytest>=7.4", "ruff>=0.5", "scikit-image>=0.24"],
+        # skimage ships the real portrait (astronaut) the preprocessing tests run on; hypothesis fuzzes
+        # the file loaders (damaged input must raise the project's own errors)
+        "test": ["pytest>=7.4", "ruff>=0.5", "scikit-image>=0.24", "hypothesis>=6.0"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
