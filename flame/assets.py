@@ -248,7 +248,8 @@ def load_flame_assets(flame_dir: str | Path) -> FlameAssets:
         raise FlameAssetError(
             f"FLAME model not found: {model_path.resolve()}. FLAME is licensed and not shipped: register "
             f"at {FLAME_URL}, download FLAME 2020 and copy its generic_model.pkl into {flame_dir.resolve()} "
-            "(or pass --flame_dir to the folder that holds it).")
+            "(or into <data_root>/<idname>/flame/ to use it for that subject only, or pass --flame_dir to "
+            "the folder that holds it).")
     model = _parse_model(model_path, load_flame_pickle(model_path))
     V = model["v_template"].shape[0]
 

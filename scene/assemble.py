@@ -59,8 +59,8 @@ def open_subject(data_root: Path, tracking_root: Path, idname: str, data: DataOp
                        require_images=False)
     preload = resolve_preload(data.preload if preload is None else preload, Path(data_root) / idname)
     return Subject(data_root, tracking_root, idname, frame_delta=data.frame_delta, background=data.background,
-                   test_num=data.test_num, eval_num=data.eval_num,
-                   max_train=data.max_train, preload=preload, device=device)
+                   test_num=data.test_num, eval_num=data.eval_num, max_train=data.max_train, preload=preload,
+                   device=device, allow_missing=data.allow_missing)
 
 
 def build_avatar(paths: PathOptions, model: ModelOptions, subject: Subject, device: torch.device,

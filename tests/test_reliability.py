@@ -179,3 +179,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_log(synthetic_subject, tmp_path):
     record = json.loads(log.read_text())
     assert record["losses"][-1]["iteration"] == it and any("interrupted" in e for e in record["events"])
     assert not (run / ".lock").exists()
+
+
+def test_unpaired_frames_name_a_real_flag(synthetic_subject, tmp_path, capsys):
+    """The pairing error suggests --allow_missing, and train.py has that flag."""
+    subj = _copy_subject(synthetic_subject, tmp_path)
+    (subj.data_root / subj.idname / "imgs" / "00007.png").unlink()
+    assert train.main(_args(subj, tmp_path / "logs", "--iterations", "2", "--skip_test")) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "have no image" in line and "frames 00007" in line and "--allow_missing" in line
+    assert train.main(_args(subj, tmp_path / "logs", "--iterations", "2", "--skip_test", "--allow_missing",
+                            "--overwrite")) == 0

@@ -137,6 +137,8 @@ class DataOptions:
     eval_num: int = option(50, type=_positive_int,
                            help="last N frames form the eval set used during training")
     max_train: int = option(10000, type=_positive_int, help="cap on training frames")
+    allow_missing: bool = option(False, help="use only the frames that have both an image and a tracked "
+                                             "frame (default: such gaps are an error that names them)")
     background: str = option("white", help="background colour behind the matted head", switches={
         "--white_background": ("white", "white background (the default; accepted for compatibility)"),
         "--green_background": ("green", "green (0,1,0) background, the original FlashAvatar's default")})

@@ -216,8 +216,8 @@ class Subject:
             if not allow_missing or not pairs:
                 raise SubjectDataError(
                     f"subject '{self.idname}': {text}. Fix: check --frame_delta (FlashAvatar's ffmpeg "
-                    "numbering from 00001 needs 1), re-track the missing frames, or pass "
-                    "allow_missing (--allow_missing) to use only the paired frames")
+                    "numbering from 00001 needs 1), re-track the missing frames, or pass --allow_missing "
+                    "to use only the paired frames")
             warnings.warn(f"subject '{self.idname}': {text}; using the {len(pairs)} paired frames",
                           stacklevel=3)
         return pairs
