@@ -28,7 +28,7 @@ from scene.model.cuda_graphs import inference_deformer, training_graph
 from utils.device import resolve_device
 from utils.errors import InputError, NonFiniteError
 from utils.image_io import write_image
-from utils.losses import opacity_regulariser, photometric_loss
+from utils.losses import offset_regulariser, opacity_regulariser, photometric_loss
 from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
 from utils.run_folder import RunFolder
@@ -187,6 +187,11 @@ class Trainer:
         if t.lambda_opacity_reg > 0:
             terms.opacity = opacity_regulariser(gaussians.opacities)
             total = total + t.lambda_opacity_reg * terms.opacity
+        if t.lambda_offset > 0:
+            with torch.no_grad():  # the mesh points the offsets start from: no parameters in them
+                base = self.avatar.base_positions(frame.condition)
+            terms.offset = offset_regulariser(gaussians.means, base)
+            total = total + t.lambda_offset * terms.offset
         terms.total = total
         return terms, img
 
@@ -311,6 +316,8 @@ class Trainer:
             values["lpips"] = terms.perceptual.item()
         if terms.opacity is not None:
             values["opacity_reg"] = terms.opacity.item()
+        if terms.offset is not None:
+            values["offset_reg"] = terms.offset.item()
         values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
         self.logger.loss(it, values)
         bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)

@@ -61,3 +61,15 @@ def test_photometric_loss_shape_mismatch():
 def test_opacity_regulariser():
     op = torch.tensor([[1.0], [0.5], [0.0], [0.9]], dtype=torch.float64)
     assert opacity_regulariser(op).item() == pytest.approx((0 + 0.25 + 1 + 0.01) / 4, rel=1e-12)
+
+
+def test_offset_regulariser_value_and_pull():
+    """Issue 11: mean squared distance of the Gaussians from their mesh points; its gradient pulls back."""
+    from utils.losses import offset_regulariser
+
+    base = torch.zeros(3, 3)
+    means = torch.tensor([[0.01, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.02, 0.02]], requires_grad=True)
+    value = offset_regulariser(means, base)
+    assert torch.isclose(value, torch.tensor((1e-4 + 0.0 + 8e-4) / 3))
+    value.backward()
+    assert torch.allclose(means.grad, 2 * means.detach() / 3)

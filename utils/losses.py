@@ -27,6 +27,12 @@ def opacity_regulariser(opacities: Tensor) -> Tensor:
     return ((1.0 - opacities) ** 2).mean()
 
 
+def offset_regulariser(means: Tensor, base_positions: Tensor) -> Tensor:
+    """mean ||position - base position||^2 (squared metres): keeps the Gaussians near their triangles, so
+    that side views do not show what floats in front of or behind the surface."""
+    return (means - base_positions).pow(2).sum(-1).mean()
+
+
 @dataclass
 class LossTerms:
     """The loss of one iteration and its parts (tensors; read them only at logging steps)."""
@@ -36,6 +42,7 @@ class LossTerms:
     mouth: Tensor
     perceptual: Tensor | None = None
     opacity: Tensor | None = None
+    offset: Tensor | None = None
 
 
 def photometric_loss(render: Tensor, gt: Tensor, mouth_mask: Tensor, *, delta: float = HUBER_DELTA,

@@ -210,6 +210,9 @@ class TrainOptions:
     lpips_start: int = option(15000, type=_non_negative_int,
                               help="the perceptual term is used after this iteration")
     lambda_opacity_reg: float = option(0.0, type=_non_negative_float, help="weight of mean((1 - opacity)^2)")
+    lambda_offset: float = option(0.0, type=_non_negative_float,
+                                  help="weight of mean ||position - mesh point||^2 (m^2): keeps Gaussians "
+                                       "near the surface for side views (bench/NOTES.md measures it)")
     eval_every: int = option(1250, type=_non_negative_int,
                              help="evaluate the eval split every N iterations (0: only at the end)")
     ckpt_every: int = option(5000, type=_non_negative_int,
