@@ -271,3 +271,24 @@ def test_metrics_script_bad_inputs(tmp_path, capsys, monkeypatch):
     os.remove(empty / "frames" / "gt" / "00001.png")
     assert metrics.main(["-m", str(empty), "--no_lpips"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_prefetched_keeps_order_and_bounds_read_ahead():
+    """metrics.py decodes PNGs ahead on threads: results in order, at most ``window`` held at a time."""
+    import threading
+
+    from utils.frame_metrics import prefetched
+
+    started, lock = [], threading.Lock()
+
+    def work(k: int) -> int:
+        with lock:
+            started.append(k)
+        return k * k
+
+    out = []
+    for k, value in enumerate(prefetched(work, list(range(50)), workers=4, window=5)):
+        out.append(value)
+        with lock:
+            assert len(started) <= k + 5  # never more than the window ahead of the consumer
+    assert out == [k * k for k in range(50)]

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +69,36 @@ def list_views(frames_dir: Path) -> list[str]:
     return names
 
 
+def prefetched(fn, items: list, workers: int | None = None, window: int = 16):
+    """``fn(item)`` for every item, in order, computed ahead on a thread pool with at most ``window``
+    results waiting (a bounded read-ahead: a long folder is never all in memory)."""
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def evaluate_views(frames_dir: Path, names: list[str], lpips_model: LPIPSVGG | None,
                    device: torch.device, progress: bool = True) -> dict[str, dict[str, float | None]]:
     """Per-view PSNR, SSIM, LPIPS on mask-multiplied images read back from the PNGs."""
     keys = ("SSIM", "PSNR", "LPIPS", LPIPS_ORIGINAL_KEY)
     per_view: dict[str, dict[str, float | None]] = {k: {} for k in keys}
-    for name in tqdm(names, desc=f"metrics {frames_dir}", disable=not progress):
-        render = torch.from_numpy(read_image(frames_dir / "renders" / name)).permute(2, 0, 1).to(device)
-        gt = torch.from_numpy(read_image(frames_dir / "gt" / name)).permute(2, 0, 1).to(device)
-        mask = torch.from_numpy(read_mask(frames_dir / "mask" / name)).to(device)
+
+    def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (read_image(frames_dir / "renders" / name), read_image(frames_dir / "gt" / name),
+                read_mask(frames_dir / "mask" / name))
+
+    views = prefetched(load, names)  # PNG decoding (zlib releases the GIL) overlaps the metrics
+    for name, (r_np, g_np, m_np) in tqdm(zip(names, views), total=len(names), desc=f"metrics {frames_dir}",
+                                         disable=not progress):
+        render = torch.from_numpy(r_np).permute(2, 0, 1).to(device)
+        gt = torch.from_numpy(g_np).permute(2, 0, 1).to(device)
+        mask = torch.from_numpy(m_np).to(device)
         if render.shape != gt.shape or render.shape[1:] != mask.shape:
             raise MetricsInputError(f"{frames_dir}/{{renders,gt,mask}}/{name}: sizes differ "
                                     f"({tuple(render.shape)}, {tuple(gt.shape)}, {tuple(mask.shape)})")

@@ -126,13 +126,16 @@ def to_uint8(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return out
 
 
+PNG_COMPRESS_LEVEL = 1  # zlib level: lossless either way; 1 encodes several times faster than PIL's 6
+
+
 def write_image(path: str | Path, array: np.ndarray | torch.Tensor) -> Path:
     """Write a float [0, 1] (or uint8) image as PNG, rounding to the nearest 8-bit value, atomically.
     Accepts (H,W), (H,W,3), (3,H,W) or (1,H,W), numpy or torch. Creates parent folders."""
     path = Path(path)
     data = to_uint8(array)
     with atomic_open(path, "wb") as fh:
-        Image.fromarray(data).save(fh, format="PNG")
+        Image.fromarray(data).save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return path
 
 
