@@ -13,6 +13,10 @@ FLAME model of resolution ``SYNTHETIC_RESOLUTION`` in ``<data_root>/<idname>/fla
 from __future__ import annotations
 
 import os
+
+# Never download model weights during the tests (LPIPS' VGG16 would be 528 MB per empty TORCH_HOME); the
+# download path itself is tested with a stand-in downloader.
+os.environ.setdefault("GAUSSIAN_NO_DOWNLOAD", "1")
 from pathlib import Path
 from typing import NamedTuple
 

@@ -292,3 +292,41 @@ def test_prefetched_keeps_order_and_bounds_read_ahead():
         with lock:
             assert len(started) <= k + 5  # never more than the window ahead of the consumer
     assert out == [k * k for k in range(50)]
+
+
+def test_vgg16_download_attempt(tmp_path, monkeypatch):
+    """Issue 12: a missing VGG16 file is fetched as torchvision would (atomically); a failed or disabled
+    download leaves the clear error, naming the file and why."""
+    import urllib.error
+
+    import torch
+
+    from utils import lpips_loader
+
+    target = tmp_path / "hub" / "checkpoints" / lpips_loader.VGG16_FILENAME
+    calls = []
+
+    def fake_ok(url, dst, progress=True):
+        calls.append(url)
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.delenv("GAUSSIAN_NO_DOWNLOAD", raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_ok)
+    assert lpips_loader.download_vgg16(target) is None
+    assert target.read_bytes() == b"weights" and calls == [lpips_loader.VGG16_URL]
+    assert not [p for p in target.parent.iterdir() if p.name != target.name]  # no temp file left
+
+    def fake_fail(url, dst, progress=True):
+        Path(dst).write_bytes(b"half")
+        raise urllib.error.URLError("Name or service not known")
+
+    other = tmp_path / "other" / lpips_loader.VGG16_FILENAME
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_fail)
+    reason = lpips_loader.download_vgg16(other)
+    assert "download failed" in reason and "Name or service not known" in reason
+    assert not other.exists() and not list(other.parent.iterdir())  # nothing half-written
+    monkeypatch.setenv("GAUSSIAN_NO_DOWNLOAD", "1")
+    assert "GAUSSIAN_NO_DOWNLOAD" in lpips_loader.download_vgg16(tmp_path / "x" / "v.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+    with pytest.raises(lpips_loader.LPIPSUnavailableError, match="vgg16-397923af.pth does not exist"):
+        lpips_loader.load_lpips_vgg("cpu")

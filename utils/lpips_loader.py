@@ -1,8 +1,9 @@
 """LPIPS-VGG from the ``lpips`` package, loaded offline from torch's hub cache (docs/maths.md sections 9, 10).
 
 ``lpips`` ships its own linear calibration layers; the VGG16 trunk is torchvision's ImageNet
-checkpoint, which torchvision would download on first use. We never download: the file must already be
-in the hub cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``). When it is missing or unreadable
+checkpoint in the hub cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``). When the file is
+missing it is downloaded there once, as torchvision would (with its progress bar; set
+``GAUSSIAN_NO_DOWNLOAD=1`` to never try); when that fails (no network) or the file is unreadable,
 :class:`LPIPSUnavailableError` says where to put it and which flag turns the perceptual term off.
 Only the ``features.*`` tensors of the checkpoint are read (memory-mapped), so the classifier part may be
 absent.
@@ -10,12 +11,16 @@ absent.
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from utils.atomic import atomic_path
 from utils.errors import InputError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -60,12 +65,39 @@ class LPIPSVGG(nn.Module):
         return super().train(False)
 
 
+_DOWNLOAD_FAILED: dict[Path, str] = {}  # one attempt per file and process: evaluations ask repeatedly
+
+
+def download_vgg16(path: Path, timeout_s: float = 30.0) -> str | None:
+    """Fetch torchvision's VGG16 checkpoint to ``path`` (atomically, with a progress bar); None when it is
+    there, else why not. ``GAUSSIAN_NO_DOWNLOAD=1`` skips the attempt (offline machines, the tests)."""
+    if os.environ.get("GAUSSIAN_NO_DOWNLOAD"):
+        return "downloads are off: GAUSSIAN_NO_DOWNLOAD is set"
+    if path in _DOWNLOAD_FAILED:
+        return _DOWNLOAD_FAILED[path]
+    print(f"LPIPS: downloading {VGG16_URL} to {path} (528 MB, once)", file=sys.stderr)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.hub.download_url_to_file(VGG16_URL, str(tmp), progress=True)
+    except (OSError, ValueError, RuntimeError) as exc:  # URLError is an OSError
+        _DOWNLOAD_FAILED[path] = f"the download failed: {type(exc).__name__}: {exc}"
+        return _DOWNLOAD_FAILED[path]
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
+
+
 def load_lpips_vgg(device: torch.device | str = "cpu",
                    off_hint: str = "Pass --lambda_lpips 0 to train without the perceptual term.") -> LPIPSVGG:
     """Build LPIPS-VGG on ``device`` with the trunk from the hub cache, or raise LPIPSUnavailableError."""
     path = vgg16_weights_path()
     if not path.is_file():
-        raise _unavailable(f"{path} does not exist (this machine cannot download it)", off_hint)
+        failure = download_vgg16(path)
+        if failure is not None:
+            raise _unavailable(f"{path} does not exist ({failure})", off_hint)
     try:
         import lpips
     except ImportError as exc:
