@@ -3,7 +3,7 @@
     python train.py --idname nf_01 --logname baseline
     python train.py --idname nf_01 --logname ours --ours
 
-Demo on a CPU (generates the synthetic subject on first use; ~2-5 min on 2 cores, PSNR ~16 -> ~34 dB):
+Demo on a CPU (generates the synthetic subject on first use; ~2-5 min on 2 cores, PSNR ~21 -> ~31 dB):
 
     python train.py --idname demo --test_num 8 --eval_num 8 --uv_size 64 --hidden_dim 128 --hidden_layers 4 \
                     --iterations 2500 --eval_every 500 --device cpu
