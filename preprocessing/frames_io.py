@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,13 +175,35 @@ def iter_video(path: str | Path) -> Iterator[np.ndarray]:
         raise PreprocessError(f"{path}: the video has no decodable frames; check the file")
 
 
+def decode_errors(path: str | Path) -> list[str]:
+    """The errors ffmpeg reports while decoding the whole video (``-v error``, output discarded). A video
+    damaged in the middle still decodes to the full frame count (ffmpeg conceals the damage), so these
+    lines are the only sign of it."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [f"ffmpeg could not be run to check the stream ({exc})"]
+    return [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+
+
 def probe_video(path: str | Path) -> tuple[int, tuple[int, int], float | None]:
-    """(frame count, (h, w), fps) of a video, counting by decoding (containers often lie)."""
+    """(frame count, (h, w), fps) of a video, counting by decoding (containers often lie); warns when
+    ffmpeg reports decoding errors (damaged frames are concealed, not dropped)."""
     path = Path(path)
     count, size = 0, None
     for frame in iter_video(path):
         size = size or frame.shape[:2]
         count += 1
+    errors = decode_errors(path)
+    if errors:
+        warnings.warn(f"{path}: ffmpeg reported {len(errors)} decoding error(s) (first: {errors[0]}); the "
+                      "frames near the damage may be grey or smeared - look at them, or re-encode or "
+                      "re-record the clip", stacklevel=2)
     reader = _video_reader(path)
     try:
         fps = reader.get_meta_data().get("fps")

@@ -79,6 +79,32 @@ def test_undecodable_video(tmp_path: Path) -> None:
         open_frames(tmp_path / "missing.mp4")
 
 
+def test_video_damaged_in_the_middle_is_warned_about(tmp_path: Path) -> None:
+    """Issue 12: ffmpeg conceals damage (the frame count stays whole), so its error lines are counted."""
+    import warnings
+
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(tmp_path / "v.mp4", fps=25, codec="libx264", quality=8, macro_block_size=1,
+                            ffmpeg_log_level="error") as w:
+        for k in range(60):
+            img = np.zeros((64, 64, 3), np.uint8)
+            img[..., 0] = 4 * k
+            img[10:30, k % 50:k % 50 + 10] = 255
+            w.append_data(img)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact clip: no warning
+        assert len(open_frames(tmp_path / "v.mp4")) == 60
+    data = bytearray((tmp_path / "v.mp4").read_bytes())
+    rng = np.random.default_rng(0)
+    mid = len(data) // 2
+    data[mid:mid + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
+    (tmp_path / "bad.mp4").write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"bad\.mp4: ffmpeg reported \d+ decoding error"):
+        src = open_frames(tmp_path / "bad.mp4")
+    assert len(src) == 60  # concealed, not dropped: without the warning nothing would tell
+
+
 def test_video_frames_and_crop(tmp_path: Path) -> None:
     import imageio.v2 as imageio
 
