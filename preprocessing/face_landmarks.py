@@ -212,7 +212,7 @@ class FaceLandmarker:
         """The best BlazeFace detection (score >= min_score), in pixels, or None."""
         h, w = rgb.shape[:2]
         side = float(max(h, w))
-        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        img = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0  # a copy
         pad_x, pad_y = (side - w) / 2, (side - h) / 2  # letterbox: centre the frame in a black square
         img = F.pad(img, (int(pad_x), int(side) - w - int(pad_x), int(pad_y), int(side) - h - int(pad_y)),
                     value=-1.0)

@@ -104,8 +104,8 @@ class LandmarkBackend:
         hw = rgb.shape[:2]
         matte = alpha > 0.5
         face = self.landmarker(rgb)
-        if face is None:
-            return matte, np.zeros(hw, dtype=bool)
+        if face is None:  # empty masks: the matte alone would pass whatever stands in front for a head
+            return np.zeros(hw, dtype=bool), np.zeros(hw, dtype=bool)
         pts = face.points[:, :2]
         mouth = fill_polygon(pts[list(LIPS_OUTER)], hw)
         oval = pts[list(FACE_OVAL)]
@@ -193,8 +193,10 @@ def parse_folder(input_path: str | Path, output_path: str | Path | None = None, 
         write_image(nh_path, neckhead.astype(np.float32))
         write_image(mouth_path, mouth.astype(np.float32))
     if no_face:
-        warnings.warn(f"{len(no_face)} frame(s) got an empty mouth mask (no face or mouth found), e.g. "
-                      f"{no_face[:5]}; check them or drop them before tracking", stacklevel=2)
+        warnings.warn(f"{len(no_face)} frame(s) got an empty mouth mask (no face or mouth found): "
+                      f"{', '.join(no_face[:20])}{' ...' if len(no_face) > 20 else ''}; with the landmark "
+                      "backend their neck-head mask is empty too (validate.py lists them): remove them "
+                      "before tracking", stacklevel=2)
     return ParsingResult(written=len(todo), skipped=len(files) - len(todo), out_dir=out_dir, no_face=no_face)
 
 

@@ -60,3 +60,33 @@ def test_turtleneck_dropped_and_bare_neck_kept(masks):
     neck = _below_chin(pts, hopper.shape, 0.1, 0.2, 0.08)  # bare skin between the collar points
     tie = _below_chin(pts, hopper.shape, 0.75, 0.85, 0.05)  # the tie knot
     assert hopper[neck].mean() > 0.9 and hopper[tie].mean() < 0.05
+
+
+def test_no_face_gives_empty_masks_and_validate_lists_them(tmp_path):
+    """Issue 12: a frame with no face gets empty neck-head and mouth masks (not the matte, which would pass
+    whatever stands in front for a head), parse_folder names it, and validate.py reports it."""
+    from preprocessing.semantic import LandmarkBackend, parse_folder
+    from preprocessing.validate import validate_subject
+    from utils.image_io import read_mask_uint8, write_image
+
+    backend = LandmarkBackend()
+    flag = np.zeros((128, 128, 3))
+    flag[30:100, 20:110] = [0.8, 0.1, 0.1]  # a red board in front of the camera, fully matted
+    neckhead, mouth = backend((flag * 255).astype(np.uint8), np.ones((128, 128)))
+    assert not neckhead.any() and not mouth.any()
+    subj = tmp_path / "s"
+    for sub in ("imgs", "alpha", "comp"):
+        (subj / sub).mkdir(parents=True)
+    face = _portraits()["astronaut"][::4, ::4]
+    for k, img in enumerate([face / 255.0, flag]):
+        write_image(subj / "imgs" / f"{k:05d}.png", img)
+        write_image(subj / "comp" / f"{k:05d}.png", img)
+        write_image(subj / "alpha" / f"{k:05d}.png", np.ones(img.shape[:2]))
+    with pytest.warns(UserWarning, match=r"1 frame\(s\) got an empty mouth mask .*: 00001"):
+        result = parse_folder(subj / "comp", subj / "parsing", alpha_path=subj / "alpha", backend=backend,
+                              show_progress=False)
+    assert result.no_face == ["00001"]
+    assert read_mask_uint8(subj / "parsing" / "00000_neckhead.png").any()
+    assert not read_mask_uint8(subj / "parsing" / "00001_neckhead.png").any()
+    report = validate_subject(subj)
+    assert any("empty neck-head mask for 1 frame(s): 00001" in p for p in report.problems), report.render()
