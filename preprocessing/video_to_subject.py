@@ -183,6 +183,25 @@ def extract_frames(
     return len(indices)
 
 
+NO_FACE_DIR = "no_face"
+
+
+def drop_frames(subject: Path, stems: list[str]) -> int:
+    """Move every file of frames ``stems`` (imgs/, alpha/, comp/, parsing/) into
+    ``subject/no_face/<folder>/``: the subject no longer has them and nothing is deleted. Returns the
+    number of files moved."""
+    moved = 0
+    for folder in ("imgs", "alpha", "comp", "parsing"):
+        for stem in stems:
+            for f in sorted((subject / folder).glob(f"{stem}*")):
+                if f.stem == stem or f.stem.startswith(f"{stem}_"):
+                    dst = subject / NO_FACE_DIR / folder / f.name
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    f.replace(dst)
+                    moved += 1
+    return moved
+
+
 def video_to_subject(
     video_path: str | Path,
     out_dir: str | Path,
@@ -202,8 +221,13 @@ def video_to_subject(
     track: bool = False,
     tracking_root: str | Path = DEFAULT_TRACKING_ROOT,
     flame_dir: str | Path | None = None,
+    no_face: str = "keep",
 ):
-    """Run steps 1-5 (and 6 with ``track``); returns the :class:`preprocessing.validate.ValidationReport`."""
+    """Run steps 1-5 (and 6 with ``track``); returns the :class:`preprocessing.validate.ValidationReport`.
+    ``no_face``: frames where parsing found no face are listed and kept with empty masks (``keep``, which
+    validation then reports) or moved out of the subject (``drop``, see :func:`drop_frames`)."""
+    if no_face not in ("keep", "drop"):
+        raise PreprocessError(f"no_face must be 'keep' or 'drop', got {no_face!r}")
 
     out_dir = Path(out_dir)
     extract_frames(
@@ -220,7 +244,7 @@ def video_to_subject(
     matte_sequence(
         out_dir / "imgs", out_dir, model_path=rvm_model, device=device, show_progress=show_progress
     )
-    parse_folder(
+    parsed = parse_folder(
         out_dir / "comp",
         out_dir / "parsing",
         alpha_path=out_dir / "alpha",
@@ -229,6 +253,10 @@ def video_to_subject(
         ),
         show_progress=show_progress,
     )
+    if no_face == "drop" and parsed.no_face:
+        moved = drop_frames(out_dir, parsed.no_face)
+        print(f"video_to_subject: {len(parsed.no_face)} frame(s) without a face moved to "
+              f"{out_dir / NO_FACE_DIR} ({moved} files): {', '.join(parsed.no_face[:20])}")
     organize(out_dir)
     report = validate_subject(out_dir, tracking_path)
     if not track or not report.ok:
@@ -270,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "flame/)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--overwrite", action="store_true", help="delete earlier outputs and start over")
+    p.add_argument("--no_face", default="keep", choices=["keep", "drop"],
+                   help="frames where parsing finds no face: keep them with empty masks (validation then "
+                        "lists them) or drop them (moved to <subject>/no_face/)")
     return p
 
 
@@ -297,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             track=args.track,
             tracking_root=args.tracking_root,
             flame_dir=args.flame_dir,
+            no_face=args.no_face,
         )
     except (PreprocessError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

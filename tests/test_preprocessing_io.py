@@ -305,3 +305,22 @@ def test_scripts_from_repo_root(tmp_path: Path, capsys) -> None:
     assert validate.main(["--data_path", str(tmp_path / "s")]) == 1
     assert "not named by a 5-digit frame number" in capsys.readouterr().out
     assert validate.main([]) == 2
+
+
+def test_drop_frames_moves_a_frame_out_whole(tmp_path: Path) -> None:
+    """Issue 12: --no_face drop moves the frame's image, matte, composite and masks to no_face/."""
+    from preprocessing.video_to_subject import drop_frames
+
+    subj = tmp_path / "s"
+    for stem in ("00000", "00001", "00010"):
+        for folder in ("imgs", "alpha", "comp"):
+            write_image(subj / folder / f"{stem}.png", np.zeros((4, 4)))
+        for kind in ("neckhead", "mouth"):
+            write_image(subj / "parsing" / f"{stem}_{kind}.png", np.zeros((4, 4)))
+    assert drop_frames(subj, ["00001"]) == 5
+    left = sorted(str(p.relative_to(subj)) for p in subj.rglob("*.png") if "no_face" not in p.parts)
+    assert left == sorted(f"{f}/{s}.png" for f in ("imgs", "alpha", "comp") for s in ("00000", "00010")) + \
+        sorted(f"parsing/{s}_{k}.png" for s in ("00000", "00010") for k in ("mouth", "neckhead"))
+    moved = sorted(str(p.relative_to(subj / "no_face")) for p in (subj / "no_face").rglob("*.png"))
+    assert moved == ["alpha/00001.png", "comp/00001.png", "imgs/00001.png", "parsing/00001_mouth.png",
+                     "parsing/00001_neckhead.png"]
