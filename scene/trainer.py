@@ -254,8 +254,10 @@ class Trainer:
         start = self.iteration
         last_eval = None
         stop = _InterruptFlag()
-        # the first non-finite loss (iteration, frame index), tracked on the device: no sync per step
-        first_bad = torch.full((2,), -1, dtype=torch.long, device=self.device)
+        # the first non-finite loss (iteration, frame index), tracked on the device: no sync and no host
+        # copy per step (the two values go to torch.where as scalars, i.e. kernel arguments)
+        bad_it = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_index = torch.full((), -1, dtype=torch.long, device=self.device)
         bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
                    dynamic_ncols=True, mininterval=1.0)
         t0 = time.perf_counter()
@@ -272,17 +274,18 @@ class Trainer:
                     g_opt.zero_grad(set_to_none=True)
                     d_opt.zero_grad(set_to_none=True)
                     self.iteration = it
-                    nonfinite = ~torch.isfinite(terms.total.detach()) & (first_bad[0] < 0)
-                    first_bad = torch.where(nonfinite, first_bad.new_tensor([it, index]), first_bad)
+                    nonfinite = ~torch.isfinite(terms.total.detach()) & (bad_it < 0)
+                    bad_it = torch.where(nonfinite, it, bad_it)
+                    bad_index = torch.where(nonfinite, index, bad_index)
                     if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
-                        self._check_loss(first_bad)
+                        self._check_loss(bad_it, bad_index)
                         self._log_losses(it, start, t0, terms, bar)
                     if t.grid_every and it % t.grid_every == 0:
                         self.write_grid(it, frame, img)
                     if not t.skip_test and t.eval_every and it % t.eval_every == 0:
                         last_eval = self.evaluate(it)
                     if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations or stop.raised:
-                        self._check_loss(first_bad)
+                        self._check_loss(bad_it, bad_index)
                         self.save(it)
                     if stop.raised:
                         break
@@ -299,8 +302,9 @@ class Trainer:
         self.logger.event(f"finished at iteration {self.iteration} in {time.perf_counter() - t0:.1f} s")
         return last_eval
 
-    def _check_loss(self, first_bad: torch.Tensor) -> None:
-        it, index = (int(v) for v in first_bad.tolist())
+    def _check_loss(self, bad_it: torch.Tensor, bad_index: torch.Tensor) -> None:
+        """At a logging step (a host sync anyway): stop when some step's loss was NaN/Inf."""
+        it, index = int(bad_it), int(bad_index)
         if it < 0:
             return
         fr = self.subject.frame_ids[index]
