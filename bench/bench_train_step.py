@@ -94,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--profile", action="store_true",
                     help="also profile --steps steps: kernel time and launches per step, top kernels")
+    ap.add_argument("--with_lpips", action="store_true",
+                    help="time steps after --lpips_start, with the LPIPS-VGG term (needs the VGG16 weights)")
     own, rest = ap.parse_known_args(argv)
-    cfg = parse_train_args(rest + ["--lambda_lpips", "0", "--skip_test", "--log_root",
-                                   str(Path("/tmp") / "bench_train_step_logs")])
+    lpips_args = [] if own.with_lpips else ["--lambda_lpips", "0"]
+    cfg = parse_train_args(rest + lpips_args + ["--skip_test", "--overwrite", "--log_root",
+                                                str(Path("/tmp") / "bench_train_step_logs")])
     trainer = Trainer(cfg)
     dev, avatar, subject = trainer.device, trainer.avatar, trainer.subject
     g_opt, d_opt = trainer.optimizers
+    lpips_it = cfg.train.lpips_start + 1 if own.with_lpips else 0  # an iteration with the LPIPS term on
     trainer.prepare()  # Gaussian init and the training deformation (CUDA-graphed on CUDA), as train.py
     avatar.update_sh_degree(2000)  # the full SH degree, as in most of a run
 
@@ -120,38 +124,55 @@ def main(argv: list[str] | None = None) -> int:
         out = render(frame.camera, gaussians, trainer.background, backend=cfg.run.backend)
         t = mark("render forward", t)
         loss = photometric_loss(out.image, frame.image, frame.mouth_mask).total
+        if lpips_it:
+            head = frame.head_mask
+            loss = loss + cfg.train.lambda_lpips * trainer.lpips(out.image * head, frame.image * head)
         loss.backward()
-        t = mark("loss + backward", t)
+        t = mark("loss + backward" + (" (with LPIPS)" if lpips_it else ""), t)
         g_opt.step()
         d_opt.step()
         g_opt.zero_grad(set_to_none=True)
         d_opt.zero_grad(set_to_none=True)
         mark("two optimiser steps", t)
 
+    def whole_step() -> None:
+        """The training loop's own step: Trainer.loss (every term it would use), backward, Adam."""
+        terms, _ = trainer.loss(lpips_it or 1, subject.frame(trainer.sampler.next()))
+        terms.total.backward()
+        g_opt.step()
+        d_opt.step()
+        g_opt.zero_grad(set_to_none=True)
+        d_opt.zero_grad(set_to_none=True)
+
     for _ in range(own.warmup):
         step(None)
+        whole_step()
     parts: dict[str, list[float]] = {}
     for _ in range(own.steps):
         step(parts)
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(own.steps):
-        step(None)
+        whole_step()
     _sync(dev)
     whole = (time.perf_counter() - t0) * 1e3 / own.steps
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
 
     if own.profile:
-        _profile(lambda: step(None), own.steps, dev)
+        _profile(whole_step, own.steps, dev)
 
     threads = torch.get_num_threads()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
     print(f"device: {name}; {avatar.method}, {avatar.n_gaussians} Gaussians, "
-          f"{subject.img_size[1]}x{subject.img_size[0]}, median of {own.steps} steps after {own.warmup}")
+          f"{subject.img_size[1]}x{subject.img_size[0]}, precision {cfg.run.precision}, median of "
+          f"{own.steps} steps after {own.warmup}; peak GPU memory {peak:.0f} MiB")
     print(f"{'part':32s} {'ms':>9s}")
     for k, v in parts.items():
         print(f"{k:32s} {statistics.median(v):9.3f}")
     print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
+    print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
+          f"lpips={int(bool(own.with_lpips))}")
     _inference_speed(trainer, own.steps)
     return 0
 

@@ -6,6 +6,8 @@ the outputs are described in ``render.py``'s docstring and the README.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from utils.device import resolve_device
 from utils.errors import InputError
 from utils.image_io import ImageWriter
 from utils.options import RenderConfig, RenderOptions
-from utils.video import write_video_from_pngs
+from utils.precision import set_precision
+from utils.prefetch import prefetched
+from utils.video import VideoStream
 from utils.visualize import error_map, uncertainty_colors
 
 
@@ -75,6 +79,11 @@ def check_writable(folder: Path) -> None:
                                "a writable --log_root (or fix the folder's permissions)") from exc
 
 
+def _maybe_video(path: Path, r: RenderOptions):
+    """The renders' MP4 stream, or a no-op context yielding None with --no_video."""
+    return contextlib.nullcontext() if r.no_video else VideoStream(path, fps=r.fps)
+
+
 class Renderer:
     """Everything render.py builds once: target subject, avatar, the frames to render."""
 
@@ -97,6 +106,7 @@ class Renderer:
         state = load_checkpoint(self.checkpoint, self.avatar)
         self.iteration = int(state["iteration"])
         self.avatar.eval()
+        set_precision(cfg.run.precision, self.device)
         self.background = self.target.background
         if cross:
             root = r.cross_data_root or p.data_root
@@ -145,12 +155,14 @@ class Renderer:
             c = relative_condition(c, self.relative[0], self.relative[1])
         return c
 
-    def _render_frames(self, out: Path, deform, writer: ImageWriter) -> list[dict]:
-        """Render the plan into ``out``, queueing the PNGs on ``writer``; one record per frame."""
+    def _render_frames(self, out: Path, deform, writer: ImageWriter, video: VideoStream | None) -> list[dict]:
+        """Render the plan into ``out``, queueing the PNGs on ``writer`` and the renders on ``video``; the
+        frames (their images decoded from disk) are read ahead on a thread pool. One record per frame."""
         r = self.cfg.render
         records: list[dict] = []
-        for k, (i, angle) in enumerate(tqdm(self.plan, desc=f"render {self.frames_dir.name}")):
-            fr = self.source.frame(i)
+        frames = prefetched(lambda step: self.source.frame(step[0]), self.plan)
+        for k, ((i, angle), fr) in enumerate(tqdm(zip(self.plan, frames), total=len(self.plan),
+                                                  desc=f"render {self.frames_dir.name}")):
             cam = fr.camera.turned_about_y(angle) if r.rotate else fr.camera
             gaussians, extras = deform(self.condition(i), cam)
             colors = None
@@ -163,7 +175,9 @@ class Renderer:
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
             name = f"{k:05d}.png"
-            writer.submit(out / "renders" / name, img)
+            data = writer.submit(out / "renders" / name, img)
+            if video is not None:
+                video.append(data)
             if r.has_ground_truth:
                 writer.submit(out / "gt" / name, fr.image)
                 writer.submit(out / "mask" / name, fr.head_mask)
@@ -233,13 +247,15 @@ class Renderer:
             written.append(self.frames_dir)
         if self.plan:
             deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
+            t0 = time.perf_counter()
             with staged_dir(self.frames_dir) as out:
-                with ImageWriter() as writer:  # PNG encoding overlaps the next frame's rendering
-                    records = self._render_frames(out, deform, writer)
+                # PNG encoding (a thread pool) and the video (ffmpeg through a pipe) overlap rendering
+                with ImageWriter() as writer, _maybe_video(out / "renders.mp4", r) as video:
+                    records = self._render_frames(out, deform, writer, video)
                 write_json(out / "frame_map.json", self.frame_map(records))
-                if not r.no_video:
-                    pngs = [out / "renders" / rec["file"] for rec in records]
-                    write_video_from_pngs(out / "renders.mp4", pngs, fps=r.fps)
+            seconds = time.perf_counter() - t0
+            print(f"[render] {len(records)} frames rendered and written in {seconds:.2f} s "
+                  f"({len(records) / max(seconds, 1e-9):.0f} frames/s)")
             subs = ["renders"] + (["gt", "mask"] if r.has_ground_truth else []) + \
                 (["ply"] if r.export_ply_frames else [])
             listing = ", ".join(f"{sub}/NNNNN.{'ply' if sub == 'ply' else 'png'}" for sub in subs)

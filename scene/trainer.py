@@ -31,6 +31,7 @@ from utils.image_io import write_image
 from utils.losses import offset_regulariser, opacity_regulariser, photometric_loss
 from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
+from utils.precision import set_precision
 from utils.run_folder import RunFolder
 from utils.training import FrameSampler, RunLogger, evaluate_frames, seed_everything
 from utils.visualize import error_map, image_grid
@@ -38,11 +39,12 @@ from utils.visualize import error_map, image_grid
 
 def load_perceptual(cfg: TrainConfig, device: torch.device):
     """(lpips model or None, reason): fail before the first iteration when the loss needs it."""
+    precision = cfg.run.precision
     if cfg.train.needs_lpips_loss:
-        return load_lpips_vgg(device), None  # raises LPIPSUnavailableError with the fix
+        return load_lpips_vgg(device, precision=precision), None  # raises LPIPSUnavailableError with the fix
     if cfg.train.skip_test:
         return None, "evaluation skipped (--skip_test)"
-    return try_load_lpips_vgg(device)
+    return try_load_lpips_vgg(device, precision=precision)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -55,6 +57,7 @@ class Trainer:
             self.device = resolve_device(cfg.run.device)
         except RuntimeError as exc:
             raise InputError(str(exc)) from exc
+        set_precision(cfg.run.precision, self.device)
         self.run_dir = cfg.paths.model_dir
         self.folder = RunFolder(self.run_dir)
         self.folder.acquire()  # one writer per run folder; released by close() or on error here
@@ -300,6 +303,10 @@ class Trainer:
         if not t.skip_test and (not t.eval_every or self.iteration % t.eval_every != 0):
             last_eval = self.evaluate(self.iteration)
         self.logger.event(f"finished at iteration {self.iteration} in {time.perf_counter() - t0:.1f} s")
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.logger.record["peak_gpu_memory_mib"] = round(peak, 1)
+            print(f"[train] peak GPU memory {peak:.0f} MiB (tensors allocated by torch)")
         return last_eval
 
     def _check_loss(self, bad_it: torch.Tensor, bad_index: torch.Tensor) -> None:

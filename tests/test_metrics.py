@@ -277,7 +277,7 @@ def test_prefetched_keeps_order_and_bounds_read_ahead():
     """metrics.py decodes PNGs ahead on threads: results in order, at most ``window`` held at a time."""
     import threading
 
-    from utils.frame_metrics import prefetched
+    from utils.prefetch import prefetched
 
     started, lock = [], threading.Lock()
 
@@ -330,3 +330,76 @@ def test_vgg16_download_attempt(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     with pytest.raises(lpips_loader.LPIPSUnavailableError, match="vgg16-397923af.pth does not exist"):
         lpips_loader.load_lpips_vgg("cpu")
+
+
+def test_lpips_forward_matches_the_package_with_its_gradient(vgg_torch_home, monkeypatch):
+    """Our LPIPS forward (split trunk, float32 heads) gives the lpips package's own value and gradient;
+    the gradient-free path (both images in one trunk batch) gives the same value."""
+    from utils.lpips_loader import load_lpips_vgg
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    model = load_lpips_vgg("cpu")
+    torch.manual_seed(3)
+    x, y = torch.rand(2, 3, 40, 40, dtype=torch.float64), torch.rand(2, 3, 40, 40, dtype=torch.float64)
+    model = model.double()
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = model(xa, y)
+    ours.sum().backward()
+    package = model.net(xb * 2 - 1, y * 2 - 1).flatten()  # lpips.LPIPS.forward on [-1, 1] input
+    package.sum().backward()
+    assert torch.allclose(ours, package, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-8, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(model(x, y), package.detach(), rtol=1e-10, atol=1e-12)
+    # the gradient also matches finite differences in one pixel
+    eps = 1e-6
+    xp, xm = x.clone(), x.clone()
+    xp[0, 1, 20, 20] += eps
+    xm[0, 1, 20, 20] -= eps
+    with torch.no_grad():
+        fd = (model(xp, y).sum() - model(xm, y).sum()) / (2 * eps)
+    assert torch.allclose(xa.grad[0, 1, 20, 20], fd, rtol=1e-5, atol=1e-9)
+
+
+def test_precision_names_and_switches():
+    from utils.precision import check_precision, set_precision
+
+    with pytest.raises(ValueError, match="fp16"):
+        check_precision("fp16")
+    set_precision("fp32")  # conftest restores the switches after the test
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    set_precision("tf32")
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_cuda_lpips_fast_precision_agrees_with_fp32(vgg_torch_home, monkeypatch, precision):
+    """LPIPS value and gradient in the fast precisions against fp32 on a real photograph and a degraded
+    copy (bench/bench_lpips.py's pair), at 512x512."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    from utils.lpips_loader import load_lpips_vgg
+    from utils.precision import set_precision
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    dev = torch.device("cuda")
+    x, y = image_pair(dev)
+    out = {}
+    for name in ("fp32", precision):  # the switches are restored by conftest after the test
+        set_precision(name, dev)
+        model = load_lpips_vgg(dev, precision=name)
+        xr = x.clone().requires_grad_(True)
+        value = model(xr, y).sum()
+        value.backward()
+        out[name] = (float(value), xr.grad.double())
+    (v32, g32), (v, g) = out["fp32"], out[precision]
+    assert abs(v - v32) <= 0.01 * abs(v32)
+    assert float((g - g32).norm() / g32.norm()) <= LPIPS_GRAD_TOLERANCE[precision]
+
+
+LPIPS_GRAD_TOLERANCE = {"tf32": 0.01, "bf16": 0.01}  # relative L2 difference of the image gradient

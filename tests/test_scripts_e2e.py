@@ -288,10 +288,12 @@ def test_failed_render_keeps_the_previous_folder(trained, synthetic_subject, mon
     assert _render(synthetic_subject, trained, "--max_frames", "2", "--no_video") == 0
     before = sorted(p.relative_to(run) for p in (run / "frames").rglob("*"))
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("encoder died")
+    class BrokenVideo(rendering.VideoStream):
+        def close(self):  # every frame rendered and encoded, then finishing the video fails
+            super().close()
+            raise RuntimeError("encoder died")
 
-    monkeypatch.setattr(rendering, "write_video_from_pngs", broken)
+    monkeypatch.setattr(rendering, "VideoStream", BrokenVideo)
     with pytest.raises(RuntimeError, match="encoder died"):
         _render(synthetic_subject, trained)  # 4 frames rendered, then the video fails
     assert sorted(p.relative_to(run) for p in (run / "frames").rglob("*")) == before  # no mix of runs

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from utils.errors import InputError
 from utils.image_io import read_image, read_mask
 from utils.image_metrics import masked, psnr, ssim
 from utils.lpips_loader import LPIPSVGG
+from utils.prefetch import prefetched
 
 LPIPS_ORIGINAL_SCALE = 0.05
 LPIPS_ORIGINAL_KEY = "LPIPS_x0.05_original_scale"
@@ -67,20 +66,6 @@ def list_views(frames_dir: Path) -> list[str]:
                 f"{frames_dir / sub}: {len(missing)} of {len(names)} images missing (first: {missing[0]}); "
                 "metrics need ground truth and masks: render the test split (not --cross without gt)")
     return names
-
-
-def prefetched(fn, items: list, workers: int | None = None, window: int = 16):
-    """``fn(item)`` for every item, in order, computed ahead on a thread pool with at most ``window``
-    results waiting (a bounded read-ahead: a long folder is never all in memory)."""
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def evaluate_views(frames_dir: Path, names: list[str], lpips_model: LPIPSVGG | None,
@@ -138,8 +123,10 @@ def evaluate_model_dir(model_dir: Path, lpips_model: LPIPSVGG | None, lpips_reas
     frames_dir = find_frames_dir(model_dir)
     info = read_frame_map(frames_dir)
     names = list_views(frames_dir)
+    t0 = time.perf_counter()
     per_view = evaluate_views(frames_dir, names, lpips_model, device, progress)
     results = summarise(per_view, lpips_reason)
+    results["seconds"] = round(time.perf_counter() - t0, 3)
     results["frames_dir"] = str(frames_dir)
     results["checkpoint"], results["iteration"] = info.get("checkpoint"), info.get("iteration")
     novel = evaluate_novel_views(model_dir / NOVEL_FRAMES_DIR, lpips_model, lpips_reason, device, progress)
@@ -174,7 +161,8 @@ def summary_line(model_dir: Path, res: dict) -> str:
     lp = "null" if res["LPIPS"] is None else f"{res['LPIPS']:.4f}"
     ckpt = f", checkpoint {res['checkpoint']}" if res.get("checkpoint") else ""
     line = (f"{model_dir}: PSNR {res['PSNR']:.3f}  SSIM {res['SSIM']:.4f}  LPIPS {lp}  "
-            f"({res['num_views']} views{ckpt}) -> {model_dir / 'results.json'}")
+            f"({res['num_views']} views in {res.get('seconds', float('nan')):.2f} s{ckpt}) -> "
+            f"{model_dir / 'results.json'}")
     for name, v in res.get("novel_views", {}).items():
         line += (f"\n  novel view {name:>9}: PSNR {v['PSNR']:.3f}  SSIM {v['SSIM']:.4f}  "
                  f"({v['num_views']} frames)")

@@ -106,12 +106,15 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def to_uint8(array: np.ndarray | torch.Tensor) -> np.ndarray:
     """Float image in [0, 1] -> uint8 by rounding to nearest; (3,H,W) / (1,H,W) tensors are moved
-    to (H,W,C); uint8 input passes through. NaN becomes 0."""
+    to (H,W,C); uint8 input passes through. NaN becomes 0. A float tensor is quantised where it lives (on
+    the GPU for renders) in its own precision and only the 8-bit result is copied to the host."""
     if isinstance(array, torch.Tensor):
-        t = array.detach().cpu()
+        t = array.detach()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
             t = t.permute(1, 2, 0)
-        array = t.numpy()
+        if t.is_floating_point():
+            t = torch.nan_to_num(t, nan=0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+        array = t.contiguous().cpu().numpy()
     a = np.asarray(array)
     if a.dtype == np.uint8:
         out = a
@@ -152,13 +155,15 @@ class ImageWriter:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="png")
         self._pending: deque[Future] = deque()
 
-    def submit(self, path: str | Path, array: np.ndarray | torch.Tensor) -> None:
+    def submit(self, path: str | Path, array: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Queue the write of ``array``; returns its 8-bit form (for a video of the same frames)."""
         data = to_uint8(array)
         if data is array or not data.flags.owndata:  # a view of the caller's memory: snapshot it now
             data = data.copy()
         while len(self._pending) >= self.max_pending:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(write_image, Path(path), data))
+        return data
 
     def close(self) -> None:
         """Wait for all writes; raise the first failure."""

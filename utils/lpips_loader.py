@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from utils.atomic import atomic_path
 from utils.errors import InputError
+from utils.precision import check_precision, trunk_autocast
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
@@ -46,23 +47,66 @@ def _unavailable(reason: str, off_hint: str) -> LPIPSUnavailableError:
 
 class LPIPSVGG(nn.Module):
     """Frozen LPIPS-VGG. ``forward(x, y)`` takes images in [0, 1], (3,H,W) or (B,3,H,W), scales them
-    to [-1, 1] and returns the per-image distance (B,) (a scalar for unbatched input)."""
+    to [-1, 1] and returns the per-image distance (B,) (a scalar for unbatched input).
 
-    def __init__(self, net: nn.Module) -> None:
+    The distance is lpips' own (its scaling layer, VGG16 trunk, unit-normalised features, squared
+    differences, linear heads, spatial means, summed over the five layers), computed here so that the
+    trunk can run fast: channels-last, under ``precision`` (:mod:`utils.precision`: ``bf16`` runs the
+    trunk in bfloat16 autocast on CUDA) while normalisation, differences and heads stay float32; the second
+    image's trunk runs without autograd when it needs no gradient, and both in one batch when neither does."""
+
+    def __init__(self, net: nn.Module, precision: str = "fp32") -> None:
         super().__init__()
         self.net = net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
+        self.precision = check_precision(precision)
+        self._channels_last = False
+
+    def _to_channels_last(self, device_type: str) -> None:
+        """Channels-last trunk weights on CUDA (cuDNN's fast layout for tensor-core convolutions)."""
+        if device_type == "cuda" and not self._channels_last:
+            self.net.net.to(memory_format=torch.channels_last)
+            self._channels_last = True
+
+    def _trunk(self, x: Tensor) -> list[Tensor]:
+        """The five VGG feature maps of scaled input ``x`` in ``x``'s dtype (float32 after bf16)."""
+        device_type = x.device.type
+        self._to_channels_last(device_type)
+        if device_type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with trunk_autocast(self.precision, device_type):
+            feats = self.net.net(x)
+        return [f.to(x.dtype) for f in feats]
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         single = x.dim() == 3
         if single:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
-        out = self.net(x * 2.0 - 1.0, y * 2.0 - 1.0).flatten()
+        scale = self.net.scaling_layer
+        a, b = scale(x * 2.0 - 1.0), scale(y * 2.0 - 1.0)
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            fa = self._trunk(a)
+            with torch.set_grad_enabled(b.requires_grad):
+                fb = self._trunk(b)
+        else:  # no gradient wanted (metrics, evaluation): one batch through the trunk
+            both = self._trunk(torch.cat([a, b]))
+            fa, fb = [f[: len(a)] for f in both], [f[len(a):] for f in both]
+        total = None
+        for head, u, v in zip(self.net.lins, fa, fb):
+            d = (_unit(u) - _unit(v)) ** 2
+            term = head(d).mean(dim=(2, 3))  # (B, 1)
+            total = term if total is None else total + term
+        out = total.flatten()
         return out[0] if single else out
 
     def train(self, mode: bool = True) -> LPIPSVGG:  # stays in eval mode: no dropout in the metric
         return super().train(False)
+
+
+def _unit(feat: Tensor, eps: float = 1e-10) -> Tensor:
+    """Features divided by their norm over channels (lpips' normalisation, same epsilon)."""
+    return feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
 _DOWNLOAD_FAILED: dict[Path, str] = {}  # one attempt per file and process: evaluations ask repeatedly
@@ -91,8 +135,10 @@ def download_vgg16(path: Path, timeout_s: float = 30.0) -> str | None:
 
 
 def load_lpips_vgg(device: torch.device | str = "cpu",
-                   off_hint: str = "Pass --lambda_lpips 0 to train without the perceptual term.") -> LPIPSVGG:
-    """Build LPIPS-VGG on ``device`` with the trunk from the hub cache, or raise LPIPSUnavailableError."""
+                   off_hint: str = "Pass --lambda_lpips 0 to train without the perceptual term.",
+                   precision: str = "fp32") -> LPIPSVGG:
+    """Build LPIPS-VGG on ``device`` with the trunk from the hub cache, or raise LPIPSUnavailableError.
+    ``precision``: the trunk's arithmetic (:mod:`utils.precision`)."""
     path = vgg16_weights_path()
     if not path.is_file():
         failure = download_vgg16(path)
@@ -125,14 +171,15 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
                                f"{tuple(param.shape)}", off_hint)
         trunk[name] = state[key]
     model.net.load_state_dict(trunk, strict=True)
-    return LPIPSVGG(model).to(device)
+    return LPIPSVGG(model, precision).to(device)
 
 
-def try_load_lpips_vgg(device: torch.device | str = "cpu") -> tuple[LPIPSVGG | None, str | None]:
+def try_load_lpips_vgg(device: torch.device | str = "cpu",
+                       precision: str = "fp32") -> tuple[LPIPSVGG | None, str | None]:
     """(model, None) or (None, reason): for evaluation, which reports LPIPS as null with the reason."""
     try:
         hint = "LPIPS is reported as null; PSNR and SSIM are unaffected."
-        return load_lpips_vgg(device, off_hint=hint), None
+        return load_lpips_vgg(device, off_hint=hint, precision=precision), None
     except LPIPSUnavailableError as exc:
         return None, str(exc)
 

@@ -185,6 +185,10 @@ class RunOptions:
     device: str = option("auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     backend: str | None = option(None, choices=["auto", "torch", "cuda"],
                                  help="rasterizer backend (default: $GAUSSIAN_RENDERER_BACKEND, else auto)")
+    precision: str = option("tf32", choices=["fp32", "tf32", "bf16"],
+                            help="GPU arithmetic (utils/precision.py): fp32 plain; tf32 tensor-core matrix "
+                                 "products and convolutions; bf16 also runs LPIPS' VGG trunk in bfloat16 "
+                                 "(bench/NOTES.md measures speed and quality of each)")
     cuda_graphs: bool = option(True, flag="--no_cuda_graphs", action="store_false",
                                help="run the deformation eagerly on CUDA instead of replaying captured CUDA "
                                     "graphs (slower; for debugging)")

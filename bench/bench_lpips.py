@@ -1,0 +1,114 @@
+"""LPIPS-VGG at 512x512 in each precision: forward+backward time and agreement with fp32.
+
+The pair is a real photograph (scikit-image's astronaut, 512x512) and a degraded copy (blurred, shifted
+by two pixels, with noise), as a render against its ground truth; the gradient is taken with respect to
+the degraded copy, as in training. Reports per precision: median forward+backward ms (CUDA events, after
+warm-up), the LPIPS value's and the gradient's relative difference from fp32, and the gradients' cosine.
+
+    python bench/bench_lpips.py                      # VGG16 weights from torch's hub cache
+    python bench/bench_lpips.py --random_weights     # a seeded random VGG16 (timing; no download needed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from utils.lpips_loader import VGG16_FILENAME, load_lpips_vgg  # noqa: E402
+from utils.precision import PRECISIONS, set_precision  # noqa: E402
+
+
+def image_pair(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(degraded, original) astronaut as (1,3,512,512) float in [0, 1]."""
+    from skimage import data
+
+    y = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device)
+    k = (k[:, None] * k[None, :] / 256.0).expand(3, 1, 5, 5)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn(y.shape, generator=gen).to(device) * 0.02
+    x = (torch.roll(F.conv2d(y, k, padding=2, groups=3), shifts=(2, 1), dims=(2, 3)) + noise).clamp(0, 1)
+    return x, y
+
+
+def write_random_vgg(home: Path) -> None:
+    """A seeded, randomly initialised torchvision VGG16 (features only) where load_lpips_vgg looks."""
+    import torchvision
+
+    torch.manual_seed(0)
+    feats = torchvision.models.vgg16(weights=None).features
+    target = home / "hub" / "checkpoints" / VGG16_FILENAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"features.{k}": v for k, v in feats.state_dict().items()}, target)
+
+
+def time_fwd_bwd(model, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int) -> float:
+    times = []
+    for k in range(warmup + reps):
+        xr = x.detach().requires_grad_(True)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(xr, y).sum().backward()
+        end.record()
+        end.synchronize()
+        if k >= warmup:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--random_weights", action="store_true")
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_lpips: needs CUDA")
+        return 1
+    dev = torch.device("cuda")
+    if args.random_weights:
+        home = Path(tempfile.mkdtemp(prefix="lpips_home_"))
+        write_random_vgg(home)
+        os.environ["TORCH_HOME"] = str(home)
+    x, y = image_pair(dev)
+    results = {}
+    reference = None
+    for name in PRECISIONS:
+        set_precision(name, dev)
+        model = load_lpips_vgg(dev, precision=name)
+        xr = x.detach().requires_grad_(True)
+        value = model(xr, y).sum()
+        value.backward()
+        grad = xr.grad.detach().double()
+        ms = time_fwd_bwd(model, x, y, args.reps, args.warmup)
+        row = {"fwd_bwd_ms": ms, "value": float(value)}
+        if reference is None:
+            reference = (float(value), grad)
+        row["value_rel_diff"] = abs(float(value) - reference[0]) / abs(reference[0])
+        row["grad_rel_diff"] = float((grad - reference[1]).norm() / reference[1].norm())
+        row["grad_cosine"] = float(F.cosine_similarity(grad.flatten(), reference[1].flatten(), dim=0))
+        results[name] = row
+        print(f"{name}: fwd+bwd {ms:.3f} ms  LPIPS {row['value']:.5f} "
+              f"(rel diff {row['value_rel_diff']:.2e})  "
+              f"grad rel diff {row['grad_rel_diff']:.2e}, cosine {row['grad_cosine']:.6f}", flush=True)
+    out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
+           "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16", "results": results}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

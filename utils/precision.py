@@ -1,0 +1,44 @@
+"""Arithmetic precision of the GPU fast paths, the one place for it (``--precision``).
+
+- ``fp32``: plain float32 everywhere (TF32 off for matrix products and convolutions): the reference.
+- ``tf32``: matrix products (the deformation MLP) and convolutions (LPIPS' VGG) on the tensor cores in
+  TF32 (10-bit mantissa products, float32 accumulation and storage).
+- ``bf16``: as tf32, and the LPIPS VGG trunk runs in bfloat16 autocast, channels-last; its features are
+  cast back to float32 before LPIPS' normalisation, differences and linear heads, so the distance itself
+  is summed in float32.
+
+The Gaussians, the rasterizer and the losses other than LPIPS stay float32 in every mode. CPU runs ignore
+the setting (no tensor cores; autocast on the CPU is slower than float32 there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r}: choose one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def set_precision(name: str, device: torch.device | str | None = None) -> None:
+    """Set the process-wide TF32 switches for ``name``; on CUDA also let cuDNN pick the fastest
+    convolution algorithms for the (fixed) image size."""
+    check_precision(name)
+    tf32 = name != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if device is not None and torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def trunk_autocast(name: str, device_type: str):
+    """The context the LPIPS VGG trunk runs in: bfloat16 autocast for ``bf16`` on CUDA, else nothing."""
+    if name == "bf16" and device_type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
