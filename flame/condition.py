@@ -73,3 +73,29 @@ def relative_condition(src: Tensor, src_neutral: Tensor, tgt_neutral: Tensor) ->
     for rot in ROTATIONS:
         out[..., rot] = _compose_relative(src[..., rot], src_neutral[..., rot], tgt_neutral[..., rot])
     return out
+
+
+def edited_condition(condition: Tensor, *, jaw_open_rad: float = 0.0, eye_yaw_rad: float = 0.0,
+                     eye_pitch_rad: float = 0.0, eyelids: float = 0.0,
+                     expression: list[float] | tuple[float, ...] = ()) -> Tensor:
+    """A (120,) condition with interactive edits on top (the viewer's sliders): the jaw turned further by
+    ``jaw_open_rad`` about FLAME's x axis (R -> Rx R), both eyes by ``eye_yaw_rad`` about y and
+    ``eye_pitch_rad`` about x (R -> Ry Rx R), ``eyelids`` added to both eyelid values and ``expression``
+    added to the first len(expression) expression components. All zero gives the condition back."""
+    from utils.rotations import rotation_about_x, rotation_about_y
+
+    c = check_condition(condition).clone()
+    kw = {"dtype": c.dtype, "device": c.device}
+    if jaw_open_rad:
+        c[JAW] = matrix_to_rot6d(rotation_about_x(jaw_open_rad, **kw) @ rot6d_to_matrix(c[JAW]))
+    if eye_yaw_rad or eye_pitch_rad:
+        turn = rotation_about_y(eye_yaw_rad, **kw) @ rotation_about_x(eye_pitch_rad, **kw)
+        for eye in (LEFT_EYE, RIGHT_EYE):
+            c[eye] = matrix_to_rot6d(turn @ rot6d_to_matrix(c[eye]))
+    c[EYELIDS] = c[EYELIDS] + eyelids
+    if len(expression):
+        k = len(expression)
+        if k > N_EXPR:
+            raise ValueError(f"edited_condition: {k} expression edits, at most {N_EXPR}")
+        c[:k] = c[:k] + torch.as_tensor(list(expression), **kw)
+    return c

@@ -303,6 +303,32 @@ class RenderOptions:
 
 
 @dataclass
+class ViewOptions:
+    """What ``view.py`` shows and where it listens."""
+
+    model_path: Path | None = option(None, flag=("-m", "--model_path"), type=Path, metavar="RUN",
+                                     help="the run folder to view (e.g. logs/demo_ours), instead of "
+                                          "--idname/--logname/--log_root")
+    checkpoint: Path | None = option(None, type=Path,
+                                     help="checkpoint to view (default: the newest of the run)")
+    compare: Path | None = option(None, type=Path, metavar="RUN",
+                                  help="a second run folder (same subject) rendered beside the first, one "
+                                       "shared camera")
+    cross: str | None = option(None, metavar="SRC",
+                               help="play subject SRC's tracked sequence (its expressions and cameras) "
+                                    "instead of the subject's own")
+    cross_data_root: Path | None = option(None, type=Path, help="SRC's data root (default --data_root)")
+    cross_tracking_root: Path | None = option(None, type=Path,
+                                              help="SRC's tracking root (default --tracking_root)")
+    host: str = option("127.0.0.1", help="address to listen on (0.0.0.0: reachable from other machines)")
+    port: int = option(8080, type=_positive_int, help="port of the web page")
+    max_size: int = option(1024, type=_positive_int,
+                           help="longest side of a rendered view in pixels (larger browser windows are "
+                                "rendered at this size and scaled by the browser)")
+    fps: float = option(25.0, type=float, help="playback frame rate at speed 1")
+
+
+@dataclass
 class TrainConfig:
     paths: PathOptions
     data: DataOptions
@@ -323,6 +349,17 @@ class RenderConfig:
 
 
 @dataclass
+class ViewConfig:
+    paths: PathOptions
+    data: DataOptions
+    model: ModelOptions
+    view: ViewOptions
+    run: RunOptions
+    record: Path | None = None  # as RenderConfig
+    adopted: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class MetricsConfig:
     model_dirs: list[Path]
     device: str
@@ -337,6 +374,9 @@ _SCRIPTS: dict[str, tuple[str, type, tuple[tuple[str, type], ...]]] = {
     "render": ("Render a trained avatar: test split, rotation, cross-reenactment.", RenderConfig,
                (("paths", PathOptions), ("data", DataOptions), ("model", ModelOptions),
                 ("render", RenderOptions), ("run", RunOptions))),
+    "view": ("Look at a trained avatar in the browser: orbit, play its sequence, edit the expression.",
+             ViewConfig, (("paths", PathOptions), ("data", DataOptions), ("model", ModelOptions),
+                          ("view", ViewOptions), ("run", RunOptions))),
 }
 
 
@@ -371,7 +411,7 @@ def _validate(parser: argparse.ArgumentParser, cfg: TrainConfig | RenderConfig, 
     """The rules that span flags or groups, in one place; a broken one ends in ``parser.error``."""
     if cfg.paths.idname is None and cfg.paths.run_dir is None:
         parser.error("the subject is needed: --idname ID" + (" (or -m RUN_FOLDER)" if isinstance(
-            cfg, RenderConfig) else ""))
+            cfg, (RenderConfig, ViewConfig)) else ""))
     if cfg.model.camera_conditioning and not cfg.model.conditional_appearance:
         parser.error("--camera_conditioning needs --conditional_appearance")
     if cfg.data.eval_num > cfg.data.test_num:
@@ -465,11 +505,11 @@ def _parse(script: str, argv: list[str] | None) -> Any:
         ns.logname = "ours" if ns.ours else "baseline"
     record, adopted = None, {}
     given = _given_flags(script, argv)
-    if script == "render" and (ns.idname is not None or ns.model_path is not None):
+    if script in ("render", "view") and (ns.idname is not None or ns.model_path is not None):
         record, adopted = _adopt_recorded(parser, ns, given)
     _, config, groups = _SCRIPTS[script]
     cfg = config(**{title: read_group(group, ns) for title, group in groups})
-    if script == "render":
+    if script in ("render", "view"):
         cfg.paths.run_dir = ns.model_path
         cfg.record, cfg.adopted = record, adopted
     _validate(parser, cfg, given)
@@ -482,6 +522,10 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
 
 def parse_render_args(argv: list[str] | None = None) -> RenderConfig:
     return _parse("render", argv)
+
+
+def parse_view_args(argv: list[str] | None = None) -> ViewConfig:
+    return _parse("view", argv)
 
 
 def parse_metrics_args(argv: list[str] | None = None) -> MetricsConfig:

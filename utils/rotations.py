@@ -65,3 +65,25 @@ def rotation_about_x(angle_rad: float, dtype: torch.dtype = torch.float32, devic
     """3x3 rotation by ``angle_rad`` about the x axis (right-handed)."""
     c, s = math.cos(angle_rad), math.sin(angle_rad)
     return torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=dtype, device=device)
+
+
+def matrix_to_quaternion(R: Tensor) -> Tensor:
+    """(..., 3, 3) rotation -> (..., 4) unit quaternion (w, x, y, z) with w >= 0; the inverse of
+    :func:`quaternion_to_matrix` (Shepperd's method: the largest of the four squared terms is taken as the
+    pivot, so no division by a small number)."""
+    m = R.reshape(-1, 3, 3)
+    t = torch.stack([1 + m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                     1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    pivot = t.argmax(-1)
+    s = t.gather(1, pivot[:, None]).clamp_min(1e-12).sqrt()[:, 0] * 2  # 4 * |component of the pivot|
+    w = torch.stack([s / 4, (m[:, 2, 1] - m[:, 1, 2]) / s, (m[:, 0, 2] - m[:, 2, 0]) / s,
+                     (m[:, 1, 0] - m[:, 0, 1]) / s], -1)
+    x = torch.stack([(m[:, 2, 1] - m[:, 1, 2]) / s, s / 4, (m[:, 0, 1] + m[:, 1, 0]) / s,
+                     (m[:, 0, 2] + m[:, 2, 0]) / s], -1)
+    y = torch.stack([(m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 0, 1] + m[:, 1, 0]) / s, s / 4,
+                     (m[:, 1, 2] + m[:, 2, 1]) / s], -1)
+    z = torch.stack([(m[:, 1, 0] - m[:, 0, 1]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s,
+                     (m[:, 1, 2] + m[:, 2, 1]) / s, s / 4], -1)
+    q = torch.stack([w, x, y, z], 1).gather(1, pivot[:, None, None].expand(-1, 1, 4))[:, 0]
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(*R.shape[:-2], 4)
