@@ -6,16 +6,17 @@
 # Usage: OUT=/dir STAGES="build lpips tests steps render memory train quality" bash bench/gpu_speed.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_speed}; mkdir -p "$W"
+L=$W/run_logs; mkdir -p "$L"  # per-run logs stay here; $OUT gets the summaries
 STAGES=${STAGES:-"build lpips tests steps render memory"}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export PYTHONPATH=$PWD:$PWD/submodules/simple-knn:$PWD/submodules/diff-gaussian-rasterization:${PYTHONPATH:-}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 DS=(--data_root "$W/ds" --tracking_root "$W/tr")
 if [ ! -f "$W/ds/s600/synthetic.json" ]; then
-  python -m preprocessing.synthetic_subject --idname s600 "${DS[@]}" --frames 600 --size 512 > "$OUT/gen600.log" 2>&1 &
+  python -m preprocessing.synthetic_subject --idname s600 "${DS[@]}" --frames 600 --size 512 > "$L/gen600.log" 2>&1 &
   GEN=$!
 fi
-python -m preprocessing.synthetic_subject --idname s16 "${DS[@]}" --frames 16 --size 512 > "$OUT/gen16.log" 2>&1
+python -m preprocessing.synthetic_subject --idname s16 "${DS[@]}" --frames 16 --size 512 > "$L/gen16.log" 2>&1
 if has build; then
   python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 fi
@@ -31,15 +32,16 @@ if has steps; then
   for m in baseline ours; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
     for p in fp32 tf32 bf16; do
-      for l in "" --with_lpips; do
+      for l in ${STEP_VARIANTS:-plain --with_lpips}; do
+        [ "$l" = plain ] && l=""
         python bench/bench_train_step.py --idname s16 "${DS[@]}" --test_num 4 --eval_num 4 "${flag[@]}" \
-          --precision "$p" $l --steps 100 --warmup 20 > "$OUT/step_${m}_${p}${l}.log" 2>&1
-        grep -h "RESULT\|inference\|peak" "$OUT/step_${m}_${p}${l}.log" | tr '\n' ' '; echo
+          --precision "$p" $l --steps 100 --warmup 20 > "$L/step_${m}_${p}${l}.log" 2>&1
+        grep -h "RESULT\|inference\|peak\|Error" "$L/step_${m}_${p}${l}.log" | tr '\n' ' '; echo
       done
     done
   done | tee "$OUT/steps.txt"
   python bench/bench_train_step.py --idname s16 "${DS[@]}" --test_num 4 --eval_num 4 --precision tf32 \
-    --steps 50 --profile > "$OUT/step_profile_baseline.log" 2>&1
+    --steps 50 --profile > "$L/step_profile_baseline.log" 2>&1; tail -14 "$L/step_profile_baseline.log" > "$OUT/profile.txt"
 fi
 [ -n "${GEN:-}" ] && wait "$GEN"
 if has render; then
@@ -47,11 +49,12 @@ if has render; then
   for m in baseline ours; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
     python train.py "${R[@]}" "${flag[@]}" --iterations 2000 --skip_test --overwrite \
-      > "$OUT/train2k_$m.log" 2>&1; tail -2 "$OUT/train2k_$m.log"
-    s=$(date +%s.%N); python render.py -m "$W/logs/s600_$m" > "$OUT/render_$m.log" 2>&1; e=$(date +%s.%N)
-    echo "render.py $m: $(awk "BEGIN{print $e - $s}") s wall (process)"; grep -h "rendered and written" "$OUT/render_$m.log"
-    s=$(date +%s.%N); python metrics.py -m "$W/logs/s600_$m" > "$OUT/metrics_$m.log" 2>&1; e=$(date +%s.%N)
-    echo "metrics.py $m: $(awk "BEGIN{print $e - $s}") s wall (process)"; tail -1 "$OUT/metrics_$m.log"
+      > "$L/train2k_$m.log" 2>&1; tail -2 "$L/train2k_$m.log"
+    s=$(date +%s.%N); python render.py -m "$W/logs/s600_$m" > "$L/render_$m.log" 2>&1; e=$(date +%s.%N)
+    tail -c 1500 "$L/render_$m.log" | tr '\r' '\n' | tail -8
+    echo "render.py $m: $(awk "BEGIN{print $e - $s}") s wall (process)"; grep -h "rendered and written" "$L/render_$m.log"
+    s=$(date +%s.%N); python metrics.py -m "$W/logs/s600_$m" > "$L/metrics_$m.log" 2>&1; e=$(date +%s.%N)
+    echo "metrics.py $m: $(awk "BEGIN{print $e - $s}") s wall (process)"; tail -1 "$L/metrics_$m.log"
   done | tee "$OUT/render.txt"
 fi
 if has memory; then
@@ -76,8 +79,8 @@ PY
   for m in baseline ours; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
     python train.py --idname s2000 "${DS[@]}" --log_root "$W/logs" --test_num 100 --eval_num 10 --preload device \
-      "${flag[@]}" --iterations 300 --lpips_start 100 --skip_test --overwrite > "$OUT/mem2000_$m.log" 2>&1
-    echo "2000 frames, $m: $(grep -h 'peak GPU' "$OUT/mem2000_$m.log")"
+      "${flag[@]}" --iterations 300 --lpips_start 100 --skip_test --overwrite > "$L/mem2000_$m.log" 2>&1
+    echo "2000 frames, $m: $(grep -h 'peak GPU' "$L/mem2000_$m.log")"
   done | tee "$OUT/memory.txt"
 fi
 if has train; then
@@ -86,7 +89,7 @@ if has train; then
     s=$(date +%s.%N)
     python train.py --idname s600 "${DS[@]}" --log_root "$W/logs" --test_num 500 --logname "full_$m" \
       "${flag[@]}" --iterations 30000 --skip_test --overwrite --precision "${FULL_PRECISION:-bf16}" \
-      > "$OUT/train30k_$m.log" 2>&1
+      > "$L/train30k_$m.log" 2>&1
     e=$(date +%s.%N)
     echo "train.py 30k $m (${FULL_PRECISION:-bf16}, LPIPS from 15000): $(awk "BEGIN{print $e - $s}") s wall (process)"
   done | tee "$OUT/train30k.txt"
@@ -97,7 +100,7 @@ if has quality; then
     for p in fp32 tf32; do
       python train.py --idname s600 "${DS[@]}" --log_root "$W/logs" --test_num 500 --eval_num 100 \
         --logname "q_${m}_$p" "${flag[@]}" --iterations 10000 --eval_every 10000 --overwrite --precision "$p" \
-        --lambda_lpips 0 > "$OUT/quality_${m}_$p.log" 2>&1
+        --lambda_lpips 0 > "$L/quality_${m}_$p.log" 2>&1
       python -c "import json,sys; d=json.load(open('$W/logs/s600_q_${m}_$p/train_log.json')); e=d['evaluations'][-1]; print('$m $p 10k: PSNR %.3f SSIM %.4f (%d views)' % (e['PSNR'], e['SSIM'], e['num_views']))"
     done
   done | tee "$OUT/quality.txt"

@@ -349,7 +349,9 @@ def test_cuda_training_graph_matches_eager_steps(knn, ours, appearance):
 @pytest.mark.parametrize("ours", [False, True])
 def test_cuda_tf32_deformation_agrees_with_fp32(knn, ours):
     """--precision tf32 (tensor-core GEMMs in the MLP) against fp32 at the default MLP width: outputs
-    within 1e-3 of their scale, parameter gradients within 1% (relative L2)."""
+    within 1e-3 of their scale; each parameter's gradient within 5% (relative L2; measured on an H200: the
+    first layer's weight gradient, a sum over all Gaussians of encoding x output-gradient products with
+    10-bit-mantissa factors, 3-4%, the others below 1%) and all gradients together within 2%."""
     from utils.precision import set_precision
 
     cfg = ModelOptions(ours=ours, uv_size=32)
@@ -377,4 +379,7 @@ def test_cuda_tf32_deformation_agrees_with_fp32(knn, ours):
         assert (out[k] - out32[k]).abs().max() <= 1e-3 * out32[k].abs().max(), k
     assert grad32
     for k in grad32:
-        assert (grad[k] - grad32[k]).norm() <= 0.01 * grad32[k].norm() + 1e-12, k
+        assert (grad[k] - grad32[k]).norm() <= 0.05 * grad32[k].norm() + 1e-12, k
+    every, every32 = torch.cat([g.flatten() for g in grad.values()]), torch.cat([g.flatten() for g in
+                                                                                 grad32.values()])
+    assert (every - every32).norm() <= 0.02 * every32.norm()
