@@ -190,3 +190,38 @@ def test_unpaired_frames_name_a_real_flag(synthetic_subject, tmp_path, capsys):
     assert "have no image" in line and "frames 00007" in line and "--allow_missing" in line
     assert train.main(_args(subj, tmp_path / "logs", "--iterations", "2", "--skip_test", "--allow_missing",
                             "--overwrite")) == 0
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG (an OSError, as on a full disk) instead of
+    killing the process with SIGXFSZ."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_good(synthetic_subject, tmp_path):
+    """A checkpoint write that fails part way (the disk fills: simulated with a file-size limit) ends with
+    one line naming the checkpoint, exit 2; the previous checkpoint is intact and no temporary file is
+    left."""
+    args = [sys.executable, str(REPO / "train.py"), *_args(synthetic_subject, tmp_path), "--skip_test",
+            "--ckpt_every", "5"]
+    env = os.environ | {"GAUSSIAN_RENDERER_BACKEND": "torch"}
+    first = subprocess.run(args + ["--iterations", "5"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / f"{synthetic_subject.idname}_baseline"
+    good = run / "ckpt" / "ckpt5.pth"
+    before = good.read_bytes()
+    assert len(before) > 40_000  # the limit below cuts the next checkpoint part way
+    second = subprocess.run(args + ["--iterations", "10", "--resume"], capture_output=True, text=True,
+                            env=env, cwd=REPO, preexec_fn=_file_size_limit(20_000))
+    assert second.returncode == 2, second.stderr[-2000:]
+    line = _one_line(second.stderr)
+    assert "ckpt10.pth" in line and "free space" in line
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["ckpt5.pth"]
+    assert not [p for p in run.rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]

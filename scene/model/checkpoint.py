@@ -13,6 +13,7 @@ caller adds, e.g. the frame sampler's state).
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -103,7 +104,11 @@ def save_checkpoint(path: str | os.PathLike, avatar: Avatar,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = checkpoint_dict(avatar, optimizers, iteration, extra=extra)
     with atomic_open(path, "wb", fsync=True) as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as exc:  # torch's zip writer turns a failed write (full disk) into this
+            raise OSError(errno.EIO, f"the checkpoint could not be written completely ({exc}); is the disk "
+                                     "full?", str(path)) from exc
     return path
 
 
