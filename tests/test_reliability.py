@@ -86,6 +86,7 @@ def test_bad_tracking_and_images_give_one_line(synthetic_subject, tmp_path, caps
     assert train.main(_args(subj, tmp_path / "logs", "--iterations", "2")) == 2
     line = _one_line(capsys.readouterr().err)
     assert "00003.frame" in line and "flame.exp" in line and "re-track" in line
+    assert not (tmp_path / "logs" / f"{subj.idname}_baseline").exists()  # a refused run leaves no folder
     shutil.rmtree(subj.tracking_root / subj.idname)
     shutil.copytree(synthetic_subject.tracking_root / subj.idname, subj.tracking_root / subj.idname)
     img = subj.data_root / subj.idname / "imgs" / "00005.png"

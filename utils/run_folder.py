@@ -38,9 +38,11 @@ class RunFolder:
         self.path = Path(path)
         self.lock = self.path / LOCK_NAME
         self.held = False
+        self._created = False
 
     def acquire(self) -> None:
         try:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create the output folder {self.path} ({exc.strerror or exc}); pass a "
@@ -76,9 +78,16 @@ class RunFolder:
             return None
 
     def release(self) -> None:
+        """Give the folder back; a folder this lock created and nothing was written into (a run refused at
+        its start) is removed, so a bad input leaves no trace."""
         if self.held:
             self.lock.unlink(missing_ok=True)
             self.held = False
+            if self._created:
+                try:
+                    self.path.rmdir()  # only when empty
+                except OSError:
+                    pass
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the ``.<name>.*.tmp`` files an interrupted atomic write left (only with the lock held)."""

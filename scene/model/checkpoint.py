@@ -107,8 +107,8 @@ def save_checkpoint(path: str | os.PathLike, avatar: Avatar,
         try:
             torch.save(state, f)
         except RuntimeError as exc:  # torch's zip writer turns a failed write (full disk) into this
-            raise OSError(errno.EIO, f"the checkpoint could not be written completely ({exc}); is the disk "
-                                     "full?", str(path)) from exc
+            raise OSError(errno.EIO, "the checkpoint could not be written completely (the write stopped part "
+                                     "way: is the disk full?)", str(path)) from exc
     return path
 
 
