@@ -18,20 +18,21 @@ if [ ! -f "$W/ds/s600/synthetic.json" ]; then
 fi
 python -m preprocessing.synthetic_subject --idname s16 "${DS[@]}" --frames 16 --size 512 > "$L/gen16.log" 2>&1
 if has build; then
-  python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  python setup.py build_ext --inplace > "$L/build.log" 2>&1 || { tail -30 "$L/build.log"; exit 1; }
 fi
 if [ ! -f "$W/home/hub/checkpoints/vgg16-397923af.pth" ]; then
   python -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from bench_lpips import write_random_vgg; write_random_vgg(Path('$W/home'))"
 fi
 export TORCH_HOME=$W/home GAUSSIAN_NO_DOWNLOAD=1
-if has lpips; then python bench/bench_lpips.py --json "$OUT/lpips.json" 2>&1 | tee "$OUT/lpips.log"; fi
+if has lpips; then python bench/bench_lpips.py --json "$OUT/lpips.json" 2>&1; fi
 if has tests; then
-  python -m pytest -q -m cuda -p no:cacheprovider tests > "$OUT/cuda_tests.log" 2>&1; tail -3 "$OUT/cuda_tests.log"
+  python -m pytest -q -m cuda -p no:cacheprovider tests ${TEST_K:+-k "$TEST_K"} > "$OUT/cuda_tests.log" 2>&1
+  tail -3 "$OUT/cuda_tests.log"
 fi
 if has steps; then
   for m in baseline ours; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
-    for p in fp32 tf32 bf16; do
+    for p in ${STEP_PRECISIONS:-fp32 tf32 bf16}; do
       for l in ${STEP_VARIANTS:-plain --with_lpips}; do
         [ "$l" = plain ] && l=""
         python bench/bench_train_step.py --idname s16 "${DS[@]}" --test_num 4 --eval_num 4 "${flag[@]}" \
@@ -46,7 +47,7 @@ fi
 [ -n "${GEN:-}" ] && wait "$GEN"
 if has render; then
   R=(--idname s600 "${DS[@]}" --log_root "$W/logs" --test_num 500 --eval_num 50)
-  for m in baseline ours; do
+  for m in ${METHODS:-baseline ours}; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
     python train.py "${R[@]}" "${flag[@]}" --iterations 2000 --skip_test --overwrite \
       > "$L/train2k_$m.log" 2>&1; tail -2 "$L/train2k_$m.log"
@@ -56,6 +57,11 @@ if has render; then
     s=$(date +%s.%N); python metrics.py -m "$W/logs/s600_$m" > "$L/metrics_$m.log" 2>&1; e=$(date +%s.%N)
     echo "metrics.py $m: $(awk "BEGIN{print $e - $s}") s wall (process)"; tail -1 "$L/metrics_$m.log"
   done | tee "$OUT/render.txt"
+fi
+if has viewer; then
+  for m in ${METHODS:-baseline ours}; do
+    python bench/bench_viewer.py -m "$W/logs/s600_$m" 2>&1 | grep viewer
+  done | tee "$OUT/viewer.txt"
 fi
 if has memory; then
   python - "$W" <<'PY'
@@ -76,7 +82,7 @@ if not dst.exists():
             os.symlink(src / "parsing" / f"{s:05d}_{kind}.png", dst / "parsing" / f"{k:05d}_{kind}.png")
         os.symlink(tsrc / f"{s:05d}.frame", tdst / f"{k:05d}.frame")
 PY
-  for m in baseline ours; do
+  for m in ${MEM_METHODS:-baseline ours}; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
     python train.py --idname s2000 "${DS[@]}" --log_root "$W/logs" --test_num 100 --eval_num 10 --preload device \
       "${flag[@]}" --iterations 300 --lpips_start 100 --skip_test --overwrite > "$L/mem2000_$m.log" 2>&1
