@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import sys
 
-from utils.options import parse_render_args
+from utils.options import adopted_summary, parse_render_args
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_render_args(argv)  # --help answers here, before torch is imported
     from utils.errors import guarded
 
-    if cfg.record is not None:
-        taken = " ".join(f"{k}={v}" for k, v in cfg.adopted.items()) or "the same as given"
-        print(f"[render] options from {cfg.record}: {taken}")
+    summary = adopted_summary("render", cfg)
+    if summary is not None:
+        print(summary)
 
     def body() -> int:
         from scene.rendering import Renderer, RenderSetupError

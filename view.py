@@ -14,16 +14,16 @@ from __future__ import annotations
 import sys
 import time
 
-from utils.options import parse_view_args
+from utils.options import adopted_summary, parse_view_args
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_view_args(argv)  # --help answers here, before torch is imported
     from utils.errors import InputError, guarded
 
-    if cfg.record is not None:
-        taken = " ".join(f"{k}={v}" for k, v in cfg.adopted.items()) or "the same as given"
-        print(f"[view] options from {cfg.record}: {taken}")
+    summary = adopted_summary("view", cfg)
+    if summary is not None:
+        print(summary)
 
     def body() -> int:
         try:

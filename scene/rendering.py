@@ -90,10 +90,7 @@ class Renderer:
     def __init__(self, cfg: RenderConfig) -> None:
         self.cfg = cfg
         r, p = cfg.render, cfg.paths
-        try:
-            self.device = resolve_device(cfg.run.device)
-        except RuntimeError as exc:
-            raise RenderSetupError(str(exc)) from exc
+        self.device = resolve_device(cfg.run.device)  # DeviceError: a domain error, one line
         self.model_dir = p.model_dir
         self.checkpoint = r.checkpoint if r.checkpoint is not None else newest_run_checkpoint(self.model_dir)
         cross = r.cross is not None

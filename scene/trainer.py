@@ -53,10 +53,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        try:
-            self.device = resolve_device(cfg.run.device)
-        except RuntimeError as exc:
-            raise InputError(str(exc)) from exc
+        self.device = resolve_device(cfg.run.device)  # DeviceError: a domain error, one line
         set_precision(cfg.run.precision, self.device)
         self.run_dir = cfg.paths.model_dir
         self.folder = RunFolder(self.run_dir)

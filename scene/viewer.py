@@ -143,10 +143,7 @@ class ViewerModel:
     def __init__(self, cfg: ViewConfig) -> None:
         self.cfg = cfg
         v, p = cfg.view, cfg.paths
-        try:
-            self.device = resolve_device(cfg.run.device)
-        except RuntimeError as exc:
-            raise ViewerSetupError(str(exc)) from exc
+        self.device = resolve_device(cfg.run.device)  # DeviceError: a domain error, one line
         set_precision(cfg.run.precision, self.device)
         self.run_dir = p.model_dir
         checkpoint = v.checkpoint or newest_checkpoint(self.run_dir)

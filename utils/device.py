@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from utils.errors import InputError
+
+
+class DeviceError(InputError):
+    """``--device`` names a device this machine does not have."""
+
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
-    """``auto`` (or None) -> CUDA when available, else CPU; otherwise ``torch.device(spec)``,
-    refused clearly when it names CUDA on a machine without it."""
+    """``auto`` (or None) -> CUDA when available, else CPU; otherwise ``torch.device(spec)``, refused with
+    :class:`DeviceError` (a domain error: one line in the scripts) when it names CUDA on a machine
+    without it."""
     if spec in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine; "
+        raise DeviceError(f"--device {spec}: CUDA is not available on this machine; "
                            "use --device cpu or auto")
     return device
 

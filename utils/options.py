@@ -516,6 +516,14 @@ def _parse(script: str, argv: list[str] | None) -> Any:
     return cfg
 
 
+def adopted_summary(script: str, cfg: RenderConfig | ViewConfig) -> str | None:
+    """The line render.py / view.py print about the options they took from the run's record, or None."""
+    if cfg.record is None:
+        return None
+    taken = " ".join(f"{k}={v}" for k, v in cfg.adopted.items()) or "the same as given"
+    return f"[{script}] options from {cfg.record}: {taken}"
+
+
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     return _parse("train", argv)
 
