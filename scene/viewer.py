@@ -250,6 +250,18 @@ class ViewerModel:
             panels.append(letterbox(frame.image, pw, height, self.background))
         return to_uint8(torch.cat(panels, dim=2))
 
+    def orbit(self, req: ViewRequest, n: int) -> list[np.ndarray]:
+        """``req``'s view with the camera turned about FLAME's vertical axis through the origin, a full
+        turn in ``n`` frames (the first is ``req`` itself), for the viewer's orbit video."""
+        base = camera_of_pose(req.pose, req.width, req.height)
+        frames = []
+        for k in range(n):
+            turned = pose_of_camera(base.turned(360.0 * k / n))
+            pose = ViewPose(turned.wxyz, turned.position, req.pose.fov_y)
+            frames.append(self.render(ViewRequest(req.frame, pose, req.width, req.height, req.edits,
+                                                  uncertainty=req.uncertainty)))
+        return frames
+
     @property
     def labels(self) -> list[str]:
         return [self.main.label] + ([self.other.label] if self.other is not None else [])

@@ -16,10 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from scene.viewer import Edits, ViewerModel, ViewPose, ViewRequest, camera_of_pose, pose_of_camera
+from scene.viewer import Edits, ViewerModel, ViewPose, ViewRequest, pose_of_camera
 from utils.image_io import write_image
 from utils.video import write_video
 
@@ -191,18 +190,6 @@ class ViewerApp:
         print(f"[view] saved {path}")
         return path
 
-    def orbit_frames(self, req: ViewRequest, n: int = ORBIT_FRAMES) -> list[np.ndarray]:
-        """The current view turned about the head's vertical axis, a full turn in ``n`` frames."""
-        frames = []
-        base = camera_of_pose(req.pose, req.width, req.height)
-        for k in range(n):
-            turned = pose_of_camera(base.turned(360.0 * k / n))
-            frames.append(self.model.render(ViewRequest(req.frame, ViewPose(turned.wxyz, turned.position,
-                                                                             req.pose.fov_y),
-                                                        req.width, req.height, req.edits,
-                                                        uncertainty=req.uncertainty)))
-        return frames
-
     def _save_orbit(self, client) -> Path | None:
         req = self.request(client)
         if req is None:
@@ -210,7 +197,7 @@ class ViewerApp:
         note = client.add_notification("Rendering orbit", f"{ORBIT_FRAMES} frames", loading=True,
                                        with_close_button=False)
         path = write_video(self.out_dir / f"orbit_{req.frame:05d}_{self._stamp()}.mp4",
-                           self.orbit_frames(req), fps=self.model.cfg.view.fps)
+                           self.model.orbit(req, ORBIT_FRAMES), fps=self.model.cfg.view.fps)
         note.remove()
         client.send_file_download(path.name, path.read_bytes())
         client.add_notification("Saved", str(path), auto_close_seconds=5.0)

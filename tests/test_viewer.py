@@ -130,6 +130,34 @@ def test_viewer_model_renders_the_tracked_view(viewer_run):
     assert np.abs(unc.astype(int) - view.astype(int)).mean() > 5
 
 
+def test_viewer_compare_and_orbit(viewer_run, synthetic_subject):
+    """--compare renders a second run beside the first with the same camera; the orbit starts at the view
+    and turns the head (the half-turn shows another side)."""
+    import train
+    from scene.viewer import ViewRequest, pose_of_camera
+
+    data_root, tracking_root, idname = synthetic_subject
+    args = ["--idname", idname, "--data_root", str(data_root), "--tracking_root", str(tracking_root),
+            "--log_root", str(viewer_run.parent), "--test_num", "4", "--eval_num", "4", "--uv_size", "32",
+            "--hidden_dim", "32", "--hidden_layers", "2", "--iterations", "60", "--skip_test",
+            "--lambda_lpips", "0", "--grid_every", "0", "--device", "cpu"]
+    assert train.main(args) == 0
+    other = viewer_run.parent / f"{idname}_baseline"
+    single, both = _model(viewer_run), _model(viewer_run, "--compare", str(other))
+    assert both.labels == ["ours @ 150", "baseline @ 60"]
+    cam = single.tracked_camera(2)
+    w, h = cam.image_width, cam.image_height
+    pose = pose_of_camera(cam)
+    alone = single.render(ViewRequest(2, pose, w, h))
+    pair = both.render(ViewRequest(2, pose, 2 * w, h))
+    assert pair.shape == (h, 2 * w, 3)
+    assert np.abs(pair[:, :w].astype(int) - alone.astype(int)).max() <= 1  # the run itself, same camera
+    assert np.abs(pair[:, w:].astype(int) - alone.astype(int)).mean() > 1  # the other run
+    frames = single.orbit(ViewRequest(2, pose, w, h), 4)
+    assert len(frames) == 4 and np.array_equal(frames[0], alone)
+    assert np.abs(frames[2].astype(int) - alone.astype(int)).mean() > 3
+
+
 def test_view_script_refuses_bad_input(viewer_run, tmp_path, capsys):
     import view
 
