@@ -96,16 +96,22 @@ def fit_size(width: int, height: int, max_size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def letterbox(image: Tensor, width: int, height: int, background: Tensor) -> Tensor:
-    """(3,h,w) image scaled to fit ``width`` x ``height`` (aspect kept), centred on ``background``."""
+def fit_height(image: Tensor, width: int, height: int, background: Tensor) -> Tensor:
+    """(3,h,w) image scaled to ``height`` rows (the viewer camera's scale: its focal length comes from the
+    vertical field of view) and centred in ``width`` columns, cropped or padded with ``background`` at
+    the sides."""
     _, h, w = image.shape
-    scale = min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    scaled = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
+    scale = height / h
+    nw = max(1, round(w * scale))
+    scaled = F.interpolate(image[None], size=(height, nw), mode="bilinear", align_corners=False,
                            antialias=scale < 1)[0]
     out = background.view(3, 1, 1).expand(3, height, width).clone()
-    y0, x0 = (height - nh) // 2, (width - nw) // 2
-    out[:, y0:y0 + nh, x0:x0 + nw] = scaled
+    if nw >= width:
+        x0 = (nw - width) // 2
+        out[:] = scaled[:, :, x0:x0 + width]
+    else:
+        x0 = (width - nw) // 2
+        out[:, :, x0:x0 + nw] = scaled
     return out
 
 
@@ -238,7 +244,7 @@ class ViewerModel:
                 if req.error and frame is not None:
                     img = self._panel(loaded, cond, frame.camera, False)
                     err = error_map(img, frame.image, frame.head_mask, self.background)
-                    img = letterbox(err, pw, height, self.background)
+                    img = fit_height(err, pw, height, self.background)
                 else:
                     cam = camera_of_pose(req.pose, pw, height, self.device)
                     img = self._panel(loaded, cond, cam, req.uncertainty)
@@ -247,7 +253,7 @@ class ViewerModel:
                 torch.cuda.synchronize(self.device)
         self.last_ms = (time.perf_counter() - t0) * 1e3
         if gt_panel:
-            panels.append(letterbox(frame.image, pw, height, self.background))
+            panels.append(fit_height(frame.image, pw, height, self.background))
         return to_uint8(torch.cat(panels, dim=2))
 
     def orbit(self, req: ViewRequest, n: int) -> list[np.ndarray]:

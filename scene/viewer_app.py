@@ -56,6 +56,9 @@ class ViewerApp:
     # -- controls ----------------------------------------------------------------------------------
     def _build_gui(self) -> None:
         g, m = self.server.gui, self.model
+        # the controls in a side bar of their own, so that they never cover the views
+        g.configure_theme(control_width="medium", show_logo=False, show_share_button=False)
+        g.main_panel.dock_right()
         g.add_markdown(f"**{m.subject.idname}**: " + " | ".join(m.labels))
         with g.add_folder("Sequence"):
             self.timeline = g.add_slider("Frame", min=0, max=max(m.n_frames - 1, 1), step=1, initial_value=0)

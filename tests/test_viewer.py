@@ -63,16 +63,20 @@ def test_edited_condition():
                                rotation_about_x(0.2, dtype=torch.float64))
 
 
-def test_letterbox_and_fit_size():
-    from scene.viewer import fit_size, letterbox
+def test_fit_height_and_fit_size():
+    from scene.viewer import fit_height, fit_size
 
     assert fit_size(2000, 1000, 1024) == (1024, 512)
     assert fit_size(300, 200, 1024) == (300, 200)
     img = torch.rand(3, 10, 10)
-    out = letterbox(img, 30, 10, torch.ones(3))
+    out = fit_height(img, 30, 10, torch.ones(3))  # a wide panel: padded at the sides
     assert out.shape == (3, 10, 30)
     torch.testing.assert_close(out[:, :, 10:20], img)
     assert torch.all(out[:, :, :10] == 1) and torch.all(out[:, :, 20:] == 1)
+    narrow = fit_height(img, 4, 10, torch.ones(3))  # a narrow panel: the middle columns, same scale
+    torch.testing.assert_close(narrow, img[:, :, 3:7])
+    up = fit_height(img, 20, 20, torch.ones(3))  # scaled with the panel's height
+    assert up.shape == (3, 20, 20) and torch.allclose(up.mean(), img.mean(), atol=0.05)
 
 
 # ------------------------------------------------------------------------------ a trained run
