@@ -162,6 +162,26 @@ def test_viewer_compare_and_orbit(viewer_run, synthetic_subject):
     assert np.abs(frames[2].astype(int) - alone.astype(int)).mean() > 3
 
 
+def test_viewer_plays_another_subjects_sequence(viewer_run, synthetic_subject, tmp_path):
+    """--cross SRC: the timeline runs over SRC's tracked frames (expressions and cameras), with no ground
+    truth (SRC's images are not the avatar's)."""
+    from preprocessing.synthetic_subject import make_synthetic_subject
+    from scene.viewer import ViewRequest, pose_of_camera
+
+    make_synthetic_subject(tmp_path / "data", tmp_path / "track", "src", n_frames=5, image_size=48, seed=5,
+                           resolution=16)
+    shutil.rmtree(tmp_path / "data" / "src" / "imgs")  # tracking only
+    m = _model(viewer_run, "--cross", "src", "--cross_data_root", str(tmp_path / "data"),
+               "--cross_tracking_root", str(tmp_path / "track"))
+    assert m.n_frames == 5 and not m.has_ground_truth(0)
+    torch.testing.assert_close(m.tracked_camera(1).K, m.source.camera(1).K)
+    pose = pose_of_camera(m.subject.camera(0))
+    a = m.render(ViewRequest(0, pose, 64, 64, ground_truth=True))
+    b = m.render(ViewRequest(3, pose, 64, 64, ground_truth=True))
+    assert a.shape == (64, 64, 3)  # no ground-truth panel for another subject's motion
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 0  # its expressions move the avatar
+
+
 def test_view_script_refuses_bad_input(viewer_run, tmp_path, capsys):
     import view
 
