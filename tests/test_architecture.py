@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train", "render", "metrics"}
+SCRIPTS = {"train", "render", "metrics", "view"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -56,7 +56,7 @@ def _floor(module: str) -> int | None:
 
 def test_no_import_runs_back_up():
     """utils < flame < gaussian_renderer < scene.data, scene.model < preprocessing < scene.assemble,
-    scene.trainer, scene.rendering < the scripts."""
+    scene.trainer, scene.rendering, scene.viewer(_app) < the scripts."""
     for p in _python_files("utils", "flame", "gaussian_renderer", "scene", "preprocessing"):
         module = ".".join(p.relative_to(REPO).with_suffix("").parts)
         own = _floor(module.removesuffix(".__init__"))
@@ -94,7 +94,8 @@ def test_domain_errors_share_one_base():
 
     modules = ["flame.assets", "flame.obj", "flame.safe_pickle", "scene.data.subject", "scene.data.tracking",
                "scene.model.checkpoint", "utils.image_io", "utils.lpips_loader", "utils.video",
-               "preprocessing.frames_io", "preprocessing.rvm", "render", "metrics"]
+               "preprocessing.frames_io", "preprocessing.rvm", "render", "metrics", "utils.device",
+               "scene.viewer", "view"]
     errors = []
     for name in modules:
         mod = importlib.import_module(name)
