@@ -34,8 +34,23 @@ def ensure_subject(paths: PathOptions) -> None:
         raise InputError(str(exc)) from exc
 
 
-def resolve_preload(preload: str, subject_dir: Path) -> str:
-    """``auto`` -> device when the uint8 frames (image + 3 masks) fit in 2 GiB, cpu up to 8 GiB, else none."""
+DEVICE_CACHE_CAP = 6 << 30  # bytes of uint8 frames kept on a GPU at most by --preload auto
+CPU_CACHE_CAP = 8 << 30
+
+
+def device_cache_budget(device: torch.device | None) -> int:
+    """Bytes of frames ``--preload auto`` keeps on ``device``: a quarter of a GPU's memory, at most
+    DEVICE_CACHE_CAP (an H200 holds a 2000-frame 512x512 subject, 3.1 GB; an 8 GB card 2 GiB); on the
+    CPU the "device" cache is the CPU cache, 2 GiB as before."""
+    if device is not None and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return min(DEVICE_CACHE_CAP, total // 4)
+    return 2 << 30
+
+
+def resolve_preload(preload: str, subject_dir: Path, device_budget: int = 2 << 30) -> str:
+    """``auto`` -> device when the uint8 frames (image + 3 masks) fit in ``device_budget`` bytes, cpu up to
+    8 GiB, else none."""
     if preload != "auto":
         return preload
     imgs = sorted(q for q in (subject_dir / "imgs").glob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
@@ -43,9 +58,9 @@ def resolve_preload(preload: str, subject_dir: Path) -> str:
         return "none"  # the Subject reports the problem
     h, w = image_size(imgs[0])
     need = len(imgs) * h * w * 6
-    if need <= 2 << 30:
+    if need <= device_budget:
         return "device"
-    return "cpu" if need <= 8 << 30 else "none"
+    return "cpu" if need <= CPU_CACHE_CAP else "none"
 
 
 def open_subject(data_root: Path, tracking_root: Path, idname: str, data: DataOptions,
@@ -57,7 +72,8 @@ def open_subject(data_root: Path, tracking_root: Path, idname: str, data: DataOp
         return Subject(data_root, tracking_root, idname, frame_delta=data.frame_delta,
                        background=data.background, test_num=0, eval_num=0, preload="none", device=device,
                        require_images=False)
-    preload = resolve_preload(data.preload if preload is None else preload, Path(data_root) / idname)
+    preload = resolve_preload(data.preload if preload is None else preload, Path(data_root) / idname,
+                              device_cache_budget(torch.device(device)))
     return Subject(data_root, tracking_root, idname, frame_delta=data.frame_delta, background=data.background,
                    test_num=data.test_num, eval_num=data.eval_num, max_train=data.max_train, preload=preload,
                    device=device, allow_missing=data.allow_missing)

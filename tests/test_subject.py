@@ -204,3 +204,31 @@ def test_device_preload_matches_cpu(tmp_path: Path) -> None:
         torch.testing.assert_close(b.image.cpu(), a.image, rtol=0, atol=1e-6)  # ulp-level division
         torch.testing.assert_close(b.condition.cpu(), a.condition)
         torch.testing.assert_close(b.camera.full_proj_transform.cpu(), a.camera.full_proj_transform)
+
+
+def test_preload_auto_follows_the_device_budget(tmp_path: Path) -> None:
+    """--preload auto: on the device while the uint8 frames fit its budget, then the CPU up to 8 GiB, then
+    none; a GPU's budget is a quarter of its memory, capped (a 2000-frame 512x512 subject, 3.1 GB, is kept
+    on a 141 GB H200, not on an 8 GB card)."""
+    from types import SimpleNamespace
+
+    import scene.assemble as assemble
+
+    imgs = tmp_path / "s" / "imgs"
+    imgs.mkdir(parents=True)
+    from PIL import Image
+
+    for k in range(3):
+        Image.new("RGB", (40, 30)).save(imgs / f"{k:05d}.png")
+    need = 3 * 40 * 30 * 6
+    assert assemble.resolve_preload("auto", tmp_path / "s", device_budget=need) == "device"
+    assert assemble.resolve_preload("auto", tmp_path / "s", device_budget=need - 1) == "cpu"
+    assert assemble.resolve_preload("none", tmp_path / "s", device_budget=need) == "none"
+    assert assemble.device_cache_budget(torch.device("cpu")) == 2 << 30
+    subject_2000 = 2000 * 512 * 512 * 6
+    for total, on_device in ((141 << 30, True), (8 << 30, False)):
+        props = SimpleNamespace(total_memory=total)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.cuda, "get_device_properties", lambda device, props=props: props)
+            budget = assemble.device_cache_budget(torch.device("cuda"))
+        assert (subject_2000 <= budget) == on_device

@@ -144,7 +144,8 @@ class DataOptions:
         "--green_background": ("green", "green (0,1,0) background, the original FlashAvatar's default")})
     preload: str = option("auto", choices=["auto", "none", "cpu", "device"],
                           help="cache frames: none (read per use), cpu, device (fastest); auto = device "
-                               "when the subject fits in 2 GiB, else cpu when it fits in 8 GiB, else none")
+                               "when the subject fits in a quarter of the GPU's memory (at most 6 GiB; "
+                               "2 GiB on a CPU), else cpu when it fits in 8 GiB, else none")
 
 
 @dataclass(frozen=True)
