@@ -3,7 +3,10 @@
 # precision (without and with LPIPS), inference FPS, render.py and metrics.py on a 500-frame test split,
 # peak training memory on a 2000-frame subject. LPIPS timing uses a seeded random VGG16 when the real
 # weights are not in torch's hub cache (timing does not depend on the weights' values).
-# Usage: OUT=/dir STAGES="build lpips tests steps render memory train quality" bash bench/gpu_speed.sh
+# Usage: OUT=/dir STAGES="build lpips tests steps render viewer memory train quality" bash bench/gpu_speed.sh
+# The lpips stage, the --with_lpips steps, memory and train need the lpips package and render the
+# imageio-ffmpeg binary: on an offline device carry lpips' wheel unzipped onto PYTHONPATH (pip may install
+# into another Python) and the ffmpeg binary xz-compressed (bench/NOTES.md, session 5).
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_speed}; mkdir -p "$W"
 L=$W/run_logs; mkdir -p "$L"  # per-run logs stay here; $OUT gets the summaries
