@@ -34,7 +34,7 @@ from utils.image_io import to_uint8
 from utils.options import ModelOptions, ViewConfig, read_run_record
 from utils.precision import set_precision
 from utils.rotations import matrix_to_quaternion, quaternion_to_matrix
-from utils.visualize import error_map, uncertainty_colors
+from utils.visualize import caption_strip, error_map, uncertainty_colors
 
 
 class ViewerSetupError(InputError):
@@ -112,6 +112,15 @@ def fit_height(image: Tensor, width: int, height: int, background: Tensor) -> Te
     else:
         x0 = (width - nw) // 2
         out[:, :, x0:x0 + nw] = scaled
+    return out
+
+
+def label_panel(image: Tensor, text: str) -> Tensor:
+    """(3,h,w) image with ``text`` in a caption strip over its top rows (:func:`caption_strip`)."""
+    strip = caption_strip(text, image.shape[-1]).to(image)
+    out = image.clone()
+    rows = min(strip.shape[1], out.shape[1])
+    out[:, :rows] = strip[:, :rows]
     return out
 
 
@@ -262,6 +271,9 @@ class ViewerModel:
         self.last_ms = (time.perf_counter() - t0) * 1e3
         if gt_panel:
             panels.append(fit_height(frame.image, pw, height, self.background))
+        if len(panels) > 1:  # side by side: say which panel is which
+            names = [a.label for a in avatars] + [f"ground truth, frame {int(self.subject.frame_ids[k]):05d}"]
+            panels = [label_panel(img, name) for img, name in zip(panels, names)]
         return to_uint8(torch.cat(panels, dim=2))
 
     def orbit(self, req: ViewRequest, n: int) -> list[np.ndarray]:

@@ -125,7 +125,9 @@ def test_viewer_model_renders_the_tracked_view(viewer_run):
     both = m.render(ViewRequest(k, req.pose, 2 * cam.image_width, cam.image_height, ground_truth=True))
     assert both.shape == (cam.image_height, 2 * cam.image_width, 3)
     gt = to_uint8(m.subject.frame(k).image)
-    assert np.abs(both[:, cam.image_width:].astype(int) - gt.astype(int)).max() <= 1
+    top = 10  # the caption strip over each side-by-side panel (64 px wide: 10 rows)
+    assert np.abs(both[top:, cam.image_width:].astype(int) - gt[top:].astype(int)).max() <= 1
+    assert both[:top].min() < 128 and both[:top].mean() > 200  # dark text on a white strip
     from scene.viewer import Edits
 
     opened = m.render(ViewRequest(k, req.pose, cam.image_width, cam.image_height, Edits(jaw_open_deg=25.0)))
@@ -155,8 +157,9 @@ def test_viewer_compare_and_orbit(viewer_run, synthetic_subject):
     alone = single.render(ViewRequest(2, pose, w, h))
     pair = both.render(ViewRequest(2, pose, 2 * w, h))
     assert pair.shape == (h, 2 * w, 3)
-    assert np.abs(pair[:, :w].astype(int) - alone.astype(int)).max() <= 1  # the run itself, same camera
-    assert np.abs(pair[:, w:].astype(int) - alone.astype(int)).mean() > 1  # the other run
+    top = 10  # below the panels' caption strips
+    assert np.abs(pair[top:, :w].astype(int) - alone[top:].astype(int)).max() <= 1  # the run, same camera
+    assert np.abs(pair[top:, w:].astype(int) - alone[top:].astype(int)).mean() > 1  # the other run
     frames = single.orbit(ViewRequest(2, pose, w, h), 4)
     assert len(frames) == 4 and np.array_equal(frames[0], alone)
     assert np.abs(frames[2].astype(int) - alone.astype(int)).mean() > 3
