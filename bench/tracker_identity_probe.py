@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     obs = observations_from_tracking(truth, assets, emb, noise_px=args.noise)
     make_params = track_run.TrackParams
     for fix in args.fix:
-        def params_with_truth(n: int, focal: float, fix: str = fix) -> TrackParams:
+        def params_with_truth(n: int, focal: float, fix: str = fix, **kwargs) -> TrackParams:
             """The tracker's unknowns with the chosen parts set to the truth and frozen."""
-            p = make_params(n, focal)
+            p = make_params(n, focal, **kwargs)
             with torch.no_grad():
                 if "shape" in fix:
                     p.shape.copy_(g["shape"][: p.shape.numel()])

@@ -21,6 +21,7 @@ from utils.image_io import IMAGE_SUFFIXES, ImageReadError, image_size, read_imag
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 FRAME_NAME = "{:05d}"
+PREPROCESS_SETTINGS = "preprocess.json"  # video_to_subject.py's record of a subject's frames (crop, size)
 # Files an OS or editor drops into folders; never frames, never worth an error.
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini"}
 

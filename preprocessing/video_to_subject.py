@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from preprocessing.face_landmarks import FaceLandmarker
-from preprocessing.frames_io import FRAME_NAME, PreprocessError, open_frames, progress
+from preprocessing.frames_io import FRAME_NAME, PREPROCESS_SETTINGS, PreprocessError, open_frames, progress
 from preprocessing.organize import organize
 from preprocessing.rvm import matte_sequence
 from preprocessing.semantic import make_backend, parse_folder
@@ -44,7 +44,7 @@ from utils.errors import InputError
 from utils.image_io import write_image
 from utils.options import DEFAULT_TRACKING_ROOT
 
-SETTINGS_FILE = "preprocess.json"
+SETTINGS_FILE = PREPROCESS_SETTINGS
 STEP_DIRS = ("imgs", "alpha", "comp", "parsing")
 
 
@@ -144,6 +144,7 @@ def extract_frames(
     settings = {
         "source": str(Path(video_path).resolve()),
         "crop_box_xywh": list(box),
+        "source_size_hw": list(source.size),  # with the box: the crop's principal point (the tracker's)
         "size": size,
         "every": every,
         "n_frames": len(indices),

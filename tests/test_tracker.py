@@ -129,6 +129,37 @@ def test_landmark_fit_recovers_known_tracking(landmark_fit, subject):
     assert torch.isfinite(sub.conditions).all()
 
 
+def test_crop_record_gives_the_principal_point(subject, landmark_fit, tmp_path):
+    """A subject made by video_to_subject.py records its crop box and the video's size; the tracker puts
+    the principal point where the video's centre lands in the crop (not at the image centre), and the
+    .frame files carry it. The synthetic truth has its principal point off-centre, at (130.56, 125.44)
+    px of 256: a 1000x1000 video cropped at (245, 255) with a 500-pixel box puts it exactly there."""
+    import json
+    import shutil
+
+    from preprocessing.frames_io import PREPROCESS_SETTINGS
+    from preprocessing.track.run import crop_principal_point
+
+    root, assets, emb, truth = subject
+    data = tmp_path / "d"
+    shutil.copytree(root / "d" / "s", data / "s")
+    assert crop_principal_point(data / "s", (SIZE, SIZE)) is None  # no record: the image centre
+    record = {"crop_box_xywh": [245, 255, 500, 500], "source_size_hw": [1000, 1000], "size": SIZE}
+    (data / "s" / PREPROCESS_SETTINGS).write_text(json.dumps(record))
+    cx, cy = crop_principal_point(data / "s", (SIZE, SIZE))
+    assert cx == pytest.approx(float(truth[0].K[0, 2])) and cy == pytest.approx(float(truth[0].K[1, 2]))
+    _, err_centred, obs = landmark_fit
+    summary = track_subject(data, tmp_path / "fit", "s", _config(), observations=obs)
+    assert summary["principal_point"] == pytest.approx([cx, cy])
+    fit = load_sequence(tmp_path / "fit" / "s" / "checkpoint")
+    assert all(float(f.K[0, 2]) == pytest.approx(cx) and float(f.K[1, 2]) == pytest.approx(cy) for f in fit)
+    err = compare_tracking(truth, fit, assets, emb)
+    print("principal point from the crop:", err["rotation_deg"], "deg; image centre:",
+          err_centred["rotation_deg"], "deg")
+    assert err["reprojection_px"] <= err_centred["reprojection_px"] + 0.05
+    assert err["rotation_deg"] <= err_centred["rotation_deg"] + 0.1
+
+
 def test_photometric_stage_refines_against_the_pixels(subject, landmark_fit):
     root, assets, emb, truth = subject
     _, before, obs = landmark_fit

@@ -102,8 +102,9 @@ def initialise_pose(params: TrackParams, model: LandmarkModel, obs: Observations
     z = torch.where(good, z, z[good].median() if good.any() else torch.full_like(z, 1.0))
     centre = torch.where(good[:, None], centre, centre[good].mean(0) if good.any() else
                          torch.tensor([w / 2.0, h / 2.0], device=dev))
-    x = (centre[:, 0] - w / 2.0) * z / f
-    y = (centre[:, 1] - h / 2.0) * z / f
+    cx, cy = params.principal if params.principal is not None else (w / 2.0, h / 2.0)
+    x = (centre[:, 0] - cx) * z / f
+    y = (centre[:, 1] - cy) * z / f
     params.translation.copy_(torch.stack([x, y, z], 1) - centre3d)
     params.rotation.copy_(identity_rot6d(n, device=dev))
 

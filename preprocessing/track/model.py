@@ -4,7 +4,8 @@ Conventions (docs/maths.md sections 3, 7, 8): tracking bakes the head pose into 
 own global rotation stays identity and every frame has a world-to-camera rotation ``R = R0 Rh`` and
 translation ``t``, where ``Rh`` is the head's rotation in a y-up, z-towards-the-camera frame and
 ``R0 = diag(1, -1, -1)`` turns that frame into OpenCV's (x right, y down, z forward). One focal length
-(fx = fy) and the image centre as principal point serve the whole clip; pixel ``u = fx x / z + cx``.
+(fx = fy) and one principal point serve the whole clip: the image centre, or where the uncropped video's
+centre lands in the crop when video_to_subject.py recorded the crop; pixel ``u = fx x / z + cx``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class TrackParams(nn.Module):
     per frame ``rotation`` (6D, the head's Rh), ``translation`` (camera space, metres), ``expression``,
     ``jaw`` and ``eyes`` (6D), ``eyelids``."""
 
-    def __init__(self, n_frames: int, focal: float, *, n_shape: int = 100, n_expr: int = N_EXPR) -> None:
+    def __init__(self, n_frames: int, focal: float, *, n_shape: int = 100, n_expr: int = N_EXPR,
+                 principal: tuple[float, float] | None = None) -> None:
         super().__init__()
+        self.principal = principal  # (cx, cy) in pixels when known (a crop's record), else the image centre
         self.shape = nn.Parameter(torch.zeros(n_shape))
         self.log_focal = nn.Parameter(torch.tensor(float(np.log(focal))))
         self.rotation = nn.Parameter(identity_rot6d(n_frames))
@@ -81,8 +84,9 @@ class TrackParams(nn.Module):
         h, w = img_size
         f = torch.exp(self.log_focal) * w
         zero, one = f.new_zeros(()), f.new_ones(())
-        K = torch.stack([torch.stack([f, zero, f.new_tensor(w / 2.0)]),
-                         torch.stack([zero, f, f.new_tensor(h / 2.0)]),
+        cx, cy = self.principal if self.principal is not None else (w / 2.0, h / 2.0)
+        K = torch.stack([torch.stack([f, zero, f.new_tensor(cx)]),
+                         torch.stack([zero, f, f.new_tensor(cy)]),
                          torch.stack([zero, zero, one])])
         return R0.to(f) @ self.head_rotation(), self.translation, K
 

@@ -12,6 +12,7 @@ end, each atomically.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import warnings
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from flame.assets import load_flame_assets, resolve_flame_dir
 from flame.landmarks import load_landmark_embedding
 from preprocessing.face_landmarks import FaceLandmarker
-from preprocessing.frames_io import PreprocessError
+from preprocessing.frames_io import PREPROCESS_SETTINGS, PreprocessError
 from preprocessing.track.fit import FitConfig, fit_landmarks
 from preprocessing.track.model import LandmarkModel, Observations, TrackParams
 from preprocessing.track.observe import observations_from_arrays
@@ -214,9 +215,11 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
     model = LandmarkModel(assets, embedding).to(device)
     summary: dict = {"frames": len(obs), "device": str(device)}
 
-    params = TrackParams(len(obs), cfg.focal).to(device)
+    principal = crop_principal_point(subject_dir, obs.img_size)
+    summary["principal_point"] = list(principal) if principal is not None else "image centre"
+    params = TrackParams(len(obs), cfg.focal, principal=principal).to(device)
     t1 = time.perf_counter()
-    key = _digest(obs, cfg.focal, asdict(cfg.fit))
+    key = _digest(obs, cfg.focal, asdict(cfg.fit), principal)
     stage1 = _resume(work / "stage1.pt", params, obs, key, cfg.restart)
     if stage1 is None:
         bar = tqdm(total=cfg.fit.rigid_steps + cfg.fit.steps, desc="fit landmarks", unit="step",
@@ -228,7 +231,7 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
     timings["landmark_fit_s"] = time.perf_counter() - t1
     if cfg.photometric:
         t2 = time.perf_counter()
-        key = _digest(obs, cfg.focal, asdict(cfg.fit), asdict(cfg.photo))
+        key = _digest(obs, cfg.focal, asdict(cfg.fit), principal, asdict(cfg.photo))
         stage2 = _resume(work / "stage2.pt", params, obs, key, cfg.restart)
         if stage2 is None:
             images = load_images(frames, obs.frame_numbers, subject_dir, cfg.photo.size, device,
@@ -249,6 +252,25 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
     write_json(work / "summary.json", summary)
     summary["paths"] = paths
     return summary
+
+
+def crop_principal_point(subject_dir: Path, img_size: tuple[int, int]) -> tuple[float, float] | None:
+    """Where the uncropped video's centre (its principal point, for an ordinary camera) lands in the
+    subject's frames, from video_to_subject.py's record of the crop box and the source size; None when the
+    subject has no such record (frames made elsewhere: the image centre is assumed). A face crop away from
+    the frame's centre moves it by hundreds of pixels; assuming the centre would turn that into a head
+    rotation."""
+    path = Path(subject_dir) / PREPROCESS_SETTINGS
+    try:
+        record = json.loads(path.read_text())
+        x, y, bw, bh = (float(v) for v in record["crop_box_xywh"])
+        src_h, src_w = (float(v) for v in record["source_size_hw"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    h, w = img_size
+    if bw <= 0 or bh <= 0:
+        return None
+    return ((src_w / 2.0 - x) * w / bw, (src_h / 2.0 - y) * h / bh)
 
 
 def _digest(obs: Observations, *settings: object) -> str:
