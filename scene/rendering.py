@@ -157,10 +157,15 @@ class Renderer:
         frames (their images decoded from disk) are read ahead on a thread pool. One record per frame."""
         r = self.cfg.render
         records: list[dict] = []
-        frames = prefetched(lambda step: self.source.frame(step[0]), self.plan)
+        # the frames' images are decoded only where they are written or compared (a turntable of one
+        # held frame would otherwise decode the same PNGs rotate_frames times)
+        needs_images = r.has_ground_truth or r.error
+        frames = (prefetched(lambda step: self.source.frame(step[0]), self.plan) if needs_images
+                  else (None for _ in self.plan))
         for k, ((i, angle), fr) in enumerate(tqdm(zip(self.plan, frames), total=len(self.plan),
                                                   desc=f"render {self.frames_dir.name}")):
-            cam = fr.camera.turned_about_y(angle) if r.rotate else fr.camera
+            base = fr.camera if fr is not None else self.source.camera(i)
+            cam = base.turned_about_y(angle) if r.rotate else base
             gaussians, extras = deform(self.condition(i), cam)
             colors = None
             if r.uncertainty:
@@ -181,7 +186,8 @@ class Renderer:
             if r.export_ply_frames:
                 write_ply(out / "ply" / f"{k:05d}.ply", gaussians)
             records.append({"index": k, "file": name, "source_subject": self.source.idname,
-                            "source_frame": int(fr.frame_id), "rotation_deg": angle if r.rotate else None})
+                            "source_frame": int(self.source.frame_ids[i]),
+                            "rotation_deg": angle if r.rotate else None})
         return records
 
     def frame_map(self, records: list[dict]) -> dict:

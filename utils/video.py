@@ -16,7 +16,7 @@ import torch
 
 from utils.atomic import atomic_path
 from utils.errors import InputError
-from utils.image_io import read_image_uint8, to_uint8
+from utils.image_io import to_uint8
 
 
 def _video_frame(frame: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -130,12 +130,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray | torch.Tensor], f
         for frame in frames:
             stream.append(frame)
     return Path(path)
-
-
-def write_video_from_pngs(path: str | Path, png_paths: Iterable[str | Path], fps: float = 25.0) -> Path:
-    """An MP4 of saved PNG frames, read one at a time (no whole sequence in memory)."""
-
-    return write_video(path, (read_image_uint8(p) for p in png_paths), fps=fps)
 
 
 def read_video_frame_count(path: str | Path) -> int:
