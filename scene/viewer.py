@@ -10,6 +10,7 @@ viser as camera-to-world poses in OpenCV axes (x right, y down, z forward), the 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -115,9 +116,15 @@ def fit_height(image: Tensor, width: int, height: int, background: Tensor) -> Te
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _strip(text: str, width: int) -> Tensor:
+    """The caption strip of a panel, drawn once per text and width (not on every view of an orbit)."""
+    return caption_strip(text, width)
+
+
 def label_panel(image: Tensor, text: str) -> Tensor:
     """(3,h,w) image with ``text`` in a caption strip over its top rows (:func:`caption_strip`)."""
-    strip = caption_strip(text, image.shape[-1]).to(image)
+    strip = _strip(text, image.shape[-1]).to(image)
     out = image.clone()
     rows = min(strip.shape[1], out.shape[1])
     out[:, :rows] = strip[:, :rows]
