@@ -67,12 +67,27 @@ def time_fwd_bwd(model, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int
     return statistics.median(times)
 
 
+def profile_step(model, x: torch.Tensor, y: torch.Tensor, top: int = 15) -> None:
+    """The kernels of ten forward+backward steps, by total CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            model(x.detach().requires_grad_(True), y).sum().backward()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--random_weights", action="store_true")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("--no_cudnn_benchmark", action="store_true",
+                    help="cuDNN's heuristics pick the algorithms instead of timing them all (less workspace)")
+    ap.add_argument("--profile", action="store_true", help="also print the top kernels of each step")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
@@ -85,15 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     x, y = image_pair(dev)
     results = {}
     reference = None
-    for name in PRECISIONS:
+    for name in args.precisions:
         set_precision(name, dev)
+        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
         model = load_lpips_vgg(dev, precision=name)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
         xr = x.detach().requires_grad_(True)
         value = model(xr, y).sum()
         value.backward()
         grad = xr.grad.detach().double()
         ms = time_fwd_bwd(model, x, y, args.reps, args.warmup)
-        row = {"fwd_bwd_ms": ms, "value": float(value)}
+        row = {"fwd_bwd_ms": ms, "value": float(value.detach()),
+               "peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
+               "cudnn_benchmark": torch.backends.cudnn.benchmark,
+               "workspace_cap": os.environ.get("CUDNN_CONV_WSCAP_DBG")}
         if reference is None:
             reference = (float(value), grad)
         row["value_rel_diff"] = abs(float(value) - reference[0]) / abs(reference[0])
@@ -102,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = row
         print(f"{name}: fwd+bwd {ms:.3f} ms  LPIPS {row['value']:.5f} "
               f"(rel diff {row['value_rel_diff']:.2e})  "
-              f"grad rel diff {row['grad_rel_diff']:.2e}, cosine {row['grad_cosine']:.6f}", flush=True)
+              f"grad rel diff {row['grad_rel_diff']:.2e}, cosine {row['grad_cosine']:.6f}, "
+              f"peak {row['peak_mib']:.0f} MiB (cudnn benchmark {row['cudnn_benchmark']}, workspace cap "
+              f"{row['workspace_cap']})", flush=True)
+        if args.profile:
+            profile_step(model, x, y)
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16", "results": results}
     if args.json:

@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--work", type=Path, default=REPO / ".devbuild" / "track_bench")
     ap.add_argument("--focal", type=float, default=None, help="initial focal (default: the true one)")
-    ap.add_argument("--photo_epochs", type=int, default=None)
+    ap.add_argument("--photo_steps", type=int, default=None)
     ap.add_argument("--no_detect", action="store_true", help="skip the detection timing")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
@@ -85,8 +85,8 @@ def main() -> None:
     cfg = TrackConfig(show_progress=False, restart=True, workers=args.workers,
                       focal=args.focal or float(truth[0].K[0, 0]) / args.size,
                       face_model_dir=models if models.is_dir() else None)
-    if args.photo_epochs is not None:
-        cfg.photo.epochs = args.photo_epochs
+    if args.photo_steps is not None:
+        cfg.photo.steps = args.photo_steps
     if not args.no_detect:
         t0 = time.perf_counter()
         imgs = list_frames(root / "d" / "s" / "imgs")

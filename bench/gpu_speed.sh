@@ -93,14 +93,15 @@ PY
   done | tee "$OUT/memory.txt"
 fi
 if has train; then
-  for m in baseline ours; do
+  for m in ${TRAIN_METHODS:-baseline ours}; do
     flag=(); [ "$m" = ours ] && flag=(--ours)
     s=$(date +%s.%N)
     python train.py --idname s600 "${DS[@]}" --log_root "$W/logs" --test_num 500 --logname "full_$m" \
-      "${flag[@]}" --iterations 30000 --skip_test --overwrite --precision "${FULL_PRECISION:-bf16}" \
+      "${flag[@]}" --iterations 30000 --skip_test --overwrite --precision "${FULL_PRECISION:-tf32}" \
       > "$L/train30k_$m.log" 2>&1
     e=$(date +%s.%N)
-    echo "train.py 30k $m (${FULL_PRECISION:-bf16}, LPIPS from 15000): $(awk "BEGIN{print $e - $s}") s wall (process)"
+    echo "train.py 30k $m (${FULL_PRECISION:-tf32}, LPIPS from 15000): $(awk "BEGIN{print $e - $s}") s wall (process)"
+    tail -c 3000 "$L/train30k_$m.log" | tr '\r' '\n' | tail -12 > "$OUT/train30k_$m.log"
   done | tee "$OUT/train30k.txt"
 fi
 if has quality; then

@@ -32,7 +32,8 @@ from preprocessing.track.evaluate import (  # noqa: E402
 )
 from preprocessing.track.model import TrackParams  # noqa: E402
 
-KEYS = ("vertex_mm", "shape_vertex_mm", "reprojection_px", "rotation_deg", "jaw_deg", "expression_rmse")
+KEYS = ("camera_vertex_mm", "vertex_mm", "shape_vertex_mm", "reprojection_px", "rotation_deg", "jaw_deg",
+        "expression_rmse")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--fix", nargs="+", default=["none", "shape", "expr", "shape+expr"])
+    ap.add_argument("--photometric", action="store_true", help="also run the photometric stage")
+    ap.add_argument("--photo", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="PhotometricConfig overrides, e.g. steps=300 size=128")
+    ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="FitConfig overrides, e.g. w_shape=1e-7 steps=3000")
     args = ap.parse_args(argv)
     root = args.work or Path(tempfile.mkdtemp(prefix="identity_probe_"))
     if not (root / "truth" / "s" / "checkpoint" / f"{args.frames - 1:05d}.frame").is_file():
@@ -72,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         track_run.TrackParams = params_with_truth
         try:
             cfg = track_run.TrackConfig(show_progress=False, restart=True, workers=1,
-                                        focal=float(truth[0].K[0, 0]) / args.size)
+                                        focal=float(truth[0].K[0, 0]) / args.size,
+                                        photometric=args.photometric)
+            for target, overrides in ((cfg.photo, args.photo), (cfg.fit, args.fit)):
+                for kv in overrides:
+                    key, value = kv.split("=")
+                    setattr(target, key, type(getattr(target, key))(value))
             track_run.track_subject(root / "d", root / f"fit_{fix}", "s", cfg, observations=obs,
                                     device=args.device)
         finally:

@@ -163,7 +163,7 @@ def test_crop_record_gives_the_principal_point(subject, landmark_fit, tmp_path):
 def test_photometric_stage_refines_against_the_pixels(subject, landmark_fit):
     root, assets, emb, truth = subject
     _, before, obs = landmark_fit
-    cfg = _config(size=64, uv_size=40, epochs=2, colour_steps=60, batch=6)
+    cfg = _config(size=64, uv_size=40, steps=8, colour_steps=60, batch=6)
     summary = track_subject(root / "d", root / "fit", "s", cfg, observations=obs)  # resumes stage 1
     after = compare_tracking(truth, load_sequence(root / "fit" / "s" / "checkpoint"), assets, emb)
     print("after the photometric stage:", after)

@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the project's rasterizer; experimental: it does not improve the synthetic "
                         "benchmark yet)")
     p.add_argument("--steps", type=int, default=d.fit.steps, help="landmark-fit iterations")
-    p.add_argument("--photo_epochs", type=int, default=d.photo.epochs,
-                   help="photometric passes over the clip")
+    p.add_argument("--photo_steps", type=int, default=d.photo.steps,
+                   help="photometric steps (each renders --photo_batch frames)")
+    p.add_argument("--photo_batch", type=int, default=d.photo.batch,
+                   help="frames rendered per photometric step")
     p.add_argument("--photo_size", type=int, default=d.photo.size,
                    help="photometric stage renders at this many pixels (longer side)")
     p.add_argument("--face_model_dir", type=Path, default=None,
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                       face_model_dir=args.face_model_dir, workers=args.workers, restart=args.restart,
                       show_progress=not args.quiet)
     cfg.fit.steps = args.steps
-    cfg.photo.epochs, cfg.photo.size = args.photo_epochs, args.photo_size
+    cfg.photo.steps, cfg.photo.size, cfg.photo.batch = args.photo_steps, args.photo_size, args.photo_batch
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:

@@ -2,8 +2,11 @@
 
 The head is drawn as Gaussians embedded on the FLAME mesh (the avatar's own UV embedding, small
 isotropic splats, nearly opaque) with one learnt colour each, the same for every frame. Per step a
-mini-batch of frames is rendered at ``size`` pixels and compared (L1) with the matted frame inside the
-head mask; the landmark reprojection and the stage-1 priors and smoothness keep the fit anchored. The
+mini-batch of frames is rendered at ``size`` pixels on white and compared (L1) with the frame matted on
+white, inside the head mask and outside the matte: the background, where a head drawn too wide or
+turned too far shows, counts as much as the head (a two-sided silhouette), and only what the matte holds
+beyond the head (clothes, shoulders: nothing FLAME draws) is left out. The landmark reprojection and the
+stage-1 priors and smoothness keep the fit anchored. The
 colours, the identity shape and the per-frame parameters are optimised together. Where a frame has
 no images (landmarks only), only its landmark terms act.
 """
@@ -30,25 +33,28 @@ from scene.model.embedding import Embedding
 @dataclass
 class PhotometricConfig:
     colour_steps: int = 150   # colours alone first, with the landmark fit frozen
-    epochs: int = 3           # then everything, each frame rendered this many times
+    steps: int = 600          # then everything, ``batch`` frames a step
     batch: int = 8
     size: int = 256           # render and compare at this many pixels (the longer side)
     uv_size: int = 64
     lr: float = 1e-3
+    lr_shape: float = 1e-2    # the identity moves in units of its prior's spread: a larger step
     lr_colour: float = 0.05
     w_photo: float = 1e-3
     w_landmarks: float = 1.0
+    neck_margin: float = 0.02  # the comparison stops this far (a fraction of the height) below the chin
 
 
 class FrameImages:
-    """The clip's target images (N, 3, s, s) in [0, 1], matted on white, and head masks (N, 1, s, s),
+    """The clip's target images (N, 3, s, s) in [0, 1], matted on white, and where they are compared
+    (N, 1, s, s): the head inside the matte plus the background outside it (see the module doc),
     resized to the photometric size; uint8 on the device to keep a thousand frames small."""
 
-    def __init__(self, images: Tensor, masks: Tensor) -> None:
-        self.images, self.masks = images, masks
+    def __init__(self, images: Tensor, weights: Tensor) -> None:
+        self.images, self.weights = images, weights
 
     def batch(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        return self.images[frames].float() / 255.0, self.masks[frames].float() / 255.0
+        return self.images[frames].float() / 255.0, self.weights[frames].float() / 255.0
 
 
 def resize_uint8(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -116,20 +122,33 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
     gaps = frame_gaps(obs.frame_numbers, device)
     h, w = obs.img_size
     s = images.images.shape[-2:]
-    scale = torch.tensor([s[1] / w, s[0] / h, 1.0], device=device)[:, None]
+    # the frames were area-resized: pixel centres sit at integers at both sizes, so u' = (u + 0.5) s - 0.5
+    resize = torch.tensor([[s[1] / w, 0.0, 0.5 * s[1] / w - 0.5], [0.0, s[0] / h, 0.5 * s[0] / h - 0.5],
+                           [0.0, 0.0, 1.0]], device=device)
     background = torch.ones(3, device=device)
     eye3, zero3 = torch.eye(3, device=device), torch.zeros(3, device=device)
     n = params.n_frames
     order_gen = generator or torch.Generator().manual_seed(0)
 
+    rows = torch.arange(int(s[0]), device=device, dtype=torch.float32)
+    chin = obs.landmarks[:, 8, 1] * (s[0] / h) + cfg.neck_margin * s[0]  # (N,) in photometric rows
+    chin = torch.where(obs.valid, chin, torch.full_like(chin, float(s[0])))
+
+    def above_chin(frames: Tensor) -> Tensor:
+        """(B, 1, s, 1): 1 on the rows above each frame's chin (plus a margin), 0 below: the neck is left
+        out, since the tracker turns it with the head (its pose is baked into the camera) and real necks
+        do not follow."""
+        return (rows[None, :] <= chin[frames, None]).to(rows)[:, None, :, None]
+
     def photo_loss(frames: Tensor) -> Tensor:
         R, t, K = params.cameras(obs.img_size)
-        camera = Camera(eye3, zero3, (K * scale).detach(), int(s[1]), int(s[0]))
+        camera = Camera(eye3, zero3, (resize @ K).detach(), int(s[1]), int(s[0]))
         gs = head.gaussians(frames, params.full_shape(), params.full_expression()[frames], params.jaw[frames],
                             params.eyes[frames], params.eyelids[frames], R[frames], t[frames])
-        target, mask = images.batch(frames)
+        target, weight = images.batch(frames)
+        weight = weight * above_chin(frames)
         renders = torch.stack([render(camera, g, background).image for g in gs])
-        return ((renders - target).abs() * mask).sum() / mask.sum().clamp(min=1.0) / 3.0
+        return ((renders - target).abs() * weight).sum() / weight.sum().clamp(min=1.0) / 3.0
 
     # colours first: a grey head gives the geometry no useful gradient
     opt = torch.optim.Adam([head.colour_logit, head.light], lr=cfg.lr_colour)
@@ -143,21 +162,28 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
         l1_start = loss.detach() if l1_start is None else l1_start
     # then everything; the landmark terms cover all frames every step, so every frame's parameters get
     # a real gradient (Adam's momentum never drifts frames outside the batch)
-    opt = torch.optim.Adam([{"params": list(params.parameters()), "lr": cfg.lr},
+    per_frame = [p for name, p in params.named_parameters() if name != "shape"]
+    opt = torch.optim.Adam([{"params": per_frame, "lr": cfg.lr},
+                            {"params": [params.shape], "lr": cfg.lr_shape},
                             {"params": [head.colour_logit, head.light], "lr": cfg.lr_colour}])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(cfg.steps * 0.6), int(cfg.steps * 0.85)], 0.3)
     photo = torch.zeros((), device=device)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=order_gen).to(device)
-        for start in range(0, n, cfg.batch):
-            frames = order[start:start + cfg.batch]
-            opt.zero_grad(set_to_none=True)
-            photo = photo_loss(frames)
-            lmk = reprojection_loss(landmarks(params, obs.img_size), obs, None, fit_cfg.robust_px)
-            loss = (cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps))
-            loss.backward()
-            opt.step()
-            if progress is not None:
-                progress(len(frames))
+    order = torch.randperm(n, generator=order_gen).to(device)
+    at = 0
+    for _ in range(cfg.steps):
+        if at >= n:  # every frame once per pass, in a new order each pass
+            order, at = torch.randperm(n, generator=order_gen).to(device), 0
+        frames = order[at:at + cfg.batch]
+        at += cfg.batch
+        opt.zero_grad(set_to_none=True)
+        photo = photo_loss(frames)
+        lmk = reprojection_loss(landmarks(params, obs.img_size), obs, None, fit_cfg.robust_px)
+        loss = (cfg.w_photo * photo + cfg.w_landmarks * lmk + regularisers(params, fit_cfg, gaps))
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(1)
     with torch.no_grad():
         pred = landmarks(params, obs.img_size)
         err = (pred[:, :68] - obs.landmarks).norm(dim=-1)

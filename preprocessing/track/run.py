@@ -154,7 +154,8 @@ def handle_missing_faces(obs: Observations, mode: str, img_dir: Path) -> Observa
 
 def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, size: int,
                 device: torch.device, show_progress: bool) -> FrameImages:
-    """The matted frames on white and their head masks at ``size`` (longer side), uint8 on ``device``."""
+    """The matted frames on white and where the photometric stage compares them (the head inside the
+    matte, and the background outside it) at ``size`` (longer side), uint8 on ``device``."""
     imgs, masks = [], []
     for n in tqdm(numbers, desc="images", unit="frame", disable=not show_progress, dynamic_ncols=True,
                   mininterval=1.0):
@@ -166,7 +167,7 @@ def load_images(frames: dict[int, Path], numbers: list[int], subject_dir: Path, 
         head = torch.from_numpy(read_mask_uint8(head_p)).float()[None] if head_p.is_file() else alpha
         comp = rgb * alpha / 255.0 + 255.0 * (1.0 - alpha / 255.0)
         imgs.append(comp.round().to(torch.uint8))
-        masks.append((head * alpha / 255.0).round().to(torch.uint8))
+        masks.append((head * alpha / 255.0 + (255.0 - alpha)).clamp(max=255.0).round().to(torch.uint8))
     h, w = imgs[0].shape[1:]
     size = min(size, max(h, w))  # never above the frames' own size
     hw = (size, round(size * w / h)) if h >= w else (round(size * h / w), size)
@@ -236,7 +237,7 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
         if stage2 is None:
             images = load_images(frames, obs.frame_numbers, subject_dir, cfg.photo.size, device,
                                  cfg.show_progress)
-            bar = tqdm(total=cfg.photo.epochs * len(obs), desc="fit pixels", unit="frame",
+            bar = tqdm(total=cfg.photo.steps, desc="fit pixels", unit="step",
                        disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
             stage2 = refine_photometric(params, model, obs, images, assets, cfg.fit, cfg.photo,
                                         progress=bar.update)
