@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    ap.add_argument("--no_cudnn_benchmark", action="store_true",
-                    help="cuDNN's heuristics pick the algorithms instead of timing them all (less workspace)")
+    ap.add_argument("--cudnn_benchmark", action="store_true",
+                    help="let cuDNN time every algorithm (off in the project: see utils/precision.py)")
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of each step")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = None
     for name in args.precisions:
         set_precision(name, dev)
-        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
         model = load_lpips_vgg(dev, precision=name)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -112,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         value.backward()
         grad = xr.grad.detach().double()
         ms = time_fwd_bwd(model, x, y, args.reps, args.warmup)
-        row = {"fwd_bwd_ms": ms, "value": float(value.detach()),
+        graphed = load_lpips_vgg(dev, precision=name, cuda_graph=True)
+        ms_graph = time_fwd_bwd(graphed, x, y, args.reps, args.warmup)
+        xg = x.detach().requires_grad_(True)
+        graphed(xg, y).sum().backward()
+        row = {"fwd_bwd_ms": ms, "fwd_bwd_ms_cuda_graph": ms_graph, "graph_failure": graphed.graph_failure,
+               "cuda_graph_grad_max_diff": float((xg.grad.double() - grad).abs().max()),
+               "value": float(value.detach()),
                "peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
                "cudnn_benchmark": torch.backends.cudnn.benchmark,
                "workspace_cap": os.environ.get("CUDNN_CONV_WSCAP_DBG")}
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         row["grad_rel_diff"] = float((grad - reference[1]).norm() / reference[1].norm())
         row["grad_cosine"] = float(F.cosine_similarity(grad.flatten(), reference[1].flatten(), dim=0))
         results[name] = row
-        print(f"{name}: fwd+bwd {ms:.3f} ms  LPIPS {row['value']:.5f} "
+        print(f"{name}: fwd+bwd {ms:.3f} ms (CUDA graph {ms_graph:.3f} ms, gradient max diff "
+              f"{row['cuda_graph_grad_max_diff']:.1e})  LPIPS {row['value']:.5f} "
               f"(rel diff {row['value_rel_diff']:.2e})  "
               f"grad rel diff {row['grad_rel_diff']:.2e}, cosine {row['grad_cosine']:.6f}, "
               f"peak {row['peak_mib']:.0f} MiB (cudnn benchmark {row['cudnn_benchmark']}, workspace cap "

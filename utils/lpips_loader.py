@@ -53,15 +53,24 @@ class LPIPSVGG(nn.Module):
     differences, linear heads, spatial means, summed over the five layers), computed here so that the
     trunk can run fast: channels-last, under ``precision`` (:mod:`utils.precision`: ``bf16`` runs the
     trunk in bfloat16 autocast on CUDA) while normalisation, differences and heads stay float32; the second
-    image's trunk runs without autograd when it needs no gradient, and both in one batch when neither does."""
+    image's trunk runs without autograd when it needs no gradient, and both in one batch when neither does.
 
-    def __init__(self, net: nn.Module, precision: str = "fp32") -> None:
+    ``cuda_graph``: the training call (a render with a gradient against a ground truth without one, on
+    CUDA) is captured once per input shape as two CUDA graphs, forward and backward
+    (``torch.cuda.make_graphed_callables``), and replayed: the same kernels and numbers, without the
+    hundreds of launches and the host work around them. Any other call runs eagerly; a capture that fails
+    warns once and the call runs eagerly from then on."""
+
+    def __init__(self, net: nn.Module, precision: str = "fp32", cuda_graph: bool = False) -> None:
         super().__init__()
         self.net = net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.precision = check_precision(precision)
+        self.cuda_graph = cuda_graph
         self._channels_last = False
+        self._graphed: tuple[tuple, object] | None = None  # (input signature, graphed callable)
+        self.graph_failure: str | None = None
 
     def _to_channels_last(self, device_type: str) -> None:
         """Channels-last trunk weights on CUDA (cuDNN's fast layout for tensor-core convolutions)."""
@@ -80,6 +89,29 @@ class LPIPSVGG(nn.Module):
         return [f.to(x.dtype) for f in feats]
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        if (self.cuda_graph and self.graph_failure is None and x.is_cuda and torch.is_grad_enabled()
+                and x.requires_grad and not y.requires_grad):
+            return self._graphed_distance(x, y)
+        return self.distance(x, y)
+
+    def _graphed_distance(self, x: Tensor, y: Tensor) -> Tensor:
+        """:meth:`distance` through captured CUDA graphs (captured at the first call of each shape)."""
+        key = (tuple(x.shape), tuple(y.shape), x.dtype, y.dtype, x.device)
+        if self._graphed is None or self._graphed[0] != key:
+            self._to_channels_last("cuda")
+            sample = (x.detach().clone().requires_grad_(True), y.detach().clone())
+            try:
+                graphed = torch.cuda.make_graphed_callables(self.distance, sample)
+            except (RuntimeError, TypeError) as exc:
+                self.graph_failure = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"LPIPS: the CUDA graph capture failed ({self.graph_failure}); the perceptual "
+                              "term runs eagerly", stacklevel=2)
+                return self.distance(x, y)
+            self._graphed = (key, graphed)
+        return self._graphed[1](x, y)
+
+    def distance(self, x: Tensor, y: Tensor) -> Tensor:
+        """The LPIPS distance, eagerly."""
         single = x.dim() == 3
         if single:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
@@ -136,9 +168,9 @@ def download_vgg16(path: Path, timeout_s: float = 30.0) -> str | None:
 
 def load_lpips_vgg(device: torch.device | str = "cpu",
                    off_hint: str = "Pass --lambda_lpips 0 to train without the perceptual term.",
-                   precision: str = "fp32") -> LPIPSVGG:
+                   precision: str = "fp32", cuda_graph: bool = False) -> LPIPSVGG:
     """Build LPIPS-VGG on ``device`` with the trunk from the hub cache, or raise LPIPSUnavailableError.
-    ``precision``: the trunk's arithmetic (:mod:`utils.precision`)."""
+    ``precision``: the trunk's arithmetic (:mod:`utils.precision`); ``cuda_graph``: see :class:`LPIPSVGG`."""
     path = vgg16_weights_path()
     if not path.is_file():
         failure = download_vgg16(path)
@@ -171,7 +203,7 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
                                f"{tuple(param.shape)}", off_hint)
         trunk[name] = state[key]
     model.net.load_state_dict(trunk, strict=True)
-    return LPIPSVGG(model, precision).to(device)
+    return LPIPSVGG(model, precision, cuda_graph=cuda_graph).to(device)
 
 
 def try_load_lpips_vgg(device: torch.device | str = "cpu",
