@@ -41,6 +41,10 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--photometric", action="store_true", help="also run the tracker's photometric stage")
+    ap.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE ...]",
+                    help="a tracker setting to compare (repeatable): a name, then fit.KEY=VALUE / "
+                         "photo.KEY=VALUE overrides of FitConfig / PhotometricConfig, photometric=1, "
+                         "focal=F (fx / width); default: one 'tracked'")
     ap.add_argument("--model_size", choices=["demo", "full"], default="demo",
                     help="demo: the README demo's model (uv 64, 128 x 4); full: train.py's defaults")
     ap.add_argument("--work", type=Path, default=REPO / ".devbuild" / "tracked_training")
@@ -54,15 +58,27 @@ def main() -> None:
     flame_dir = root / "d" / "s" / "flame"
     assets, emb = load_flame_assets(flame_dir), load_landmark_embedding(flame_dir)
     truth = load_sequence(root / "truth" / "s" / "checkpoint")
-    cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False)
     obs = observations_from_tracking(truth, assets, emb, noise_px=args.noise)
-    summary = track_subject(root / "d", root / "tracked", "s", cfg, observations=obs, device=args.device)
-    errors = compare_tracking(truth, load_sequence(root / "tracked" / "s" / "checkpoint"), assets, emb)
-    print("tracking vs truth:", json.dumps(errors))
+    variants = args.variant or [["tracked"]]
+    result: dict = {"tracking_errors": {}, "tracking_timings": {}, "runs": {}}
+    for name, *overrides in variants:
+        cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True)
+        for kv in overrides:
+            key, value = kv.split("=", 1)
+            if key in ("photometric", "focal"):
+                setattr(cfg, key, bool(int(value)) if key == "photometric" else float(value))
+                continue
+            part, field_name = key.split(".", 1)
+            target = {"fit": cfg.fit, "photo": cfg.photo}[part]
+            setattr(target, field_name, type(getattr(target, field_name))(value))
+        summary = track_subject(root / "d", root / name, "s", cfg, observations=obs, device=args.device)
+        errors = compare_tracking(truth, load_sequence(root / name / "s" / "checkpoint"), assets, emb)
+        print(f"tracking {name} vs truth:", json.dumps(errors), flush=True)
+        result["tracking_errors"][name], result["tracking_timings"][name] = errors, summary["timings"]
     demo_model = ["--uv_size", "64", "--hidden_dim", "128", "--hidden_layers", "4"]
     model = demo_model if args.model_size == "demo" else []
-    result: dict = {"tracking_errors": errors, "tracking_timings": summary["timings"], "runs": {}}
-    for tracking in ("truth", "tracked"):
+    names = ["truth"] + [v[0] for v in variants]
+    for tracking in names:
         for seed in args.seeds:
             argv = ["--idname", "s", "--data_root", str(root / "d"), "--tracking_root", str(root / tracking),
                     "--log_root", str(root / "logs"), "--logname", f"{tracking}_seed{seed}",
@@ -74,14 +90,16 @@ def main() -> None:
             print(tracking, seed, result["runs"][f"{tracking}_seed{seed}"], flush=True)
             if args.out:
                 write_json(args.out, result)
-    for tracking in ("truth", "tracked"):
+    for tracking in names:
         psnr = [result["runs"][f"{tracking}_seed{s}"]["PSNR"] for s in args.seeds]
         result[tracking] = {"PSNR_mean": statistics.mean(psnr),
                             "PSNR_sd": statistics.stdev(psnr) if len(psnr) > 1 else 0.0}
         r = result[tracking]
         print(f"{tracking}: held-out PSNR {r['PSNR_mean']:.2f} +- {r['PSNR_sd']:.2f} dB, seeds {args.seeds}")
-    result["PSNR_gap_dB"] = result["truth"]["PSNR_mean"] - result["tracked"]["PSNR_mean"]
-    print(f"gap (truth - tracked): {result['PSNR_gap_dB']:.2f} dB")
+    truth_psnr = result["truth"]["PSNR_mean"]
+    result["PSNR_gap_dB"] = {name: truth_psnr - result[name]["PSNR_mean"] for name in names[1:]}
+    for name, gap in result["PSNR_gap_dB"].items():
+        print(f"gap (truth - {name}): {gap:.2f} dB")
     if args.out:
         write_json(args.out, result)
 
