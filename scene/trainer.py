@@ -41,8 +41,9 @@ def load_perceptual(cfg: TrainConfig, device: torch.device):
     """(lpips model or None, reason): fail before the first iteration when the loss needs it."""
     precision = cfg.run.precision
     if cfg.train.needs_lpips_loss:
-        # the loss's call is captured as CUDA graphs (same numbers, no launch overhead)
-        return load_lpips_vgg(device, precision=precision, cuda_graph=device.type == "cuda"), None
+        # the loss's call is captured as CUDA graphs (same numbers, no launches) unless --no_cuda_graphs
+        graph = device.type == "cuda" and cfg.run.cuda_graphs
+        return load_lpips_vgg(device, precision=precision, cuda_graph=graph), None
     if cfg.train.skip_test:
         return None, "evaluation skipped (--skip_test)"
     return try_load_lpips_vgg(device, precision=precision)

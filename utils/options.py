@@ -192,8 +192,8 @@ class RunOptions:
                                  "(its image gradient is only ~0.99 cosine-close to fp32's; "
                                  "utils/precision.py)")
     cuda_graphs: bool = option(True, flag="--no_cuda_graphs", action="store_false",
-                               help="run the deformation eagerly on CUDA instead of replaying captured CUDA "
-                                    "graphs (slower; for debugging)")
+                               help="run the deformation (and in training the LPIPS term) eagerly on CUDA "
+                                    "instead of replaying captured CUDA graphs (slower; for debugging)")
 
 
 @dataclass
