@@ -45,7 +45,7 @@ class TrackConfig:
 
     focal: float = 2.5            # initial fx / image width (fitted, with a weak prior)
     no_face: str = "interpolate"  # frames without a face: "interpolate" | "drop" | "error"
-    photometric: bool = False     # the pixel stage (opt-in: on the synthetic benchmark it does not help yet)
+    photometric: bool = False     # the pixel stage (opt-in until measured at 512 px; see --photometric)
     fit: FitConfig = field(default_factory=FitConfig)
     photo: PhotometricConfig = field(default_factory=PhotometricConfig)
     face_model_dir: Path | None = None
