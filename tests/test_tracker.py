@@ -174,6 +174,26 @@ def test_photometric_stage_refines_against_the_pixels(subject, landmark_fit):
     assert summary["timings"]["landmark_fit_s"] < 2.0  # stage 1 came from its checkpoint
 
 
+def test_photometric_intrinsics_follow_the_area_resize():
+    """A point that projects to the centre of a bright block lands, with the resized intrinsics, where the
+    block's centroid is after the area resize the photometric stage applies to the frames."""
+    from preprocessing.track.model import project
+    from preprocessing.track.photometric import resize_uint8, resized_intrinsics
+
+    img = torch.zeros(1, 1, 64, 48, dtype=torch.uint8)
+    img[..., 20:24, 8:12] = 255  # centre (x, y) = (9.5, 21.5) in source pixels
+    small = resize_uint8(img, (16, 12)).double()[0, 0]
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(12.0), indexing="ij")
+    centroid = torch.stack([(small * xs).sum(), (small * ys).sum()]) / small.sum()
+    K = torch.tensor([[100.0, 0.0, 20.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]])
+    z = 2.0
+    point = torch.tensor([[[(9.5 - 20.0) * z / 100.0, (21.5 - 30.0) * z / 100.0, z]]])
+    eye, zero = torch.eye(3)[None], torch.zeros(1, 3)
+    assert torch.allclose(project(point, eye, zero, K)[0, 0], torch.tensor([9.5, 21.5]), atol=1e-5)
+    uv = project(point, eye, zero, resized_intrinsics(K, (64, 48), (16, 12)))[0, 0]
+    assert torch.allclose(uv.double(), centroid, atol=1e-4)  # (2, 5); u s alone: (2.375, 5.375)
+
+
 # ----------------------------------------------------------------------------- missing faces, bad input
 def test_frames_without_a_face(subject, tmp_path):
     root, assets, emb, truth = subject

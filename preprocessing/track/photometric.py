@@ -62,6 +62,14 @@ def resize_uint8(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x.float(), size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
 
 
+def resized_intrinsics(K: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Tensor:
+    """Intrinsics (3,3) for frames area-resized from ``src_hw`` to ``dst_hw``: pixel centres sit on integers
+    at both sizes, so a point at u lands at u' = (u + 1/2) s - 1/2 (not u s: 1.5 px off at 512 -> 128)."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    resize = K.new_tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+    return resize @ K
+
+
 def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     """Area-weighted unit vertex normals (B, V, 3) of meshes (B, V, 3) with faces (F, 3)."""
     tri = verts[:, faces]  # (B, F, 3, 3)
@@ -122,9 +130,6 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
     gaps = frame_gaps(obs.frame_numbers, device)
     h, w = obs.img_size
     s = images.images.shape[-2:]
-    # the frames were area-resized: pixel centres sit at integers at both sizes, so u' = (u + 0.5) s - 0.5
-    resize = torch.tensor([[s[1] / w, 0.0, 0.5 * s[1] / w - 0.5], [0.0, s[0] / h, 0.5 * s[0] / h - 0.5],
-                           [0.0, 0.0, 1.0]], device=device)
     background = torch.ones(3, device=device)
     eye3, zero3 = torch.eye(3, device=device), torch.zeros(3, device=device)
     n = params.n_frames
@@ -142,7 +147,8 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
 
     def photo_loss(frames: Tensor) -> Tensor:
         R, t, K = params.cameras(obs.img_size)
-        camera = Camera(eye3, zero3, (resize @ K).detach(), int(s[1]), int(s[0]))
+        camera = Camera(eye3, zero3, resized_intrinsics(K, (h, w), (int(s[0]), int(s[1]))).detach(),
+                        int(s[1]), int(s[0]))
         gs = head.gaussians(frames, params.full_shape(), params.full_expression()[frames], params.jaw[frames],
                             params.eyes[frames], params.eyelids[frames], R[frames], t[frames])
         target, weight = images.batch(frames)
