@@ -5,10 +5,10 @@ isotropic splats, nearly opaque) with one learnt colour each, the same for every
 mini-batch of frames is rendered at ``size`` pixels on white and compared (L1) with the frame matted on
 white, inside the head mask and outside the matte: the background, where a head drawn too wide or
 turned too far shows, counts as much as the head (a two-sided silhouette), and only what the matte holds
-beyond the head (clothes, shoulders: nothing FLAME draws) is left out. The landmark reprojection and the
-stage-1 priors and smoothness keep the fit anchored. The
-colours, the identity shape and the per-frame parameters are optimised together. Where a frame has
-no images (landmarks only), only its landmark terms act.
+beyond the head (clothes, shoulders: nothing FLAME draws) is left out, as are the rows below each frame's
+chin. The landmark reprojection and the stage-1 priors and smoothness keep the fit anchored. The colours,
+the identity shape and the per-frame parameters are optimised together. Where a frame has no images
+(landmarks only), only its landmark terms act.
 """
 
 from __future__ import annotations
