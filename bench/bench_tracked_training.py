@@ -47,12 +47,16 @@ def main() -> None:
                          "focal=F (fx / width); default: one 'tracked'")
     ap.add_argument("--skip_truth", action="store_true",
                     help="train on the trackings only (the truth's runs are deterministic)")
+    ap.add_argument("--truth_only", action="store_true",
+                    help="train on the true tracking only (to run it beside trackings in other processes)")
     ap.add_argument("--model_size", choices=["demo", "full"], default="demo",
                     help="demo: the README demo's model (uv 64, 128 x 4); full: train.py's defaults")
     ap.add_argument("--work", type=Path, default=REPO / ".devbuild" / "tracked_training")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
+    if args.truth_only and args.skip_truth:
+        ap.error("--truth_only and --skip_truth leave nothing to train")
     root = args.work / f"f{args.frames}_s{args.size}"
     if not (root / "truth" / "s" / "checkpoint").is_dir():
         make_synthetic_subject(root / "d", root / "truth", "s", n_frames=args.frames, image_size=args.size,
@@ -61,7 +65,7 @@ def main() -> None:
     assets, emb = load_flame_assets(flame_dir), load_landmark_embedding(flame_dir)
     truth = load_sequence(root / "truth" / "s" / "checkpoint")
     obs = observations_from_tracking(truth, assets, emb, noise_px=args.noise)
-    variants = args.variant or [["tracked"]]
+    variants = [] if args.truth_only else args.variant or [["tracked"]]
     result: dict = {"tracking_errors": {}, "tracking_timings": {}, "runs": {}}
     for name, *overrides in variants:
         cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True)
@@ -98,7 +102,7 @@ def main() -> None:
                             "PSNR_sd": statistics.stdev(psnr) if len(psnr) > 1 else 0.0}
         r = result[tracking]
         print(f"{tracking}: held-out PSNR {r['PSNR_mean']:.2f} +- {r['PSNR_sd']:.2f} dB, seeds {args.seeds}")
-    if args.skip_truth:
+    if args.skip_truth or not names[1:]:
         if args.out:
             write_json(args.out, result)
         return
