@@ -4,7 +4,8 @@
 # the avatar trained on each tracker setting against the true tracking at full size
 # (bench_tracked_training.py, 200 frames, 7000 iterations, seeds $SEEDS), the settings in parallel
 # processes after the speed figure (on the second GPU where there is one; quality only, so sharing a GPU is
-# fine). EXTRA_VARIANTS: more bench_tracked_training --variant names without overrides (e.g. landmarks).
+# fine). SPEED=0 / TRUTH=0 skip the speed figure / the truth's runs; VARIANTS: ';'-separated
+# bench_tracked_training --variant specs (name KEY=VALUE ...).
 # Usage: OUT=/dir bash bench/gpu_tracker.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_tracker}; mkdir -p "$W"
@@ -16,21 +17,24 @@ SEEDS=${SEEDS:-"0 1 2"}
 TT=(python bench/bench_tracked_training.py --size 512 --frames 200 --test_num 50 --iterations 7000
     --model_size full --device cuda --seeds $SEEDS --work "$W/tt")
 # the tracker's speed first, alone on the GPU
-CUDA_VISIBLE_DEVICES=0 python bench/bench_tracker.py --frames 1000 --base_frames 30 --size 512 --device cuda \
-  --no_detect --work "$W/tb" --out "$OUT/tracker_1000.json" > "$OUT/tracker_1000.log" 2>&1
-echo "tracker bench done $(date +%T)"; grep -h "^landmarks\|^photometric" "$OUT/tracker_1000.log" | cut -c1-900
+if [ "${SPEED:-1}" = 1 ]; then
+  CUDA_VISIBLE_DEVICES=0 python bench/bench_tracker.py --frames 1000 --base_frames 30 --size 512 --device cuda \
+    --no_detect --work "$W/tb" --out "$OUT/tracker_1000.json" > "$OUT/tracker_1000.log" 2>&1
+  echo "tracker bench done $(date +%T)"; grep -h "^landmarks\|^photometric" "$OUT/tracker_1000.log" | cut -c1-900
+fi
 CUDA_VISIBLE_DEVICES=$Q python -c "
 from pathlib import Path; from preprocessing.synthetic_subject import make_synthetic_subject
 r = Path('$W/tt/f200_s512'); make_synthetic_subject(r / 'd', r / 'truth', 's', n_frames=200, image_size=512, seed=0, resolution=48)
 " > "$W/gen.log" 2>&1 || { tail -20 "$W/gen.log"; exit 1; }
 echo "subject generated $(date +%T)"
-CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --truth_only --out "$OUT/tt_truth.json" > "$OUT/tt_truth.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --skip_truth --variant photo photometric=1 --out "$OUT/tt_photo.json" \
-  > "$OUT/tt_photo.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --skip_truth --variant photo_light photometric=1 photo.size=128 \
-  photo.steps=300 photo.batch=4 photo.uv_size=48 --out "$OUT/tt_photo_light.json" > "$OUT/tt_photo_light.log" 2>&1 &
-for v in ${EXTRA_VARIANTS:-}; do
-  CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --skip_truth --variant $v --out "$OUT/tt_$v.json" > "$OUT/tt_$v.log" 2>&1 &
+if [ "${TRUTH:-1}" = 1 ]; then
+  CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --truth_only --out "$OUT/tt_truth.json" > "$OUT/tt_truth.log" 2>&1 &
+fi
+IFS=';' read -ra VS <<< "${VARIANTS:-photo photometric=1;photo_light photometric=1 photo.size=128 photo.steps=300 photo.batch=4 photo.uv_size=48}"
+for v in "${VS[@]}"; do
+  read -ra kv <<< "$v"
+  CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --skip_truth --variant "${kv[@]}" --out "$OUT/tt_${kv[0]}.json" \
+    > "$OUT/tt_${kv[0]}.log" 2>&1 &
 done
 wait
 echo "all done $(date +%T)"
