@@ -245,6 +245,33 @@ def test_bad_input_names_the_problem(subject, tmp_path, capsys):
     assert "imgs" in capsys.readouterr().err
 
 
+def test_command_line_runs_the_photometric_stage_by_default(monkeypatch, tmp_path):
+    """The pixel stage is on unless --no_photometric; the CPU gets the light settings, a GPU the full ones,
+    and --photo_* override either."""
+    import preprocessing.track.__main__ as cli
+    from preprocessing.track.photometric import photometric_config
+
+    seen: list[TrackConfig] = []
+
+    def fake_track(data_root, tracking_root, idname, cfg, **kw):
+        seen.append(cfg)
+        return {"frames": 5, "device": "cpu", "focal": 2.5, "output": str(tracking_root),
+                "landmark_stage": {"landmark_error_px": 1.0}, "timings": {"total_s": 0.0}}
+
+    monkeypatch.setattr(cli, "track_subject", fake_track)
+    base = ["--idname", "s", "--data_root", str(tmp_path), "--device", "cpu"]
+    assert cli.main(base) == 0
+    assert cli.main(base + ["--no_photometric"]) == 0
+    assert cli.main(base + ["--photometric", "--photo_steps", "7", "--photo_size", "96"]) == 0
+    cpu, gpu = photometric_config("cpu"), photometric_config("cuda")
+    assert [c.photometric for c in seen] == [True, False, True]
+    assert seen[0].photo == cpu
+    assert (seen[2].photo.steps, seen[2].photo.size, seen[2].photo.batch) == (7, 96, cpu.batch)
+    # the CPU preset is the lighter one in every dimension that costs time
+    assert cpu.steps * cpu.batch * cpu.size ** 2 < gpu.steps * gpu.batch * gpu.size ** 2 / 10
+    assert TrackConfig().photometric and TrackConfig().photo == gpu
+
+
 # ----------------------------------------------------------------------------- a real face
 def test_real_portrait_clip(tmp_path):
     """A clip made from a real portrait (skimage's astronaut, moved, turned and zoomed) through the offline

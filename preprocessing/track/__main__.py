@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from preprocessing.track.photometric import photometric_config
 from preprocessing.track.run import TrackConfig, track_subject
 from preprocessing.track.viz import write_overlay_video
 from utils.device import resolve_device
@@ -36,18 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_face", choices=["interpolate", "drop", "error"], default=d.no_face,
                    help="frames where no face is found: fill in from the neighbours, leave untracked, or "
                         "stop")
-    p.add_argument("--photometric", action="store_true",
-                   help="after the landmark fit, refine against the pixels (Gaussians on the mesh through "
-                        "the project's rasterizer). Recommended where time allows: on the synthetic "
-                        "benchmark (CPU, demo size) it closed the tracked-vs-truth avatar gap from 2.6 dB "
-                        "to 0; not yet measured at 512 px (bench/NOTES.md, session 6)")
+    p.set_defaults(photometric=True)  # before the two switches, so that --help shows no default for them
+    p.add_argument("--no_photometric", dest="photometric", action="store_false", default=argparse.SUPPRESS,
+                   help="landmark fit only. By default a photometric stage follows it: Gaussians on "
+                        "the mesh, through the project's rasterizer, fitted to the matted frames. On the "
+                        "synthetic benchmark at 512 px it raised the held-out PSNR of an avatar trained on "
+                        "the tracking by 1.8 dB (bench/NOTES.md, session 7); it takes about 30 s on a GPU "
+                        "and about a minute on 2 CPU cores (lighter settings there)")
+    p.add_argument("--photometric", dest="photometric", action="store_true", default=argparse.SUPPRESS,
+                   help="run the photometric stage (the default; kept for older command lines)")
     p.add_argument("--steps", type=int, default=d.fit.steps, help="landmark-fit iterations")
-    p.add_argument("--photo_steps", type=int, default=d.photo.steps,
-                   help="photometric steps (each renders --photo_batch frames)")
-    p.add_argument("--photo_batch", type=int, default=d.photo.batch,
-                   help="frames rendered per photometric step")
-    p.add_argument("--photo_size", type=int, default=d.photo.size,
-                   help="photometric stage renders at this many pixels (longer side)")
+    gpu, cpu = photometric_config("cuda"), photometric_config("cpu")
+    p.add_argument("--photo_steps", type=int, default=argparse.SUPPRESS,
+                   help=f"photometric steps, each rendering --photo_batch frames (default: {gpu.steps} on a "
+                        f"GPU, {cpu.steps} on the CPU)")
+    p.add_argument("--photo_batch", type=int, default=argparse.SUPPRESS,
+                   help=f"frames rendered per photometric step (default: {gpu.batch} on a GPU, "
+                        f"{cpu.batch} on the CPU)")
+    p.add_argument("--photo_size", type=int, default=argparse.SUPPRESS,
+                   help=f"the photometric stage renders at this many pixels, longer side (default: "
+                        f"{gpu.size} on a GPU, {cpu.size} on the CPU)")
     p.add_argument("--face_model_dir", type=Path, default=None,
                    help="folder with MediaPipe's face and iris .tflite files (default: the installed "
                         "wheel's)")
@@ -67,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                       face_model_dir=args.face_model_dir, workers=args.workers, restart=args.restart,
                       show_progress=not args.quiet)
     cfg.fit.steps = args.steps
-    cfg.photo.steps, cfg.photo.size, cfg.photo.batch = args.photo_steps, args.photo_size, args.photo_batch
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
         print(f"preprocessing.track: {exc}", file=sys.stderr)
         return 2
+    cfg.photo = photometric_config(device)
+    for name in ("steps", "size", "batch"):
+        if hasattr(args, f"photo_{name}"):
+            setattr(cfg.photo, name, getattr(args, f"photo_{name}"))
     try:
         summary = track_subject(args.data_root, args.tracking_root, args.idname, cfg,
                                 flame_dir=args.flame_dir, device=device)

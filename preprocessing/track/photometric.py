@@ -45,6 +45,17 @@ class PhotometricConfig:
     neck_margin: float = 0.02  # the comparison stops this far (a fraction of the height) below the chin
 
 
+def photometric_config(device: torch.device | str) -> PhotometricConfig:
+    """The stage's settings for a device: the full ones on a GPU (256 px, 600 steps of 8 frames: about 30 s
+    on an H200 for any clip length), a light preset on the CPU (128 px, 300 steps of 4 frames, uv 48: about
+    a minute on 2 cores instead of ten). Measured in bench/NOTES.md (session 7): at 512 px the full
+    settings gave the avatar 0.9 dB more than the light ones; at 128 px the light ones already matched the
+    true tracking."""
+    if torch.device(device).type == "cpu":
+        return PhotometricConfig(steps=300, batch=4, size=128, uv_size=48)
+    return PhotometricConfig()
+
+
 class FrameImages:
     """The clip's target images (N, 3, s, s) in [0, 1], matted on white, and where they are compared
     (N, 1, s, s): the head inside the matte plus the background outside it (see the module doc),

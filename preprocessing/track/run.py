@@ -45,9 +45,10 @@ class TrackConfig:
 
     focal: float = 2.5            # initial fx / image width (fitted, with a weak prior)
     no_face: str = "interpolate"  # frames without a face: "interpolate" | "drop" | "error"
-    photometric: bool = False     # the pixel stage (opt-in until measured at 512 px; see --photometric)
+    photometric: bool = True      # the pixel stage after the landmark fit (see --no_photometric)
     fit: FitConfig = field(default_factory=FitConfig)
-    photo: PhotometricConfig = field(default_factory=PhotometricConfig)
+    photo: PhotometricConfig = field(default_factory=PhotometricConfig)  # the GPU settings; the command
+    # lines take photometric_config(device), which is lighter on the CPU
     face_model_dir: Path | None = None
     workers: int = 0              # landmark detection processes (0: up to 8, one per core)
     restart: bool = False
