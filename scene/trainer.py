@@ -9,6 +9,7 @@ exactly: parameters, both optimisers, iteration, SH degree, RNG states and the e
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from scene.assemble import build_avatar, ensure_subject, open_subject
 from scene.data.subject import FrameData
 from scene.model.checkpoint import list_checkpoints, load_checkpoint, newest_checkpoint, save_checkpoint
 from scene.model.cuda_graphs import inference_deformer, training_graph
+from scene.model.ema import ParameterEMA
 from utils.device import resolve_device
 from utils.errors import InputError, NonFiniteError
 from utils.image_io import write_image
@@ -84,6 +86,8 @@ class Trainer:
         self.background = self.subject.background.to(self.device)
         self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)
         self.iteration = 0
+        self.ema: ParameterEMA | None = None  # --ema_decay: made in prepare(), after the Gaussians' start
+        self._ema_state: dict | None = None   # a resumed run's average
         # per-frame deformations: eager until prepare() swaps in the CUDA-graphed ones on CUDA
         self.train_deform = self._eager_train_deform
         self._eval_deform = self.avatar.deform
@@ -143,6 +147,7 @@ class Trainer:
             raise InputError(f"checkpoint {path} has no frame-sampler state (not written by "
                                      "train.py); cannot resume exactly")
         self.sampler.load_state_dict(sampler_state)
+        self._ema_state = state["extra"].get("ema")
         self.iteration = int(state["iteration"])
         print(f"[train] resumed from {path} at iteration {self.iteration}")
 
@@ -153,6 +158,10 @@ class Trainer:
         first = self.subject.frame(self.sampler.peek())
         if self.iteration == 0:
             self.avatar.initialize_gaussians(first.condition, first.camera)
+        if self.cfg.train.ema_decay > 0:
+            self.ema = ParameterEMA(self.avatar, self.cfg.train.ema_decay)
+            if self._ema_state is not None:
+                self.ema.load_state_dict(self._ema_state)
         graphs = self.cfg.run.cuda_graphs and self.device.type == "cuda"
         if graphs:
             try:
@@ -197,10 +206,15 @@ class Trainer:
         terms.total = total
         return terms, img
 
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """The block sees the parameter average (--ema_decay) where there is one, else the raw weights."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
     def evaluate(self, it: int) -> dict:
         self.avatar.eval()
-        res = evaluate_frames(self.render_frame, self.subject, self.subject.eval_indices, self.lpips,
-                              self.lpips_reason)
+        with self.averaged():
+            res = evaluate_frames(self.render_frame, self.subject, self.subject.eval_indices, self.lpips,
+                                  self.lpips_reason)
         self.avatar.train()
         self.logger.evaluation(it, res)
         lp = "null" if res["LPIPS"] is None else f"{res['LPIPS']:.4f}"
@@ -224,7 +238,10 @@ class Trainer:
     def save(self, it: int) -> Path:
         self.check_finite(it)
         path = self.run_dir / "ckpt" / f"ckpt{it}.pth"
-        save_checkpoint(path, self.avatar, self.optimizers, it, extra={"sampler": self.sampler.state_dict()})
+        extra = {"sampler": self.sampler.state_dict()}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
+        save_checkpoint(path, self.avatar, self.optimizers, it, extra=extra)
         self.logger.event(f"checkpoint {path.name} at iteration {it}")
         return path
 
@@ -275,6 +292,8 @@ class Trainer:
                     d_opt.step()
                     g_opt.zero_grad(set_to_none=True)
                     d_opt.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update()
                     self.iteration = it
                     nonfinite = ~torch.isfinite(terms.total.detach()) & (bad_it < 0)
                     bad_it = torch.where(nonfinite, it, bad_it)

@@ -118,7 +118,7 @@ def test_baseline_starts_on_the_mesh(synthetic_subject, tmp_path):
 @pytest.mark.slow
 def test_resume_is_exact(synthetic_subject, tmp_path):
     common = ["--iterations", "8", "--ckpt_every", "4", "--log_every", "1", "--skip_test",
-              "--grid_every", "0", "--ours"]
+              "--grid_every", "0", "--ours", "--ema_decay", "0.9"]
     assert _train(synthetic_subject, tmp_path / "a", *common) == 0
     run_a = tmp_path / "a" / f"{synthetic_subject.idname}_ours"
     assert _train(synthetic_subject, tmp_path / "b", *common, "--start_checkpoint",
@@ -135,6 +135,10 @@ def test_resume_is_exact(synthetic_subject, tmp_path):
             for k in sa[pid]:
                 assert torch.equal(torch.as_tensor(sa[pid][k]), torch.as_tensor(sb[pid][k])), (opt, pid, k)
     assert a["extra"]["sampler"]["order"] == b["extra"]["sampler"]["order"]
+    ea, eb = a["extra"]["ema"], b["extra"]["ema"]  # the parameter average continues exactly too
+    assert ea["updates"] == eb["updates"] == 8
+    for k in ea["shadow"]:
+        assert torch.equal(ea["shadow"][k], eb["shadow"][k]), k
     la = {r["iteration"]: r["loss"] for r in _log(run_a)["losses"]}
     lb = {r["iteration"]: r["loss"] for r in _log(run_b)["losses"]}
     assert sorted(lb) == [5, 6, 7, 8]

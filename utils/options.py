@@ -60,6 +60,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _decay(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), got {text}")
+    return value
+
+
 def option(default: Any = MISSING, *, help: str, flag: str | tuple[str, ...] | None = None, type: Any = None,
            choices: list[str] | None = None, action: str | None = None, metavar: str | None = None,
            required: bool = False, switches: dict[str, tuple[str, str]] | None = None) -> Any:
@@ -219,6 +226,10 @@ class TrainOptions:
     lambda_offset: float = option(0.0, type=_non_negative_float,
                                   help="weight of mean ||position - mesh point||^2 (m^2): keeps Gaussians "
                                        "near the surface for side views (bench/NOTES.md measures it)")
+    ema_decay: float = option(0.0, type=_decay,
+                              help="evaluate, checkpoint for rendering and export an exponential moving "
+                                   "average of the parameters with this decay (e.g. 0.999; 0: off, the last "
+                                   "iterate as in the original); training itself is unchanged")
     eval_every: int = option(1250, type=_non_negative_int,
                              help="evaluate the eval split every N iterations (0: only at the end)")
     ckpt_every: int = option(5000, type=_non_negative_int,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from scene.model.avatar import Avatar
+from scene.model.ema import ema_weights
 from utils.atomic import atomic_open
 from utils.errors import InputError
 from utils.options import ModelOptions
@@ -189,15 +190,26 @@ def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def load_checkpoint(path: str | os.PathLike, avatar: Avatar,
                     optimizers: Optimizers | None = None, *,
-                    restore_rng: bool = False) -> dict:
+                    restore_rng: bool = False, average: bool | None = None) -> dict:
     """Load ``path`` into ``avatar`` (and the two optimisers when given, for exact resume); restore the
-    active SH degree and, with ``restore_rng``, the RNG states. Returns the checkpoint dict (its
-    ``iteration`` is the last completed iteration, ``extra`` what the caller saved)."""
+    active SH degree and, with ``restore_rng``, the RNG states. ``average`` (default: when no optimisers
+    are given, i.e. for rendering) loads the run's parameter average (``--ema_decay``) where it has one,
+    the last iterate otherwise. Returns the checkpoint dict (its ``iteration`` is the last completed
+    iteration, ``extra`` what the caller saved)."""
     state = read_checkpoint(path)
     check_compatible(state, avatar, path)
     try:
         avatar.deformation.load_state_dict(state["deformation"])
         avatar.gaussians.load_state_dict(state["gaussians"])
+        averaged = ema_weights(state) if (optimizers is None if average is None else average) else None
+        if averaged is not None:
+            params = dict(avatar.named_parameters())
+            unknown = sorted(set(averaged) - set(params))
+            if unknown:
+                raise RuntimeError(f"the parameter average names unknown parameters {unknown[:3]}")
+            with torch.no_grad():
+                for name, value in averaged.items():
+                    params[name].copy_(value)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path}: model parameters do not fit ({str(exc).splitlines()[0]})"
                               ) from exc
