@@ -62,6 +62,9 @@ def test_needs_lpips_loss(argv, needs):
     ["--iterations", "0"],
     ["--lambda_lpips", "-1"],
     ["--preload", "gpu"],
+    ["--max_sh_degree", "4"],
+    ["--ema_decay", "1"],
+    ["--ema_decay", "-0.1"],
 ])
 def test_train_refuses_bad_values(argv, capsys):
     with pytest.raises(SystemExit):

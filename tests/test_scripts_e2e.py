@@ -415,6 +415,8 @@ def test_render_reads_the_run_options(trained, synthetic_subject, capsys):
     capsys.readouterr()
     assert render.main(["-m", str(run), "--hidden_dim", "32", *fast]) == 2
     assert "hidden_dim" in capsys.readouterr().err
+    assert render.main(["-m", str(run), "--max_sh_degree", "0", *fast]) == 2
+    assert "--max_sh_degree: checkpoint 3" in capsys.readouterr().err
     # metrics needs nothing but the folder
     assert metrics.main(["-m", str(run), "--device", "cpu", "--no_lpips"]) == 0
     # -m on a folder that is not a run

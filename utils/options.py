@@ -60,6 +60,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _sh_degree(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 3:
+        raise argparse.ArgumentTypeError(f"expected an SH degree 0-3, got {text}")
+    return value
+
+
 def _decay(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -170,7 +177,9 @@ class ModelOptions:
                     "baseline: four more MLP outputs)")
     camera_conditioning: bool = option(
         False, help="condition the appearance on the view direction (needs --conditional_appearance)")
-    max_sh_degree: int = 3  # SH degree of the colour parameters; not a flag
+    max_sh_degree: int = option(3, type=_sh_degree,
+                                help="highest spherical-harmonics degree of the colours (0-3; 0: one colour "
+                                     "per Gaussian, no view dependence)")
 
     @property
     def method(self) -> str:
