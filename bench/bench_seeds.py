@@ -90,6 +90,10 @@ def main() -> None:
             trainer = Trainer(parse_train_args(argv))
             res = trainer.run()
             train_s = time.perf_counter() - t0
+            result["runs"][name] = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"],
+                                    "train_s": train_s, "novel_PSNR": None}  # kept if the call ends here
+            if args.out:
+                write_json(args.out, result)
             renderer = Renderer(parse_render_args(["-m", str(trainer.run_dir), "--novel_views", "--device",
                                                    args.device]))
             renderer.run()
@@ -104,7 +108,7 @@ def main() -> None:
     summary = {}
     for kind in args.kinds:
         runs = [r for r in result["runs"].values() if r["kind"] == kind]
-        views = list(runs[0]["novel_PSNR"])
+        views = list(runs[0]["novel_PSNR"] or {})
         summary[kind] = {"PSNR": mean_sd([r["PSNR"] for r in runs]),
                          "SSIM": mean_sd([r["SSIM"] for r in runs]),
                          "PSNR_per_seed": [round(r["PSNR"], 2) for r in runs],
