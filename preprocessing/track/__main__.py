@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the mesh, through the project's rasterizer, fitted to the matted frames. On the "
                         "synthetic benchmark at 512 px it raised the held-out PSNR of an avatar trained on "
                         "the tracking by 1.8 dB (bench/NOTES.md, session 7); it takes about 30 s on a GPU "
-                        "and about a minute on 2 CPU cores (lighter settings there)")
+                        "and 75-85 s on 2 CPU cores (lighter settings there)")
     p.add_argument("--photometric", dest="photometric", action="store_true", default=argparse.SUPPRESS,
                    help="run the photometric stage (the default; kept for older command lines)")
     p.add_argument("--steps", type=int, default=d.fit.steps, help="landmark-fit iterations")

@@ -48,7 +48,7 @@ class PhotometricConfig:
 def photometric_config(device: torch.device | str) -> PhotometricConfig:
     """The stage's settings for a device: the full ones on a GPU (256 px, 600 steps of 8 frames: about 30 s
     on an H200 for any clip length), a light preset on the CPU (128 px, 300 steps of 4 frames, uv 48: about
-    a minute on 2 cores instead of ten). Measured in bench/NOTES.md (session 7): at 512 px the full
+    75-85 s on 2 cores instead of ten minutes). Measured in bench/NOTES.md (session 7): at 512 px the full
     settings gave the avatar 0.9 dB more than the light ones; at 128 px the light ones already matched the
     true tracking."""
     if torch.device(device).type == "cpu":
