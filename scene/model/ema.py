@@ -29,8 +29,8 @@ class ParameterEMA:
             raise ValueError(f"ParameterEMA: decay must be in (0, 1), got {decay}")
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
-        self.params = [p for _, p in named]
-        self.shadow = [p.detach().clone() for p in self.params]
+        self._values = [p.detach() for _, p in named]  # aliases: optimisers update the parameters in place
+        self.shadow = [v.clone() for v in self._values]
         self.decay = float(decay)
         self.updates = 0
 
@@ -41,19 +41,17 @@ class ParameterEMA:
     def update(self) -> None:
         """Move the average towards the current parameters (call after each optimiser step)."""
         self.updates += 1
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.current_decay())
+        torch._foreach_lerp_(self.shadow, self._values, 1.0 - self.current_decay())
 
     @contextmanager
     def applied(self) -> Iterator[None]:
         """Inside the block the module holds the averaged weights; the raw ones come back after it."""
-        raw = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.shadow)
+        raw = [v.clone() for v in self._values]
+        torch._foreach_copy_(self._values, self.shadow)
         try:
             yield
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(self.params, raw)
+            torch._foreach_copy_(self._values, raw)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates,
