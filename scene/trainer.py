@@ -30,7 +30,13 @@ from scene.model.ema import ParameterEMA
 from utils.device import resolve_device
 from utils.errors import InputError, NonFiniteError
 from utils.image_io import write_image
-from utils.losses import offset_regulariser, opacity_regulariser, photometric_loss
+from utils.losses import (
+    normal_offset_regulariser,
+    normal_thickness_regulariser,
+    offset_regulariser,
+    opacity_regulariser,
+    photometric_loss,
+)
 from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
 from utils.precision import set_precision
@@ -198,11 +204,17 @@ class Trainer:
         if t.lambda_opacity_reg > 0:
             terms.opacity = opacity_regulariser(gaussians.opacities)
             total = total + t.lambda_opacity_reg * terms.opacity
-        if t.lambda_offset > 0:
-            with torch.no_grad():  # the mesh points the offsets start from: no parameters in them
-                base = self.avatar.base_positions(frame.condition)
-            terms.offset = offset_regulariser(gaussians.means, base)
-            total = total + t.lambda_offset * terms.offset
+        if t.lambda_offset > 0 or t.lambda_normal_offset > 0 or t.lambda_thickness > 0:
+            base, normals = self.avatar.surface(frame.condition)  # no parameters in them
+            if t.lambda_offset > 0:
+                terms.offset = offset_regulariser(gaussians.means, base)
+                total = total + t.lambda_offset * terms.offset
+            if t.lambda_normal_offset > 0:
+                terms.normal_offset = normal_offset_regulariser(gaussians.means, base, normals)
+                total = total + t.lambda_normal_offset * terms.normal_offset
+            if t.lambda_thickness > 0:
+                terms.thickness = normal_thickness_regulariser(gaussians.scales, gaussians.rotations, normals)
+                total = total + t.lambda_thickness * terms.thickness
         terms.total = total
         return terms, img
 
@@ -345,8 +357,9 @@ class Trainer:
             values["lpips"] = terms.perceptual.item()
         if terms.opacity is not None:
             values["opacity_reg"] = terms.opacity.item()
-        if terms.offset is not None:
-            values["offset_reg"] = terms.offset.item()
+        for name in ("offset", "normal_offset", "thickness"):
+            if getattr(terms, name) is not None:
+                values[f"{name}_reg"] = getattr(terms, name).item()
         values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
         self.logger.loss(it, values)
         bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)

@@ -1,4 +1,4 @@
-"""Training losses (docs/maths.md section 9): Huber on the image and the mouth, opacity regulariser.
+"""Training losses (docs/maths.md section 9): Huber on the image and the mouth, opacity and surface priors.
 
 The perceptual term lives in :mod:`utils.lpips_loader`; this module has no network and no weights.
 """
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from utils.rotations import quaternion_to_matrix
 
 HUBER_DELTA = 0.1
 MOUTH_WEIGHT = 40.0
@@ -33,6 +35,23 @@ def offset_regulariser(means: Tensor, base_positions: Tensor) -> Tensor:
     return (means - base_positions).pow(2).sum(-1).mean()
 
 
+def normal_offset_regulariser(means: Tensor, base_positions: Tensor, normals: Tensor) -> Tensor:
+    """mean ((position - base position) . n)^2 (squared metres), n the unit normal of each Gaussian's
+    triangle: the distance from the triangle's plane only, so Gaussians may still slide along the surface
+    (which the expression detail needs) but not float in front of or behind it."""
+    return ((means - base_positions) * normals).sum(-1).pow(2).mean()
+
+
+def normal_thickness_regulariser(scales: Tensor, rotations: Tensor, normals: Tensor) -> Tensor:
+    """mean over Gaussians of n^T Sigma n / trace(Sigma), Sigma = R diag(s^2) R^T: the share of each
+    Gaussian's variance along its triangle's normal (1/3 for a ball, 0 for a disc in the surface). A
+    Gaussian stretched along the viewing ray looks small from the front and becomes a streak from the
+    side; this pulls the Gaussians flat onto the surface. ``rotations`` are unit quaternions (w first)."""
+    local = (quaternion_to_matrix(rotations).transpose(-1, -2) @ normals.unsqueeze(-1)).squeeze(-1)
+    var = scales.pow(2)
+    return ((var * local.pow(2)).sum(-1) / var.sum(-1)).mean()
+
+
 @dataclass
 class LossTerms:
     """The loss of one iteration and its parts (tensors; read them only at logging steps)."""
@@ -43,6 +62,8 @@ class LossTerms:
     perceptual: Tensor | None = None
     opacity: Tensor | None = None
     offset: Tensor | None = None
+    normal_offset: Tensor | None = None
+    thickness: Tensor | None = None
 
 
 def photometric_loss(render: Tensor, gt: Tensor, mouth_mask: Tensor, *, delta: float = HUBER_DELTA,

@@ -235,6 +235,14 @@ class TrainOptions:
     lambda_offset: float = option(0.0, type=_non_negative_float,
                                   help="weight of mean ||position - mesh point||^2 (m^2): keeps Gaussians "
                                        "near the surface for side views (bench/NOTES.md measures it)")
+    lambda_normal_offset: float = option(0.0, type=_non_negative_float,
+                                         help="weight of mean ((position - mesh point) . n)^2 (m^2), n the "
+                                              "triangle's normal: the distance from the surface only, "
+                                              "sliding along it is free")
+    lambda_thickness: float = option(0.0, type=_non_negative_float,
+                                     help="weight of the mean share of each Gaussian's variance along its "
+                                          "triangle's normal (flat Gaussians in the surface; against "
+                                          "streaks in side views)")
     ema_decay: float = option(0.0, type=_decay,
                               help="evaluate, checkpoint for rendering and export an exponential moving "
                                    "average of the parameters with this decay (e.g. 0.999; 0: off, the last "

@@ -129,6 +129,13 @@ class Avatar(nn.Module):
         """Gaussian base positions (N,3) on the posed mesh."""
         return self.embedding.interpolate(self.posed_vertices(condition))
 
+    @torch.no_grad()
+    def surface(self, condition: Tensor) -> tuple[Tensor, Tensor]:
+        """(base positions (N,3), unit triangle normals (N,3)) on the posed mesh of one frame, without
+        gradients: what the surface priors measure the Gaussians against."""
+        vertices = self.posed_vertices(condition)
+        return self.embedding.interpolate(vertices), self.embedding.normals(vertices)
+
     def deform(self, condition: Tensor, camera: ViewPoint | None = None) -> tuple[GaussianSet, DeformExtras]:
         """The frame's activated Gaussians and :class:`DeformExtras`. ``camera`` is needed only with
         camera conditioning (view direction from its centre to each Gaussian's base position)."""

@@ -171,6 +171,14 @@ class Embedding:
         corners = vertices[..., ids.reshape(-1), :].reshape(*vertices.shape[:-2], *ids.shape, 3)
         return (corners * bary[..., None]).sum(dim=-2)
 
+    def normals(self, vertices: Tensor) -> Tensor:
+        """Unit normals (..., N, 3) of each Gaussian's triangle on posed vertices (..., V, 3); the sign
+        follows the face's winding (the surface priors square it, so it does not matter there)."""
+        ids = self.vertex_ids.to(vertices.device)
+        corners = vertices[..., ids.reshape(-1), :].reshape(*vertices.shape[:-2], *ids.shape, 3)
+        a, b, c = corners.unbind(-2)
+        return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a), dim=-1)
+
     def to(self, device: torch.device | str) -> Embedding:
         """The same embedding with its tensors on ``device``."""
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
