@@ -2,6 +2,9 @@
 # Issue 11's seed table in one GPU call (repo root): bench_seeds.py for each kind in $KINDS over $SEEDS at
 # full size (300 frames at 512 px, 100 test frames, 30 with novel views, 10k iterations), one process per
 # kind and seed pair side by side on the GPU (quality only; the timings in the JSON are then not alone).
+# Each process writes its JSON to $OUT after every run and its log to $WORK (the device tool brings back
+# only a few files: keep $OUT to the JSONs). The GPU is the limit: N processes take about as long as one
+# running the N runs in turn (H200: about 35 s per 10k-iteration baseline run, 41 s for --ours).
 # Usage: OUT=/dir KINDS="baseline baseline+--ema_decay=0.999" SEEDS="0 1 2 3" bash bench/gpu_seeds.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_seeds}; mkdir -p "$W"
@@ -19,9 +22,9 @@ for kind in ${KINDS:-baseline baseline+--ema_decay=0.999}; do
     seeds=("${SD[@]:i:${PER_PROCESS:-2}}"); tag=$(echo "${kind}_${seeds[*]}" | tr -c 'a-zA-Z0-9_.\n' '_')
     python bench/bench_seeds.py --device cuda --frames 300 --size 512 --test_num 100 --novel_views 30 \
       --iterations ${ITERATIONS:-10000} --seeds "${seeds[@]}" --kinds "$kind" --work "$W" \
-      --out "$OUT/seeds_$tag.json" > "$OUT/seeds_$tag.log" 2>&1 &
+      --out "$OUT/seeds_$tag.json" > "$W/seeds_$tag.log" 2>&1 &
   done
 done
 wait
 echo "all done $(date +%T)"
-grep -h "test PSNR" "$OUT"/seeds_*.log
+grep -h "test PSNR" "$W"/seeds_*.log
