@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from gaussian_renderer import render  # noqa: E402
 from scene.model.cuda_graphs import inference_graph  # noqa: E402
 from scene.trainer import Trainer  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 from utils.losses import photometric_loss  # noqa: E402
 from utils.options import parse_train_args  # noqa: E402
 
@@ -63,7 +64,7 @@ def _profile(step, steps: int, device: torch.device) -> None:
         print(f"  {sum(times) / steps / 1e3:8.3f} ms  {len(times) / steps:5.1f}x  {name[:90]}")
 
 
-def _inference_speed(trainer: Trainer, frames: int) -> None:
+def _inference_speed(trainer: Trainer, frames: int) -> dict[str, float]:
     """Frames per second of deformation + render without gradients (what render.py and the evaluations
     do), eager and with the inference graph where there is one; one frame at a time, one sync at the end."""
     avatar, subject, dev = trainer.avatar, trainer.subject, trainer.device
@@ -72,6 +73,7 @@ def _inference_speed(trainer: Trainer, frames: int) -> None:
         modes.append(("CUDA graph", inference_graph(avatar)))
     idx = subject.train_indices[:frames]
     loaded = [subject.frame(i) for i in idx]
+    result = {}
     for name, deform in modes:
         with torch.no_grad():
             for _ in range(2):
@@ -86,6 +88,8 @@ def _inference_speed(trainer: Trainer, frames: int) -> None:
             _sync(dev)
         ms = (time.perf_counter() - t0) * 1e3 / len(loaded)
         print(f"inference ({name}): {ms:.3f} ms a frame, {1000 / ms:.0f} FPS over {len(loaded)} frames")
+        result[name] = ms
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--profile", action="store_true",
                     help="also profile --steps steps: kernel time and launches per step, top kernels")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the figures here (step ms, inference ms per mode, peak MiB)")
     ap.add_argument("--with_lpips", action="store_true",
                     help="time steps after --lpips_start, with the LPIPS-VGG term (needs the VGG16 weights)")
     own, rest = ap.parse_known_args(argv)
@@ -173,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
           f"lpips={int(bool(own.with_lpips))}")
-    _inference_speed(trainer, own.steps)
+    inference = _inference_speed(trainer, own.steps)
+    if own.json:
+        write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
+                              "lpips": bool(own.with_lpips), "gaussians": avatar.n_gaussians,
+                              "step_ms": whole,
+                              "parts_ms": {k: statistics.median(v) for k, v in parts.items()},
+                              "inference_ms": inference, "peak_mib": peak})
     return 0
 
 

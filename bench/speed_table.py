@@ -1,0 +1,553 @@
+"""Issue 13's speed figures in one table, against their targets, with the device and the commit.
+
+Each stage runs the project's own benchmark or command-line script on the GPU and writes
+``<out>/<stage>.json`` as soon as it has its figures (so a call cut short keeps what it finished); the
+table gathers every figure found in ``--out`` and the ``--merge`` folders (figures from earlier calls), prints
+it and writes ``<out>/speed_table.json``. Stages:
+
+- ``raster``: bench_rasterizer.py on the raster oracle scene (CUDA extension through ``render_cuda``);
+- ``lpips``: bench_lpips.py, LPIPS-VGG forward+backward at 512x512 per precision (a seeded random VGG16
+  when the real weights are not in torch's hub cache: the cost does not depend on the weights' values);
+- ``steps``: bench_train_step.py per method, without and with the LPIPS term, and inference (FLAME + head +
+  rasterizer, CUDA graph, synced, no I/O);
+- ``render``: train.py 2000 iterations on a 600-frame subject, then ``render.py`` (500 test frames, PNGs and
+  mp4) and ``metrics.py`` on them;
+- ``memory``: peak GPU memory of train.py on a 2000-frame subject with the frames cached on the GPU;
+- ``train``: ``train.py --iterations 30000`` wall clock (LPIPS from 15000, evaluation off) per method.
+
+    python bench/speed_table.py --out speed --stages raster lpips steps render memory train
+    python bench/speed_table.py --out table --table_only --merge call1/ call2/    # the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.atomic import write_json  # noqa: E402
+
+STAGES = ("raster", "lpips", "steps", "render", "memory", "train")
+METHODS = ("baseline", "ours")
+SIZE = 512
+
+
+def _method_flags(method: str) -> list[str]:
+    return ["--ours"] if method == "ours" else []
+
+
+class Runner:
+    """Runs the stages' commands from the repository root; logs go to ``<work>/logs``."""
+
+    def __init__(self, work: Path, out: Path, precision: str, device: str, commit: str) -> None:
+        self.work, self.out, self.precision = work, out, precision
+        self.stamp = {"device": device, "commit": commit}
+        self.logs = work / "logs_speed"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.roots = ["--data_root", str(work / "ds"), "--tracking_root", str(work / "tr")]
+
+    def run(self, name: str, argv: list[str], env: dict | None = None) -> tuple[str, float]:
+        """Run ``python argv`` and return (its output, wall seconds); a failure stops with its log's tail."""
+        log = self.logs / f"{name}.log"
+        t0 = time.perf_counter()
+        with open(log, "w") as fh:
+            rc = subprocess.call(
+                [sys.executable, *argv],
+                cwd=REPO,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+        seconds = time.perf_counter() - t0
+        text = log.read_text(errors="replace")
+        if rc != 0:
+            raise SystemExit(f"speed_table: {name} failed (exit {rc}); the end of {log}:\n{text[-2000:]}")
+        return text, seconds
+
+    def subject(self, idname: str, frames: int) -> None:
+        """A synthetic subject of ``frames`` frames at 512x512 (made once)."""
+        marker = self.work / "ds" / idname / "synthetic.json"
+        if not (marker.is_file() and json.loads(marker.read_text()).get("complete")):
+            self.run(
+                f"subject_{idname}",
+                [
+                    "-m",
+                    "preprocessing.synthetic_subject",
+                    "--idname",
+                    idname,
+                    *self.roots,
+                    "--frames",
+                    str(frames),
+                    "--size",
+                    str(SIZE),
+                ],
+            )
+
+    def lpips_home(self) -> dict:
+        """TORCH_HOME with VGG16 weights: the real ones when the hub cache has them, else seeded random."""
+        sys.path.insert(0, str(REPO / "bench"))
+        from bench_lpips import write_random_vgg
+
+        from utils.lpips_loader import VGG16_FILENAME
+
+        hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+        if (hub / "hub" / "checkpoints" / VGG16_FILENAME).is_file():
+            return {"TORCH_HOME": str(hub), "vgg": "torchvision VGG16"}
+        home = self.work / "vgg_home"
+        if not (home / "hub" / "checkpoints" / VGG16_FILENAME).is_file():
+            write_random_vgg(home)
+        return {"TORCH_HOME": str(home), "vgg": "random (seed 0): timing only"}
+
+    def save(self, stage: str, figures: dict) -> None:
+        write_json(self.out / f"{stage}.json", {**figures, **self.stamp})
+        print(f"[speed_table] {stage}: {json.dumps(figures)}", flush=True)
+
+    # -- stages -------------------------------------------------------------------------------------
+    def stage_raster(self) -> None:
+        raw = self.work / "raster_raw.json"
+        self.run("raster", ["bench/bench_rasterizer.py", "--skip-torch", "--json", str(raw)])
+        row = next(r for r in json.loads(raw.read_text())["rows"] if r["backend"] == "cuda (render_cuda)")
+        self.save(
+            "raster", {"forward_ms": row["forward_ms"], "forward_backward_ms": row["forward_backward_ms"]}
+        )
+
+    def stage_lpips(self) -> None:
+        home = self.lpips_home()
+        raw = self.work / "lpips_raw.json"
+        self.run("lpips", ["bench/bench_lpips.py", "--json", str(raw)], {"TORCH_HOME": home["TORCH_HOME"]})
+        res = json.loads(raw.read_text())["results"]
+        self.save(
+            "lpips",
+            {
+                "vgg": home["vgg"],
+                **{
+                    p: {
+                        "fwd_bwd_ms": r["fwd_bwd_ms"],
+                        "fwd_bwd_ms_cuda_graph": r["fwd_bwd_ms_cuda_graph"],
+                        "value_rel_diff": r["value_rel_diff"],
+                        "grad_cosine": r["grad_cosine"],
+                    }
+                    for p, r in res.items()
+                },
+            },
+        )
+
+    def stage_steps(self) -> None:
+        self.subject("s16", 16)
+        home = self.lpips_home()
+        figures: dict = {"precision": self.precision, "vgg": home["vgg"]}
+        for method in METHODS:
+            for lpips in (False, True):
+                raw = self.work / f"step_{method}_{int(lpips)}.json"
+                self.run(
+                    f"step_{method}_{int(lpips)}",
+                    [
+                        "bench/bench_train_step.py",
+                        "--idname",
+                        "s16",
+                        *self.roots,
+                        "--test_num",
+                        "4",
+                        "--eval_num",
+                        "4",
+                        *_method_flags(method),
+                        "--precision",
+                        self.precision,
+                        "--steps",
+                        "100",
+                        "--warmup",
+                        "20",
+                        "--json",
+                        str(raw),
+                        *(["--with_lpips"] if lpips else []),
+                    ],
+                    {"TORCH_HOME": home["TORCH_HOME"]},
+                )
+                res = json.loads(raw.read_text())
+                figures[f"{method}_step_ms" + ("_lpips" if lpips else "")] = res["step_ms"]
+                if not lpips:
+                    ms = res["inference_ms"].get("CUDA graph", res["inference_ms"]["eager"])
+                    figures[f"{method}_inference_ms"] = ms
+                    figures[f"{method}_inference_fps"] = 1000.0 / ms
+                self.save("steps", figures)
+
+    def stage_render(self) -> None:
+        self.subject("s600", 600)
+        figures: dict = {}
+        for method in METHODS:
+            run_dir = self.work / "logs" / f"s600_{method}"
+            self.run(
+                f"train2k_{method}",
+                [
+                    "train.py",
+                    "--idname",
+                    "s600",
+                    *self.roots,
+                    "--log_root",
+                    str(self.work / "logs"),
+                    "--test_num",
+                    "500",
+                    "--eval_num",
+                    "50",
+                    *_method_flags(method),
+                    "--iterations",
+                    "2000",
+                    "--skip_test",
+                    "--overwrite",
+                    "--lambda_lpips",
+                    "0",
+                ],
+            )
+            text, wall = self.run(f"render_{method}", ["render.py", "-m", str(run_dir)])
+            found = re.search(r"(\d+) frames rendered and written in ([0-9.]+) s", text)
+            if found is None:
+                raise SystemExit(f"speed_table: render.py printed no timing line; see {self.logs}")
+            _, m_wall = self.run(f"metrics_{method}", ["metrics.py", "-m", str(run_dir)])
+            res = json.loads((run_dir / "results.json").read_text())
+            figures[method] = {
+                "frames": int(found.group(1)),
+                "render_write_s": float(found.group(2)),
+                "render_process_s": wall,
+                "metrics_s": res.get("seconds"),
+                "metrics_process_s": m_wall,
+                "metrics_views": res.get("num_views"),
+            }
+            self.save("render", figures)
+
+    def stage_memory(self) -> None:
+        self.subject("s600", 600)
+        _link_subject(self.work, "s600", "s2000", 2000)
+        home = self.lpips_home()
+        figures: dict = {}
+        for method in METHODS:
+            text, _ = self.run(
+                f"mem2000_{method}",
+                [
+                    "train.py",
+                    "--idname",
+                    "s2000",
+                    *self.roots,
+                    "--log_root",
+                    str(self.work / "logs"),
+                    "--test_num",
+                    "100",
+                    "--eval_num",
+                    "10",
+                    "--preload",
+                    "device",
+                    *_method_flags(method),
+                    "--iterations",
+                    "300",
+                    "--lpips_start",
+                    "100",
+                    "--skip_test",
+                    "--overwrite",
+                ],
+                {"TORCH_HOME": home["TORCH_HOME"]},
+            )
+            found = re.search(r"peak GPU memory (\d+) MiB", text)
+            figures[f"{method}_peak_mib"] = int(found.group(1)) if found else None
+            self.save("memory", figures)
+
+    def stage_train(self) -> None:
+        self.subject("s600", 600)
+        home = self.lpips_home()
+        figures: dict = {"precision": self.precision, "vgg": home["vgg"]}
+        for method in METHODS:
+            _, wall = self.run(
+                f"train30k_{method}",
+                [
+                    "train.py",
+                    "--idname",
+                    "s600",
+                    *self.roots,
+                    "--log_root",
+                    str(self.work / "logs"),
+                    "--test_num",
+                    "500",
+                    "--logname",
+                    f"full_{method}",
+                    *_method_flags(method),
+                    "--iterations",
+                    "30000",
+                    "--skip_test",
+                    "--overwrite",
+                    "--precision",
+                    self.precision,
+                ],
+                {"TORCH_HOME": home["TORCH_HOME"]},
+            )
+            figures[f"{method}_wall_s"] = wall
+            self.save("train", figures)
+
+
+def _link_subject(work: Path, src: str, dst: str, frames: int) -> None:
+    """A ``frames``-frame subject whose files are links to ``src``'s, cycled (memory needs only the count)."""
+    s, d = work / "ds" / src, work / "ds" / dst
+    ts, td = work / "tr" / src / "checkpoint", work / "tr" / dst / "checkpoint"
+    if (d / "imgs" / f"{frames - 1:05d}.png").exists():
+        return
+    n = len(list((s / "imgs").glob("*.png")))
+    for sub in ("imgs", "alpha", "parsing"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    td.mkdir(parents=True, exist_ok=True)
+    if not (d / "flame").exists():
+        os.symlink(s / "flame", d / "flame")
+    for k in range(frames):
+        a, b = f"{k % n:05d}", f"{k:05d}"
+        pairs = [
+            (s / "imgs" / f"{a}.png", d / "imgs" / f"{b}.png"),
+            (s / "alpha" / f"{a}.png", d / "alpha" / f"{b}.png"),
+            (ts / f"{a}.frame", td / f"{b}.frame"),
+        ]
+        pairs += [
+            (s / "parsing" / f"{a}_{m}.png", d / "parsing" / f"{b}_{m}.png") for m in ("neckhead", "mouth")
+        ]
+        for target, link in pairs:
+            if not link.exists():
+                os.symlink(target, link)
+
+
+# -- the table --------------------------------------------------------------------------------------
+Row = tuple[str, str, Callable[[dict], float | None], Callable[[dict], float | None], str]
+
+
+def _get(figures: dict, *keys: str) -> float | None:
+    value = figures
+    for k in keys:
+        if not isinstance(value, dict) or k not in value:
+            return None
+        value = value[k]
+    return value
+
+
+def _scaled(key: tuple[str, ...], factor: float) -> Callable[[dict], float | None]:
+    def target(f: dict) -> float | None:
+        base = _get(f, *key)
+        return None if base is None else base * factor
+
+    return target
+
+
+def _fixed(value: float) -> Callable[[dict], float]:
+    return lambda f: value
+
+
+ROWS: list[Row] = [  # (figure, unit, measured, target, "<=" or ">=")
+    (
+        "1. train.py 30k iterations, baseline (wall)",
+        "s",
+        lambda f: _get(f, "train", "baseline_wall_s"),
+        _fixed(90.0),
+        "<=",
+    ),
+    (
+        "1. train.py 30k iterations, ours (wall)",
+        "s",
+        lambda f: _get(f, "train", "ours_wall_s"),
+        _fixed(90.0),
+        "<=",
+    ),
+    (
+        "1. LPIPS-VGG fwd+bwd 512 px, tf32, CUDA graph",
+        "ms",
+        lambda f: _get(f, "lpips", "tf32", "fwd_bwd_ms_cuda_graph"),
+        _fixed(1.5),
+        "<=",
+    ),
+    (
+        "1. LPIPS-VGG fwd+bwd 512 px, bf16, CUDA graph",
+        "ms",
+        lambda f: _get(f, "lpips", "bf16", "fwd_bwd_ms_cuda_graph"),
+        _fixed(1.5),
+        "<=",
+    ),
+    (
+        "2. inference, baseline",
+        "FPS",
+        lambda f: _get(f, "steps", "baseline_inference_fps"),
+        _fixed(2500.0),
+        ">=",
+    ),
+    (
+        "2. inference, ours (within 10% of baseline)",
+        "FPS",
+        lambda f: _get(f, "steps", "ours_inference_fps"),
+        _scaled(("steps", "baseline_inference_fps"), 0.9),
+        ">=",
+    ),
+    (
+        "3. training step before LPIPS, baseline",
+        "ms",
+        lambda f: _get(f, "steps", "baseline_step_ms"),
+        _fixed(2.0),
+        "<=",
+    ),
+    (
+        "3. training step before LPIPS, ours (within 10%)",
+        "ms",
+        lambda f: _get(f, "steps", "ours_step_ms"),
+        _scaled(("steps", "baseline_step_ms"), 1.1),
+        "<=",
+    ),
+    (
+        "   training step with LPIPS, baseline",
+        "ms",
+        lambda f: _get(f, "steps", "baseline_step_ms_lpips"),
+        None,
+        "",
+    ),
+    ("   training step with LPIPS, ours", "ms", lambda f: _get(f, "steps", "ours_step_ms_lpips"), None, ""),
+    (
+        "4. rasterizer forward, raster oracle scene",
+        "ms",
+        lambda f: _get(f, "raster", "forward_ms"),
+        _fixed(0.2),
+        "<=",
+    ),
+    (
+        "4. rasterizer forward+backward",
+        "ms",
+        lambda f: _get(f, "raster", "forward_backward_ms"),
+        _fixed(0.6),
+        "<=",
+    ),
+    (
+        "5. render.py 500 frames, PNGs + mp4, baseline",
+        "s",
+        lambda f: _get(f, "render", "baseline", "render_write_s"),
+        _fixed(5.0),
+        "<=",
+    ),
+    (
+        "5. render.py 500 frames, PNGs + mp4, ours",
+        "s",
+        lambda f: _get(f, "render", "ours", "render_write_s"),
+        _fixed(5.0),
+        "<=",
+    ),
+    (
+        "5. metrics.py 500 frames, baseline",
+        "s",
+        lambda f: _get(f, "render", "baseline", "metrics_s"),
+        _fixed(5.0),
+        "<=",
+    ),
+    (
+        "6. peak training memory, 2000 frames on the GPU, baseline",
+        "MiB",
+        lambda f: _get(f, "memory", "baseline_peak_mib"),
+        _fixed(8e9 / 2**20),
+        "<=",
+    ),
+    (
+        "6. peak training memory, 2000 frames on the GPU, ours",
+        "MiB",
+        lambda f: _get(f, "memory", "ours_peak_mib"),
+        _fixed(8e9 / 2**20),
+        "<=",
+    ),
+]
+
+
+def gather(folders: list[Path]) -> dict:
+    """Every stage's figures from the folders; a later folder's stage replaces an earlier one's."""
+    figures: dict = {}
+    for folder in folders:
+        for stage in STAGES:
+            path = folder / f"{stage}.json"
+            if path.is_file():
+                figures[stage] = json.loads(path.read_text())
+    return figures
+
+
+def table(figures: dict) -> list[dict]:
+    rows = []
+    for label, unit, measured, target, sense in ROWS:
+        value = measured(figures)
+        goal = target(figures) if target is not None else None
+        met = None
+        if value is not None and goal is not None:
+            met = value <= goal if sense == "<=" else value >= goal
+        rows.append(
+            {"figure": label, "unit": unit, "measured": value, "target": goal, "sense": sense, "met": met}
+        )
+    return rows
+
+
+def format_table(rows: list[dict], device: str, commit: str) -> str:
+    lines = [
+        f"device: {device}; commit: {commit}",
+        f"{'figure':58s} {'unit':>4s} {'measured':>10s} {'target':>12s}  met",
+    ]
+    for r in rows:
+        value = "-" if r["measured"] is None else f"{r['measured']:.3f}"
+        goal = "" if r["target"] is None else f"{r['sense']} {r['target']:.3f}"
+        met = {True: "yes", False: "NO", None: ""}[r["met"]]
+        lines.append(f"{r['figure']:58s} {r['unit']:>4s} {value:>10s} {goal:>12s}  {met}")
+    return "\n".join(lines)
+
+
+def _commit() -> str:
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True, stderr=subprocess.DEVNULL
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (set GIT_COMMIT)"
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA: GPU stages need one)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for the stage JSONs and the table")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/speed_table"), help="subjects, runs and logs")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    ap.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="folders with stage JSONs of earlier calls (the --out folder's own win)",
+    )
+    ap.add_argument("--table_only", action="store_true", help="run no stage: only gather and print")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    device, commit = _device(), _commit()
+    if not args.table_only:
+        runner = Runner(args.work, args.out, args.precision, device, commit)
+        for stage in args.stages:
+            getattr(runner, f"stage_{stage}")()
+    figures = gather([*args.merge, args.out])
+    rows = table(figures)
+    stamps = {(f.get("device", device), f.get("commit", commit)) for f in figures.values()} or {
+        (device, commit)
+    }
+    device = "; ".join(sorted({d for d, _ in stamps}))
+    commit = ", ".join(sorted({c for _, c in stamps}))
+    print(format_table(rows, device, commit))
+    write_json(
+        args.out / "speed_table.json", {"device": device, "commit": commit, "rows": rows, "figures": figures}
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
