@@ -180,112 +180,49 @@ class Runner:
                     figures[f"{method}_inference_fps"] = 1000.0 / ms
                 self.save("steps", figures)
 
+    def train(self, name: str, idname: str, method: str, *extra: str) -> tuple[str, float]:
+        """train.py on subject ``idname`` with ``method``'s flag, evaluation off, into <work>/logs."""
+        home = self.lpips_home()
+        argv = ["train.py", "--idname", idname, *self.roots, "--log_root", str(self.work / "logs"),
+                *_method_flags(method), "--skip_test", "--overwrite", "--precision", self.precision, *extra]
+        return self.run(name, argv, {"TORCH_HOME": home["TORCH_HOME"]})
+
     def stage_render(self) -> None:
         self.subject("s600", 600)
         figures: dict = {}
         for method in METHODS:
             run_dir = self.work / "logs" / f"s600_{method}"
-            self.run(
-                f"train2k_{method}",
-                [
-                    "train.py",
-                    "--idname",
-                    "s600",
-                    *self.roots,
-                    "--log_root",
-                    str(self.work / "logs"),
-                    "--test_num",
-                    "500",
-                    "--eval_num",
-                    "50",
-                    *_method_flags(method),
-                    "--iterations",
-                    "2000",
-                    "--skip_test",
-                    "--overwrite",
-                    "--lambda_lpips",
-                    "0",
-                ],
-            )
+            self.train(f"train2k_{method}", "s600", method, "--test_num", "500", "--eval_num", "50",
+                       "--iterations", "2000", "--lambda_lpips", "0")
             text, wall = self.run(f"render_{method}", ["render.py", "-m", str(run_dir)])
             found = re.search(r"(\d+) frames rendered and written in ([0-9.]+) s", text)
             if found is None:
                 raise SystemExit(f"speed_table: render.py printed no timing line; see {self.logs}")
             _, m_wall = self.run(f"metrics_{method}", ["metrics.py", "-m", str(run_dir)])
             res = json.loads((run_dir / "results.json").read_text())
-            figures[method] = {
-                "frames": int(found.group(1)),
-                "render_write_s": float(found.group(2)),
-                "render_process_s": wall,
-                "metrics_s": res.get("seconds"),
-                "metrics_process_s": m_wall,
-                "metrics_views": res.get("num_views"),
-            }
+            figures[method] = {"frames": int(found.group(1)), "render_write_s": float(found.group(2)),
+                               "render_process_s": wall, "metrics_s": res.get("seconds"),
+                               "metrics_process_s": m_wall, "metrics_views": res.get("num_views")}
             self.save("render", figures)
 
     def stage_memory(self) -> None:
         self.subject("s600", 600)
         _link_subject(self.work, "s600", "s2000", 2000)
-        home = self.lpips_home()
         figures: dict = {}
         for method in METHODS:
-            text, _ = self.run(
-                f"mem2000_{method}",
-                [
-                    "train.py",
-                    "--idname",
-                    "s2000",
-                    *self.roots,
-                    "--log_root",
-                    str(self.work / "logs"),
-                    "--test_num",
-                    "100",
-                    "--eval_num",
-                    "10",
-                    "--preload",
-                    "device",
-                    *_method_flags(method),
-                    "--iterations",
-                    "300",
-                    "--lpips_start",
-                    "100",
-                    "--skip_test",
-                    "--overwrite",
-                ],
-                {"TORCH_HOME": home["TORCH_HOME"]},
-            )
+            text, _ = self.train(f"mem2000_{method}", "s2000", method, "--test_num", "100",
+                                 "--eval_num", "10", "--preload", "device", "--iterations", "300",
+                                 "--lpips_start", "100")
             found = re.search(r"peak GPU memory (\d+) MiB", text)
             figures[f"{method}_peak_mib"] = int(found.group(1)) if found else None
             self.save("memory", figures)
 
     def stage_train(self) -> None:
         self.subject("s600", 600)
-        home = self.lpips_home()
-        figures: dict = {"precision": self.precision, "vgg": home["vgg"]}
+        figures: dict = {"precision": self.precision, "vgg": self.lpips_home()["vgg"]}
         for method in METHODS:
-            _, wall = self.run(
-                f"train30k_{method}",
-                [
-                    "train.py",
-                    "--idname",
-                    "s600",
-                    *self.roots,
-                    "--log_root",
-                    str(self.work / "logs"),
-                    "--test_num",
-                    "500",
-                    "--logname",
-                    f"full_{method}",
-                    *_method_flags(method),
-                    "--iterations",
-                    "30000",
-                    "--skip_test",
-                    "--overwrite",
-                    "--precision",
-                    self.precision,
-                ],
-                {"TORCH_HOME": home["TORCH_HOME"]},
-            )
+            _, wall = self.train(f"train30k_{method}", "s600", method, "--test_num", "500",
+                                 "--logname", f"full_{method}", "--iterations", "30000")
             figures[f"{method}_wall_s"] = wall
             self.save("train", figures)
 
