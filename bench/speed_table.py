@@ -198,7 +198,8 @@ class Runner:
             found = re.search(r"(\d+) frames rendered and written in ([0-9.]+) s", text)
             if found is None:
                 raise SystemExit(f"speed_table: render.py printed no timing line; see {self.logs}")
-            _, m_wall = self.run(f"metrics_{method}", ["metrics.py", "-m", str(run_dir)])
+            _, m_wall = self.run(f"metrics_{method}", ["metrics.py", "-m", str(run_dir)],
+                                 {"TORCH_HOME": self.lpips_home()["TORCH_HOME"]})  # LPIPS scored too
             res = json.loads((run_dir / "results.json").read_text())
             figures[method] = {"frames": int(found.group(1)), "render_write_s": float(found.group(2)),
                                "render_process_s": wall, "metrics_s": res.get("seconds"),
