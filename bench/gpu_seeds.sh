@@ -10,11 +10,15 @@ set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_seeds}; mkdir -p "$W"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export PYTHONPATH=$PWD:$PWD/submodules/simple-knn:$PWD/submodules/diff-gaussian-rasterization:${PYTHONPATH:-}
-python setup.py build_ext --inplace > "$W/build.log" 2>&1 || { tail -30 "$W/build.log"; exit 1; }
+echo "start $(date +%T)"
 python -c "
 from pathlib import Path; from preprocessing.synthetic_subject import make_synthetic_subject
 w = Path('$W'); make_synthetic_subject(w / 'data', w / 'track', 's', n_frames=300, image_size=512, seed=0, novel_views=30)
-" > "$W/gen.log" 2>&1 || { tail -20 "$W/gen.log"; exit 1; }
+" > "$W/gen.log" 2>&1 &  # the subject renders on the CPU cores while nvcc builds the extension
+GEN=$!
+python setup.py build_ext --inplace > "$W/build.log" 2>&1 || { tail -30 "$W/build.log"; exit 1; }
+echo "extension built $(date +%T)"
+wait $GEN || { tail -20 "$W/gen.log"; exit 1; }
 echo "subject generated $(date +%T)"
 read -ra SD <<< "${SEEDS:-0 1 2 3}"
 for kind in ${KINDS:-baseline baseline+--ema_decay=0.999}; do
