@@ -108,11 +108,12 @@ def main() -> None:
     summary = {}
     for kind in args.kinds:
         runs = [r for r in result["runs"].values() if r["kind"] == kind]
-        views = list(runs[0]["novel_PSNR"] or {})
+        novel = [r["novel_PSNR"] for r in runs if r["novel_PSNR"]]  # runs cut short have none
+        views = list(novel[0]) if novel else []
         summary[kind] = {"PSNR": mean_sd([r["PSNR"] for r in runs]),
                          "SSIM": mean_sd([r["SSIM"] for r in runs]),
                          "PSNR_per_seed": [round(r["PSNR"], 2) for r in runs],
-                         "novel_PSNR": {v: mean_sd([r["novel_PSNR"][v] for r in runs]) for v in views}}
+                         "novel_PSNR": {v: mean_sd([n[v] for n in novel]) for v in views}}
         s = summary[kind]
         print(f"{kind:>20}: test PSNR {s['PSNR']['mean']:.2f} +- {s['PSNR']['sd']:.2f} (seeds "
               f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}; novel views: "
