@@ -65,9 +65,12 @@ def _profile(step, steps: int, device: torch.device) -> None:
 
 
 def _inference_speed(trainer: Trainer, frames: int) -> dict[str, float]:
-    """Frames per second of deformation + render without gradients (what render.py and the evaluations
-    do), eager and with the inference graph where there is one; one frame at a time, one sync at the end."""
+    """Frames per second of deformation + render without gradients, as render.py does it (the avatar in
+    eval mode with its inference precomputations), eager and with the inference graph where there is one;
+    one frame at a time, one sync at the end."""
     avatar, subject, dev = trainer.avatar, trainer.subject, trainer.device
+    avatar.eval()
+    avatar.freeze_for_inference()  # as render.py and the viewer (training is over by now)
     modes = [("eager", avatar.deform)]
     if dev.type == "cuda":
         modes.append(("CUDA graph", inference_graph(avatar)))

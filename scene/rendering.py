@@ -103,6 +103,7 @@ class Renderer:
         state = load_checkpoint(self.checkpoint, self.avatar)
         self.iteration = int(state["iteration"])
         self.avatar.eval()
+        self.avatar.freeze_for_inference()  # fixed weights from here on
         set_precision(cfg.run.precision, self.device)
         self.background = self.target.background
         if cross:

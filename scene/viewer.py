@@ -154,6 +154,7 @@ class _LoadedAvatar:
         state = load_checkpoint(checkpoint, self.avatar)
         self.iteration = int(state["iteration"])
         self.avatar.eval()
+        self.avatar.freeze_for_inference()  # fixed weights from here on
         self.checkpoint = checkpoint
         self.deform = inference_deformer(self.avatar, use_graph)
         self.label = f"{self.avatar.method} @ {self.iteration}"

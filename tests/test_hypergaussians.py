@@ -149,3 +149,56 @@ def test_bad_sizes_are_refused():
         hg.conditional_mean(torch.zeros(4, 5))
     with pytest.raises(ValueError, match="positive sizes"):
         HyperGaussian(4, 3, (3, 0))
+
+
+@pytest.mark.parametrize("out_dim", [3, (3, 4, 3), (3, 1)])
+def test_frozen_inference_matches_the_dense_formula_and_notices_changes(out_dim, monkeypatch):
+    """freeze() (render.py, the viewer): the precomputed A = L11^-T L21^T gives the dense formula's
+    conditional mean without gradients and without solving; with gradients, after an in-place update of
+    L11/L21, after a cast and after unfreeze() the module solves again (and stays exact)."""
+    N, m = 6, 5
+    hg = HyperGaussian(N, m, out_dim).double()
+    seed = 3 + hg.out_dim
+    _randomize(hg, seed=seed)
+    z = torch.randn(N, m, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    ref_mean, _ = _dense_reference(hg, z.numpy(), seed=seed)
+    hg.freeze()
+    solves = []
+    original = torch.linalg.solve_triangular
+    monkeypatch.setattr(torch.linalg, "solve_triangular",
+                        lambda *a, **k: solves.append(1) or original(*a, **k))
+    monkeypatch.setattr(hgmod, "UNROLL_MAX_OUT", 0)  # the solver path on the CPU too, so solves are counted
+    with torch.no_grad():
+        np.testing.assert_allclose(hg.conditional_mean(z).numpy(), ref_mean, rtol=0, atol=1e-9)
+    assert not solves  # the frozen contraction
+    hg.conditional_mean(z).sum().backward()  # with gradients: solved, and the parameters get gradients
+    assert len(solves) == 1 and hg.l21.grad.abs().sum() > 0 and hg.l11_lower.grad.abs().sum() > 0
+    with torch.no_grad():
+        hg.l21.mul_(2.0)  # an in-place update (a checkpoint load, a training step): A is stale
+        ref_new, _ = _dense_reference(hg, z.numpy(), seed=seed)
+        np.testing.assert_allclose(hg.conditional_mean(z).numpy(), ref_new, rtol=0, atol=1e-9)
+    assert len(solves) == 2
+    hg.freeze()
+    hg.float()  # a cast drops A
+    assert hg._frozen is None
+    hg.freeze()
+    hg.unfreeze()
+    assert hg._frozen is None
+
+
+def test_frozen_avatar_renders_what_the_unfrozen_one_does():
+    from scene.model.avatar import Avatar
+    from tests.test_avatar import SMALL, make_tiny_assets, tiny_condition
+    from utils.options import ModelOptions
+
+    avatar = Avatar(make_tiny_assets(0), torch.zeros(300), ModelOptions(**SMALL, ours=True))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in avatar.deformation.head.parameters():
+            p.normal_(0.0, 0.3)
+        cond = tiny_condition(3, torch.float32)
+        before, _ = avatar.deform(cond)
+        avatar.freeze_for_inference()
+        after, _ = avatar.deform(cond)
+    for name in ("means", "scales", "rotations", "opacities"):
+        torch.testing.assert_close(getattr(after, name), getattr(before, name), rtol=1e-5, atol=1e-6)

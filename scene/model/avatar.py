@@ -26,6 +26,7 @@ from gaussian_renderer.types import GaussianSet
 from scene.model.deformation import DeformationModel, DeformationOutput, unit_view_directions
 from scene.model.embedding import Embedding
 from scene.model.gaussians import GaussianModel
+from scene.model.hypergaussians import HyperGaussian
 from scene.model.ply import write_ply
 from utils.options import ModelOptions
 from utils.rotations import identity_rot6d
@@ -150,6 +151,13 @@ class Avatar(nn.Module):
         out = self.deformation(self.encoding, c, view_dirs)
         gaussians = self.gaussians.compose(base, out)
         return gaussians, DeformExtras(base, out.uncertainty, out, vertices)
+
+    def freeze_for_inference(self) -> None:
+        """Precompute what fixed weights allow (HyperGaussians' regression matrices, see
+        :meth:`HyperGaussian.freeze`); for render.py and the viewer, never for training."""
+        for module in self.modules():
+            if isinstance(module, HyperGaussian):
+                module.freeze()
 
     @torch.no_grad()
     def initialize_gaussians(self, condition: Tensor, camera: ViewPoint | None = None) -> None:

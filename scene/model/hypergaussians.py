@@ -65,6 +65,7 @@ class HyperGaussian(nn.Module):
         self.padded = not bool(valid.all())
         self.register_buffer("_valid", valid, persistent=False)
         self.register_buffer("_out_index", torch.nonzero(valid.reshape(-1)).reshape(-1), persistent=False)
+        self._frozen: tuple[Tensor, tuple[int, ...]] | None = None  # (A, the parameters' versions): freeze()
 
     def extra_repr(self) -> str:
         return f"n_gaussians={self.n_gaussians}, in_dim={self.in_dim}, blocks={self.blocks}"
@@ -83,12 +84,39 @@ class HyperGaussian(nn.Module):
         per = -2.0 * log_diag.sum(dim=-1)
         return per if per_block else per.sum(dim=-1)
 
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in (self.l11_log_diag, self.l11_lower, self.l21))
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """For inference with fixed weights (render.py, the viewer): precompute the per-Gaussian regression
+        matrices A = L11^{-T} L21^T (N, G, n, m) once, so that each frame's conditional mean is one
+        contraction, mu_o - A (z - mu_i), with no triangular solve. Used only without gradients and while
+        L11 and L21 are unchanged since (an in-place update is noticed in eager calls, which then solve
+        again); a CUDA graph captured while frozen replays A as it was, so freeze only where the weights
+        stay fixed. ``unfreeze()`` drops A."""
+        upper = self.l11().transpose(-1, -2)
+        A = torch.linalg.solve_triangular(upper, self.l21.transpose(-1, -2), upper=True)  # (N, G, n, m)
+        self._frozen = (A, self._versions())
+
+    def unfreeze(self) -> None:
+        self._frozen = None
+
+    def _apply(self, fn, *args, **kwargs):  # a move or cast makes A stale: solve again after it
+        self._frozen = None
+        return super()._apply(fn, *args, **kwargs)
+
     def conditional_mean(self, z: Tensor) -> Tensor:
         """mu_o - L11^{-T} L21^T (z - mu_i) per block, for latents ``z`` (N, m) -> (N, sum(blocks))."""
         n, m = self.block_dim, self.in_dim
         if z.shape != (self.n_gaussians, m):
             raise ValueError(f"HyperGaussian: latent must be ({self.n_gaussians}, {m}), got {tuple(z.shape)}")
         mu_o, mu_i = self.mean[..., :n], self.mean[..., n:]
+        frozen = self._frozen
+        if frozen is not None and not torch.is_grad_enabled() and frozen[1] == self._versions():
+            x = torch.einsum("kgnm,kgm->kgn", frozen[0], z.unsqueeze(1) - mu_i)
+            out = (mu_o - x).reshape(self.n_gaussians, -1)
+            return out.index_select(1, self._out_index) if self.padded else out
         # b = L21^T (z - mu_i): (N, G, n)
         b = torch.einsum("kgmn,kgm->kgn", self.l21, z.unsqueeze(1) - mu_i)
         if n <= UNROLL_MAX_OUT and (UNROLL_ON_CUDA or not b.is_cuda):
