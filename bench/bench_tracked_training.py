@@ -25,6 +25,7 @@ from flame.assets import load_flame_assets  # noqa: E402
 from flame.landmarks import load_landmark_embedding  # noqa: E402
 from preprocessing.synthetic_subject import make_synthetic_subject  # noqa: E402
 from preprocessing.track.evaluate import compare_tracking, load_sequence, observations_from_tracking  # noqa: E402
+from preprocessing.track.photometric import photometric_config  # noqa: E402
 from preprocessing.track.run import TrackConfig, track_subject  # noqa: E402
 from scene.trainer import Trainer  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
@@ -68,7 +69,8 @@ def main() -> None:
     variants = [] if args.truth_only else args.variant or [["tracked"]]
     result: dict = {"tracking_errors": {}, "tracking_timings": {}, "runs": {}}
     for name, *overrides in variants:
-        cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True)
+        cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True,
+                          photo=photometric_config(args.device))
         for kv in overrides:
             key, value = kv.split("=", 1)
             if key in ("photometric", "focal"):

@@ -30,6 +30,7 @@ from flame.assets import load_flame_assets  # noqa: E402
 from flame.landmarks import load_landmark_embedding  # noqa: E402
 from preprocessing.synthetic_subject import make_synthetic_subject  # noqa: E402
 from preprocessing.track.evaluate import compare_tracking, load_sequence, observations_from_tracking  # noqa: E402
+from preprocessing.track.photometric import photometric_config  # noqa: E402
 from preprocessing.track.run import TrackConfig, detect_landmarks, list_frames, track_subject  # noqa: E402
 from scene.data.tracking import load_frame_dict  # noqa: E402
 from utils.atomic import atomic_open, write_json  # noqa: E402
@@ -84,7 +85,8 @@ def main() -> None:
     models = REPO / ".devdata" / "face_models"  # where bench/gpu runs carry MediaPipe's model files
     cfg = TrackConfig(show_progress=False, restart=True, workers=args.workers,
                       focal=args.focal or float(truth[0].K[0, 0]) / args.size,
-                      face_model_dir=models if models.is_dir() else None)
+                      face_model_dir=models if models.is_dir() else None,
+                      photo=photometric_config(args.device))
     if args.photo_steps is not None:
         cfg.photo.steps = args.photo_steps
     if not args.no_detect:

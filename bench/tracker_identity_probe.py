@@ -31,6 +31,7 @@ from preprocessing.track.evaluate import (  # noqa: E402
     observations_from_tracking,
 )
 from preprocessing.track.model import TrackParams  # noqa: E402
+from preprocessing.track.photometric import photometric_config  # noqa: E402
 
 KEYS = ("camera_vertex_mm", "vertex_mm", "shape_vertex_mm", "reprojection_px", "rotation_deg", "jaw_deg",
         "expression_rmse")
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = track_run.TrackConfig(show_progress=False, restart=True, workers=1,
                                         focal=float(truth[0].K[0, 0]) / args.size,
-                                        photometric=args.photometric)
+                                        photometric=args.photometric,
+                                        photo=photometric_config(args.device))
             for target, overrides in ((cfg.photo, args.photo), (cfg.fit, args.fit)):
                 for kv in overrides:
                     key, value = kv.split("=")

@@ -36,7 +36,6 @@ from preprocessing.frames_io import FRAME_NAME, PREPROCESS_SETTINGS, PreprocessE
 from preprocessing.organize import organize
 from preprocessing.rvm import matte_sequence
 from preprocessing.semantic import make_backend, parse_folder
-from preprocessing.track.photometric import photometric_config
 from preprocessing.track.run import TrackConfig, track_subject
 from preprocessing.validate import validate_subject
 from utils.atomic import write_json
@@ -265,7 +264,7 @@ def video_to_subject(
         return report
     device = resolve_device(device)
     cfg = TrackConfig(face_model_dir=Path(face_model_dir) if face_model_dir else None,
-                      show_progress=show_progress, photo=photometric_config(device))
+                      show_progress=show_progress)  # the device's photometric preset
     summary = track_subject(out_dir.parent, Path(tracking_root), out_dir.name, cfg,
                             flame_dir=Path(flame_dir) if flame_dir else None, device=device)
     return validate_subject(out_dir, summary["output"])

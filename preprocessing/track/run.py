@@ -31,7 +31,13 @@ from preprocessing.frames_io import PREPROCESS_SETTINGS, PreprocessError
 from preprocessing.track.fit import FitConfig, fit_landmarks
 from preprocessing.track.model import LandmarkModel, Observations, TrackParams
 from preprocessing.track.observe import observations_from_arrays
-from preprocessing.track.photometric import FrameImages, PhotometricConfig, refine_photometric, resize_uint8
+from preprocessing.track.photometric import (
+    FrameImages,
+    PhotometricConfig,
+    photometric_config,
+    refine_photometric,
+    resize_uint8,
+)
 from scene.data.tracking import save_tracked_frame
 from utils.atomic import atomic_open, write_json
 from utils.image_io import IMAGE_SUFFIXES, find_image, read_image_uint8, read_mask_uint8
@@ -47,8 +53,8 @@ class TrackConfig:
     no_face: str = "interpolate"  # frames without a face: "interpolate" | "drop" | "error"
     photometric: bool = True      # the pixel stage after the landmark fit (see --no_photometric)
     fit: FitConfig = field(default_factory=FitConfig)
-    photo: PhotometricConfig = field(default_factory=PhotometricConfig)  # the GPU settings; the command
-    # lines take photometric_config(device), which is lighter on the CPU
+    photo: PhotometricConfig | None = None  # None: photometric_config(device) when tracking (the full
+    # settings on a GPU, a light preset on the CPU); set it to choose them yourself
     face_model_dir: Path | None = None
     workers: int = 0              # landmark detection processes (0: up to 8, one per core)
     restart: bool = False
@@ -233,14 +239,15 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
     timings["landmark_fit_s"] = time.perf_counter() - t1
     if cfg.photometric:
         t2 = time.perf_counter()
-        key = _digest(obs, cfg.focal, asdict(cfg.fit), principal, asdict(cfg.photo))
+        photo = cfg.photo if cfg.photo is not None else photometric_config(device)
+        key = _digest(obs, cfg.focal, asdict(cfg.fit), principal, asdict(photo))
         stage2 = _resume(work / "stage2.pt", params, obs, key, cfg.restart)
         if stage2 is None:
-            images = load_images(frames, obs.frame_numbers, subject_dir, cfg.photo.size, device,
+            images = load_images(frames, obs.frame_numbers, subject_dir, photo.size, device,
                                  cfg.show_progress)
-            bar = tqdm(total=cfg.photo.steps, desc="fit pixels", unit="step",
+            bar = tqdm(total=photo.steps, desc="fit pixels", unit="step",
                        disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
-            stage2 = refine_photometric(params, model, obs, images, assets, cfg.fit, cfg.photo,
+            stage2 = refine_photometric(params, model, obs, images, assets, cfg.fit, photo,
                                         progress=bar.update)
             bar.close()
             _checkpoint(work / "stage2.pt", params, obs, key, stage2)
