@@ -126,10 +126,6 @@ class Avatar(nn.Module):
         return self.flame(c[None, EXPRESSION], c[None, JAW], c[None, EYES], c[None, EYELIDS],
                           neck=eye, rotation=eye)[0]
 
-    def base_positions(self, condition: Tensor) -> Tensor:
-        """Gaussian base positions (N,3) on the posed mesh."""
-        return self.embedding.interpolate(self.posed_vertices(condition))
-
     @torch.no_grad()
     def surface(self, condition: Tensor) -> tuple[Tensor, Tensor]:
         """(base positions (N,3), unit triangle normals (N,3)) on the posed mesh of one frame, without

@@ -164,19 +164,20 @@ class Embedding:
             n_mouth=n_mouth,
         )
 
+    def _corners(self, vertices: Tensor) -> Tensor:
+        """The corners (..., N, 3, 3) of each Gaussian's triangle on vertices (..., V, 3)."""
+        ids = self.vertex_ids.to(vertices.device)
+        return vertices[..., ids.reshape(-1), :].reshape(*vertices.shape[:-2], *ids.shape, 3)
+
     def interpolate(self, vertices: Tensor) -> Tensor:
         """Posed vertices (..., V, 3) -> Gaussian base positions (..., N, 3) at the same barycentrics."""
-        ids = self.vertex_ids.to(vertices.device)
         bary = self.bary.to(device=vertices.device, dtype=vertices.dtype)
-        corners = vertices[..., ids.reshape(-1), :].reshape(*vertices.shape[:-2], *ids.shape, 3)
-        return (corners * bary[..., None]).sum(dim=-2)
+        return (self._corners(vertices) * bary[..., None]).sum(dim=-2)
 
     def normals(self, vertices: Tensor) -> Tensor:
         """Unit normals (..., N, 3) of each Gaussian's triangle on posed vertices (..., V, 3); the sign
         follows the face's winding (the surface priors square it, so it does not matter there)."""
-        ids = self.vertex_ids.to(vertices.device)
-        corners = vertices[..., ids.reshape(-1), :].reshape(*vertices.shape[:-2], *ids.shape, 3)
-        a, b, c = corners.unbind(-2)
+        a, b, c = self._corners(vertices).unbind(-2)
         return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a), dim=-1)
 
     def to(self, device: torch.device | str) -> Embedding:
