@@ -67,6 +67,34 @@ def time_fwd_bwd(model, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int
     return statistics.median(times)
 
 
+def time_compiled(model, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, reps: int,
+                  warmup: int) -> dict:
+    """The distance under torch.compile: seconds to the first compiled step, median fwd+bwd ms, and the
+    gradient's relative difference from the eager one (same precision)."""
+    import time
+
+    compiled = torch.compile(model.distance)
+    t0 = time.perf_counter()
+    xc = x.detach().requires_grad_(True)
+    try:
+        compiled(xc, y).sum().backward()
+    except Exception as exc:  # inductor missing (no triton) or failing: report it, keep the other figures
+        print(f"torch.compile failed: {type(exc).__name__}: {exc}", flush=True)
+        return {"compile_failure": f"{type(exc).__name__}: {exc}"[:500]}
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+
+    class _Wrap:
+        def __call__(self, a, b):
+            return compiled(a, b)
+
+    ms = time_fwd_bwd(_Wrap(), x, y, reps, warmup)
+    diff = float((xc.grad.double() - grad).norm() / grad.norm())
+    print(f"  torch.compile: first step {seconds:.1f} s, fwd+bwd {ms:.3f} ms, gradient rel diff {diff:.2e}",
+          flush=True)
+    return {"compile_s": seconds, "fwd_bwd_ms_compiled": ms, "compiled_grad_rel_diff": diff}
+
+
 def profile_step(model, x: torch.Tensor, y: torch.Tensor, top: int = 15) -> None:
     """The kernels of ten forward+backward steps, by total CUDA time."""
     from torch.profiler import ProfilerActivity, profile
@@ -88,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cudnn_benchmark", action="store_true",
                     help="let cuDNN time every algorithm (off in the project: see utils/precision.py)")
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of each step")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the distance under torch.compile (inductor fuses the elementwise work "
+                         "around the convolutions): compile seconds, fwd+bwd ms, gradient against eager")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
@@ -127,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         row["value_rel_diff"] = abs(float(value) - reference[0]) / abs(reference[0])
         row["grad_rel_diff"] = float((grad - reference[1]).norm() / reference[1].norm())
         row["grad_cosine"] = float(F.cosine_similarity(grad.flatten(), reference[1].flatten(), dim=0))
+        if args.compile:
+            row.update(time_compiled(model, x, y, grad, args.reps, args.warmup))
         results[name] = row
         print(f"{name}: fwd+bwd {ms:.3f} ms (CUDA graph {ms_graph:.3f} ms, gradient max diff "
               f"{row['cuda_graph_grad_max_diff']:.1e})  LPIPS {row['value']:.5f} "

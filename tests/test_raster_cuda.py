@@ -350,3 +350,54 @@ def test_render_cuda_without_gpu_says_so() -> None:
     gs = make_gaussians(10, camera, seed=0, sh_degree=0)
     with pytest.raises(RuntimeError, match="CUDA backend"):
         render_cuda(camera, gs, torch.ones(3), 1.0, False, False)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gaussians_are_listed_only_in_tiles_they_reach(raster_oracle) -> None:
+    """The forward lists a Gaussian only in the tiles of its rectangle where some pixel can pass the 1/255
+    test (forward.cu, reach_rect / tile_in_reach): the pair count is at least the brute-force count of such
+    tiles (else pixels would change) and at most a few percent above it (the float margin), and well below
+    the original rectangle's count."""
+    from types import SimpleNamespace
+
+    import diff_gaussian_rasterization as dgr
+
+    from gaussian_renderer import torch_backend as tb
+
+    d = raster_oracle
+    dev = "cuda"
+    H, W = int(d["H"]), int(d["W"])
+    means, scales, rots = d["means3D"].to(dev), d["scales"].to(dev), d["rotations"].to(dev)
+    opac = d["opacities"].to(dev)
+    empty = torch.empty(0, device=dev)
+    n_pairs, _ = dgr._C.rasterize_gaussians(
+        d["background"].to(dev), means, empty, opac, scales, rots, 1.0, empty, d["viewmatrix"].to(dev),
+        d["projmatrix"].to(dev), float(d["tanfovx"]), float(d["tanfovy"]), H, W, d["shs"].to(dev), 3,
+        d["campos"].to(dev), False, False, False, False)
+
+    # Independent count in torch: every tile of the original rectangle, every pixel of the tile.
+    cam = tb._camera_consts(SimpleNamespace(
+        image_width=W, image_height=H, tanfovx=float(d["tanfovx"]), tanfovy=float(d["tanfovy"]),
+        world_view_transform=d["viewmatrix"].T.to(dev), full_proj_transform=d["projmatrix"].T.to(dev),
+        camera_center=d["campos"].to(dev)), torch.float32, torch.device(dev))
+    pre = tb._project(means, scales, rots, cam, 1.0)
+    ok = torch.isfinite(pre.radius) & (pre.depth > tb.NEAR_CULL)
+    lo, hi = tb.tile_rect(pre.xy, torch.where(ok, pre.radius, 0.0), (W + 15) // 16, (H + 15) // 16)
+    size = (hi - lo).clamp(min=0)
+    per = size[:, 0] * size[:, 1] * ok
+    g = torch.repeat_interleave(torch.arange(means.shape[0], device=dev), per)
+    local = torch.arange(g.shape[0], device=dev) - (torch.cumsum(per, 0) - per)[g]
+    tx = lo[g, 0] + local % size[g, 0]
+    ty = lo[g, 1] + local // size[g, 0]
+    off = torch.arange(16, device=dev, dtype=torch.float32)
+    px = (tx[:, None] * 16 + off).float()[:, :, None]  # (pairs, 16, 1)
+    py = (ty[:, None] * 16 + off).float()[:, None, :]  # (pairs, 1, 16)
+    dx, dy = pre.xy[g, 0, None, None] - px, pre.xy[g, 1, None, None] - py
+    a, b, c = (pre.conic[g, i, None, None] for i in range(3))
+    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    alpha = opac[g, 0, None, None] * torch.exp(power)
+    reached = ((power <= 0) & (alpha >= 1.0 / 255.0)).flatten(1).any(dim=1)
+    needed, original = int(reached.sum()), int(per.sum())
+    assert needed <= n_pairs <= 1.06 * needed + 16, (n_pairs, needed)  # 65.6k needed; the margin adds ~3 %
+    assert n_pairs < 0.6 * original, (n_pairs, original)

@@ -43,13 +43,15 @@ void preprocess(int P, int D, int M,
                 float* rgb,                   // out (P, 3) float: colour (SH result + 0.5, clamped at 0)
                 uint8_t* clamped,             // out (P, 3) uint8: 1 where an SH colour channel was clamped at 0
                 float4* conic_opacity,        // out (P,) float4: inverse 2D covariance (a, b, c) and opacity
-                uint32_t* tiles_touched,      // out (P,) uint32: number of tiles the Gaussian overlaps, 0 if culled
+                uint32_t* tiles_touched,      // out (P,) uint32: number of tiles the Gaussian is listed in (those
+                                              //   of its rectangle it can reach alpha >= 1/255 in), 0 if culled
                 cudaStream_t stream);
 
-// One (tile << 32 | depth bits, index) pair per tile a Gaussian touches.
+// One (tile << 32 | depth bits, index) pair per tile a Gaussian is listed in (its reach tiles, forward.cu).
 void duplicate_with_keys(int P,
                          const float2* means2D,    // (P,) float2: pixel-space centres (from preprocess)
                          const float* depths,      // (P,) float: view-space z (from preprocess)
+                         const float4* conic_opacity,  // (P,) float4: conic and opacity (from preprocess)
                          const uint32_t* offsets,  // (P,) uint32: inclusive prefix sum of tiles_touched
                          const int* radii,         // (P,) int: radii, 0 when culled (skipped)
                          dim3 grid,
