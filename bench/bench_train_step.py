@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         frame = subject.frame(trainer.sampler.next())
         t = mark("frame fetch", t)
-        gaussians = trainer.train_deform(frame.condition, frame.camera)
+        gaussians, _ = trainer.train_deform(frame.condition, frame.camera)
         t = mark("deform (FLAME + MLP + heads)", t)
         out = render(frame.camera, gaussians, trainer.background, backend=cfg.run.backend)
         t = mark("render forward", t)

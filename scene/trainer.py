@@ -25,7 +25,7 @@ from gaussian_renderer.types import GaussianSet
 from scene.assemble import build_avatar, ensure_subject, open_subject
 from scene.data.subject import FrameData
 from scene.model.checkpoint import list_checkpoints, load_checkpoint, newest_checkpoint, save_checkpoint
-from scene.model.cuda_graphs import inference_deformer, training_graph
+from scene.model.cuda_graphs import Surface, inference_deformer, training_graph
 from scene.model.ema import ParameterEMA
 from utils.device import resolve_device
 from utils.errors import InputError, NonFiniteError
@@ -171,7 +171,8 @@ class Trainer:
         graphs = self.cfg.run.cuda_graphs and self.device.type == "cuda"
         if graphs:
             try:
-                self.train_deform = training_graph(self.avatar, first.condition, first.camera)
+                self.train_deform = training_graph(self.avatar, first.condition, first.camera,
+                                                   with_surface=self.cfg.train.uses_surface)
             except RuntimeError as exc:  # a capture this torch/driver refuses: train eagerly, slower
                 warnings.warn(f"CUDA-graph capture of the deformation failed ({exc}); training with the "
                               "eager deformation instead (slower). --no_cuda_graphs silences this.",
@@ -182,8 +183,9 @@ class Trainer:
         if not self.cfg.train.skip_test:  # captured here, so that no evaluation's FPS counts the capture
             self._eval_deform = inference_deformer(self.avatar, graphs)
 
-    def _eager_train_deform(self, condition: torch.Tensor, camera) -> GaussianSet:
-        return self.avatar.deform(condition, camera)[0]
+    def _eager_train_deform(self, condition: torch.Tensor, camera) -> tuple[GaussianSet, Surface | None]:
+        gaussians, extras = self.avatar.deform(condition, camera)
+        return gaussians, self.avatar.surface_of(extras) if self.cfg.train.uses_surface else None
 
     def render_frame(self, frame) -> torch.Tensor:
         """Render one frame without gradients (evaluation): the inference graph on CUDA after prepare()."""
@@ -192,7 +194,7 @@ class Trainer:
 
     def loss(self, it: int, frame):
         """The docs/maths.md section 9 loss of one frame -> (terms, render)."""
-        gaussians = self.train_deform(frame.condition, frame.camera)
+        gaussians, surface = self.train_deform(frame.condition, frame.camera)
         out = render(frame.camera, gaussians, self.background, backend=self.cfg.run.backend)
         img = out.image
         terms = photometric_loss(img, frame.image, frame.mouth_mask)
@@ -204,8 +206,8 @@ class Trainer:
         if t.lambda_opacity_reg > 0:
             terms.opacity = opacity_regulariser(gaussians.opacities)
             total = total + t.lambda_opacity_reg * terms.opacity
-        if t.lambda_offset > 0 or t.lambda_normal_offset > 0 or t.lambda_thickness > 0:
-            base, normals = self.avatar.surface(frame.condition)  # no parameters in them
+        if surface is not None:  # t.uses_surface: from the same deformation (no parameters in them)
+            base, normals = surface
             if t.lambda_offset > 0:
                 terms.offset = offset_regulariser(gaussians.means, base)
                 total = total + t.lambda_offset * terms.offset

@@ -320,7 +320,8 @@ def test_cuda_training_graph_matches_eager_steps(knn, ours, appearance):
         cam = tiny_camera()
         cam = cam.with_pose(cam.R, cam.t + seed * 0.1).to("cuda")
         ref = eager.deform(cond, cam)[0]
-        got = run(cond, cam)
+        got, surface = run(cond, cam)
+        assert surface is None
         assert got.sh_degree == ref.sh_degree == 3
         for name in ("means", "scales", "rotations", "opacities", "shs", "colors"):
             a, b = getattr(got, name), getattr(ref, name)
@@ -342,6 +343,43 @@ def test_cuda_training_graph_matches_eager_steps(knn, ours, appearance):
                 o.zero_grad(set_to_none=True)
     for (name, pe), pg in zip(eager.named_parameters(), graphed.parameters()):
         torch.testing.assert_close(pg, pe, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_graph_gives_the_surface_of_its_frame(knn):
+    """with_surface: the replay also returns the frame's base points and normals (as Avatar.surface_of on
+    the eager deformation), and a surface prior's gradient through the graphed means equals the eager one."""
+    import copy
+
+    from utils.losses import normal_offset_regulariser
+
+    eager = Avatar(make_tiny_assets(), torch.zeros(300), ModelOptions(**SMALL), device="cuda")
+    cam = tiny_camera().to("cuda")
+    eager.initialize_gaussians(tiny_condition(0, torch.float32).cuda(), cam)
+    with torch.no_grad():
+        for p in eager.deformation.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    graphed = copy.deepcopy(eager)
+    run = training_graph(graphed, tiny_condition(0, torch.float32).cuda(), cam, with_surface=True)
+    for seed in (1, 2):
+        cond = tiny_condition(seed, torch.float32).cuda()
+        ref, extras = eager.deform(cond, cam)
+        ref_base, ref_normals = eager.surface_of(extras)
+        got, (base, normals) = run(cond, cam)
+        assert not base.requires_grad and not normals.requires_grad
+        torch.testing.assert_close(base, ref_base, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(normals, ref_normals, rtol=1e-5, atol=1e-5)
+        normal_offset_regulariser(ref.means, ref_base, ref_normals).backward()
+        normal_offset_regulariser(got.means, base, normals).backward()
+        seen = 0
+        for (name, pe), pg in zip(eager.deformation.named_parameters(), graphed.deformation.parameters()):
+            assert (pe.grad is None) == (pg.grad is None), name
+            if pe.grad is not None:
+                seen += int(pe.grad.abs().max() > 0)
+                torch.testing.assert_close(pg.grad, pe.grad, rtol=1e-4, atol=1e-9, msg=name)
+            pe.grad, pg.grad = None, None
+        assert seen >= 2
 
 
 @pytest.mark.cuda

@@ -47,6 +47,19 @@ def test_ours_logname_and_overridden_roots(tmp_path):
     assert parse_train_args(["--idname", "a", "--ours", "--logname", "x"]).paths.logname == "x"
 
 
+@pytest.mark.parametrize("argv,weight,surface", [
+    ([], 1000.0, True),  # the baseline's default prior (bench/NOTES.md, session 9)
+    (["--ours"], 0.0, False),
+    (["--lambda_normal_offset", "0"], 0.0, False),
+    (["--ours", "--lambda_normal_offset", "5"], 5.0, True),
+    (["--lambda_normal_offset", "0", "--lambda_thickness", "1"], 0.0, True),
+])
+def test_normal_offset_default_depends_on_the_method(argv, weight, surface):
+    t = parse_train_args(["--idname", "a", *argv]).train
+    assert t.lambda_normal_offset == weight
+    assert t.uses_surface is surface
+
+
 @pytest.mark.parametrize("argv,needs", [
     (["--iterations", "15000"], False),
     (["--iterations", "15001"], True),

@@ -371,10 +371,11 @@ def test_gaussians_are_listed_only_in_tiles_they_reach(raster_oracle) -> None:
     means, scales, rots = d["means3D"].to(dev), d["scales"].to(dev), d["rotations"].to(dev)
     opac = d["opacities"].to(dev)
     empty = torch.empty(0, device=dev)
+    view, proj = d["viewmatrix"].to(dev).contiguous(), d["projmatrix"].to(dev).contiguous()
     n_pairs, _ = dgr._C.rasterize_gaussians(
-        d["background"].to(dev), means, empty, opac, scales, rots, 1.0, empty, d["viewmatrix"].to(dev),
-        d["projmatrix"].to(dev), float(d["tanfovx"]), float(d["tanfovy"]), H, W, d["shs"].to(dev), 3,
-        d["campos"].to(dev), False, False, False, False)
+        d["background"].to(dev), means, empty, opac, scales, rots, 1.0, empty, view, proj,
+        float(d["tanfovx"]), float(d["tanfovy"]), H, W, d["shs"].to(dev), 3, d["campos"].to(dev), False,
+        False, False, False)
 
     # Independent count in torch: every tile of the original rectangle, every pixel of the tile.
     cam = tb._camera_consts(SimpleNamespace(

@@ -72,8 +72,8 @@ def test_embedding_normals_are_the_triangles_unit_normals():
 def _surface_measures(trainer) -> tuple[float, float]:
     with torch.no_grad():
         cond = trainer.subject.condition(0)
-        gaussians, _ = trainer.avatar.deform(cond)
-        base, normals = trainer.avatar.surface(cond)
+        gaussians, extras = trainer.avatar.deform(cond)
+        base, normals = trainer.avatar.surface_of(extras)
         return (normal_offset_regulariser(gaussians.means, base, normals).item(),
                 normal_thickness_regulariser(gaussians.scales, gaussians.rotations, normals).item())
 
@@ -88,13 +88,16 @@ def test_training_with_the_priors_lowers_what_they_measure(synthetic_subject, tm
               "--grid_every", "0", "--ckpt_every", "0", "--log_every", "20", "--original_init"]
     measures = {}
     priors = ["--lambda_normal_offset", "1e4", "--lambda_thickness", "1"]
-    for name, extra in (("plain", []), ("priors", priors)):
+    for name, extra in (("plain", ["--lambda_normal_offset", "0"]), ("priors", priors), ("default", [])):
         trainer = Trainer(parse_train_args([*common, "--log_root", str(tmp_path / name), *extra]))
         trainer.run()
         measures[name] = _surface_measures(trainer)
         trainer.close()
-    plain, priors = measures["plain"], measures["priors"]
+    plain, priors, default = measures["plain"], measures["priors"], measures["default"]
     assert priors[0] < 0.5 * plain[0], measures  # the random start's offsets pulled onto the surface
     assert priors[1] < plain[1] - 0.02, measures
+    assert default[0] < 0.2 * plain[0], measures  # the baseline's default weight (1000) pulls too (19x)
     logged = json.loads(next((tmp_path / "priors").rglob("train_log.json")).read_text())["losses"][-1]
     assert logged["normal_offset_reg"] > 0 and logged["thickness_reg"] > 0
+    run_log = json.loads(next((tmp_path / "default").rglob("train_log.json")).read_text())
+    assert run_log["losses"][-1]["normal_offset_reg"] > 0 and "thickness_reg" not in run_log["losses"][-1]

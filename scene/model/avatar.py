@@ -117,21 +117,16 @@ class Avatar(nn.Module):
         return self
 
     # -- per frame -------------------------------------------------------------------------------
-    def posed_vertices(self, condition: Tensor) -> Tensor:
-        """FLAME vertices (V,3) for one frame's condition (120,) (global pose stays identity)."""
-        return self._posed(self.condition_on_device(condition))
-
     def _posed(self, c: Tensor) -> Tensor:
         eye = self._identity6d
         return self.flame(c[None, EXPRESSION], c[None, JAW], c[None, EYES], c[None, EYELIDS],
                           neck=eye, rotation=eye)[0]
 
     @torch.no_grad()
-    def surface(self, condition: Tensor) -> tuple[Tensor, Tensor]:
-        """(base positions (N,3), unit triangle normals (N,3)) on the posed mesh of one frame, without
-        gradients: what the surface priors measure the Gaussians against."""
-        vertices = self.posed_vertices(condition)
-        return self.embedding.interpolate(vertices), self.embedding.normals(vertices)
+    def surface_of(self, extras: DeformExtras) -> tuple[Tensor, Tensor]:
+        """(base positions (N,3), unit triangle normals (N,3)) on the posed mesh of the frame ``deform``
+        gave ``extras`` for, without gradients: what training's surface priors measure against."""
+        return extras.base_positions.detach(), self.embedding.normals(extras.vertices.detach())
 
     def deform(self, condition: Tensor, camera: ViewPoint | None = None) -> tuple[GaussianSet, DeformExtras]:
         """The frame's activated Gaussians and :class:`DeformExtras`. ``camera`` is needed only with

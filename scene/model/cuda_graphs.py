@@ -38,17 +38,20 @@ class _CameraCentre:
 
 class _DeformAsTensors(nn.Module):
     """``Avatar.deform`` as a module over tensors (condition[, camera centre]) -> (means, scales,
-    rotations, opacities, SH or colours): the form ``make_graphed_callables`` captures; its parameters
-    are the avatar's."""
+    rotations, opacities, SH or colours[, base positions, normals]): the form ``make_graphed_callables``
+    captures; its parameters are the avatar's. ``with_surface`` adds :meth:`Avatar.surface_of` (no
+    gradients) for the surface priors, computed inside the capture."""
 
-    def __init__(self, avatar: Avatar) -> None:
+    def __init__(self, avatar: Avatar, with_surface: bool = False) -> None:
         super().__init__()
         self.avatar = avatar
+        self.with_surface = with_surface
 
     def forward(self, condition: Tensor, centre: Tensor | None = None) -> tuple[Tensor, ...]:
-        gs, _ = self.avatar.deform(condition, None if centre is None else _CameraCentre(centre))
+        gs, extras = self.avatar.deform(condition, None if centre is None else _CameraCentre(centre))
         colour = gs.colors if gs.colors is not None else gs.shs
-        return gs.means, gs.scales, gs.rotations, gs.opacities, colour
+        surface = self.avatar.surface_of(extras) if self.with_surface else ()
+        return (gs.means, gs.scales, gs.rotations, gs.opacities, colour, *surface)
 
 
 def _require_cuda(avatar: Avatar, what: str) -> None:
@@ -94,16 +97,20 @@ def inference_graph(avatar: Avatar) -> Callable[..., tuple[GaussianSet, DeformEx
     return run
 
 
-def training_graph(avatar: Avatar, sample_condition: Tensor,
-                   sample_camera=None) -> Callable[..., GaussianSet]:
+Surface = tuple[Tensor, Tensor]  # (base positions (N,3), unit triangle normals (N,3)), no gradients
+
+
+def training_graph(avatar: Avatar, sample_condition: Tensor, sample_camera=None,
+                   with_surface: bool = False) -> Callable[..., tuple[GaussianSet, Surface | None]]:
     """``avatar.deform`` for training with its forward and its backward each one CUDA-graph replay ->
-    ``fn(condition, camera=None) -> GaussianSet``. Finish each step's backward before the next call (as a
-    training loop does); parameters must keep their storage (in-place optimiser updates and
-    ``load_state_dict`` do). ``sample_*``: a real frame's values for the warm-up runs."""
+    ``fn(condition, camera=None) -> (GaussianSet, surface)``, the surface (:meth:`Avatar.surface_of`)
+    computed in the same replay when ``with_surface``, else None. Finish each step's backward before the
+    next call (as a training loop does); parameters must keep their storage (in-place optimiser updates
+    and ``load_state_dict`` do). ``sample_*``: a real frame's values for the warm-up runs."""
     _require_cuda(avatar, "training_graph")
     colours = avatar.config.conditional_appearance
     with_centre = avatar.config.camera_conditioning
-    module = _DeformAsTensors(avatar)
+    module = _DeformAsTensors(avatar, with_surface)
     args: tuple[Tensor, ...] = (avatar.condition_on_device(sample_condition).clone(),)
     if with_centre:
         args += (_camera_centre(avatar, sample_camera).clone(),)
@@ -116,13 +123,14 @@ def training_graph(avatar: Avatar, sample_condition: Tensor,
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         graphed = torch.cuda.make_graphed_callables(module, args, allow_unused_input=True)
 
-    def run(condition: Tensor, camera=None) -> GaussianSet:
+    def run(condition: Tensor, camera=None) -> tuple[GaussianSet, Surface | None]:
         inputs: tuple[Tensor, ...] = (avatar.condition_on_device(condition),)
         if with_centre:
             inputs += (_camera_centre(avatar, camera),)
-        means, scales, rotations, opacities, colour = graphed(*inputs)
-        return GaussianSet(means, scales, rotations, opacities, shs=None if colours else colour,
-                           colors=colour if colours else None, sh_degree=avatar.gaussians.active_sh_degree)
+        means, scales, rotations, opacities, colour, *surface = graphed(*inputs)
+        gs = GaussianSet(means, scales, rotations, opacities, shs=None if colours else colour,
+                         colors=colour if colours else None, sh_degree=avatar.gaussians.active_sh_degree)
+        return gs, (surface[0], surface[1]) if with_surface else None
 
     run.module = graphed  # keep the graphs (and their memory pools) alive with the function
     return run
