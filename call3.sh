@@ -41,4 +41,6 @@ for idx in (3, 17):
     Image.fromarray(np.concatenate(rows, 0)).save(os.environ['OUT'] + f'/sheet_novel_{idx}.png')
 print('sheets written')
 PY
+timeout 120 python bench/bench_lpips.py --random_weights --precisions tf32 --compile --compile_mode reduce-overhead --reps 30 > $OUT/lpips_compile_graph.txt 2>&1
+echo "lpips $(date +%T)"; grep -E "torch.compile|fwd\+bwd" $OUT/lpips_compile_graph.txt | tail -n 3
 echo "end $(date +%T)"

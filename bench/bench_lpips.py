@@ -68,12 +68,12 @@ def time_fwd_bwd(model, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int
 
 
 def time_compiled(model, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, reps: int,
-                  warmup: int) -> dict:
+                  warmup: int, mode: str = "default") -> dict:
     """The distance under torch.compile: seconds to the first compiled step, median fwd+bwd ms, and the
     gradient's relative difference from the eager one (same precision)."""
     import time
 
-    compiled = torch.compile(model.distance)
+    compiled = torch.compile(model.distance, mode=mode)
     t0 = time.perf_counter()
     xc = x.detach().requires_grad_(True)
     try:
@@ -90,9 +90,10 @@ def time_compiled(model, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, r
 
     ms = time_fwd_bwd(_Wrap(), x, y, reps, warmup)
     diff = float((xc.grad.double() - grad).norm() / grad.norm())
-    print(f"  torch.compile: first step {seconds:.1f} s, fwd+bwd {ms:.3f} ms, gradient rel diff {diff:.2e}",
-          flush=True)
-    return {"compile_s": seconds, "fwd_bwd_ms_compiled": ms, "compiled_grad_rel_diff": diff}
+    print(f"  torch.compile (mode {mode}): first step {seconds:.1f} s, fwd+bwd {ms:.3f} ms, gradient rel "
+          f"diff {diff:.2e}", flush=True)
+    return {"compile_mode": mode, "compile_s": seconds, "fwd_bwd_ms_compiled": ms,
+            "compiled_grad_rel_diff": diff}
 
 
 def profile_step(model, x: torch.Tensor, y: torch.Tensor, top: int = 15) -> None:
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="also time the distance under torch.compile (inductor fuses the elementwise work "
                          "around the convolutions): compile seconds, fwd+bwd ms, gradient against eager")
+    ap.add_argument("--compile_mode", default="default",
+                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="torch.compile's mode for --compile (reduce-overhead adds CUDA graphs)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         row["grad_rel_diff"] = float((grad - reference[1]).norm() / reference[1].norm())
         row["grad_cosine"] = float(F.cosine_similarity(grad.flatten(), reference[1].flatten(), dim=0))
         if args.compile:
-            row.update(time_compiled(model, x, y, grad, args.reps, args.warmup))
+            row.update(time_compiled(model, x, y, grad, args.reps, args.warmup, args.compile_mode))
         results[name] = row
         print(f"{name}: fwd+bwd {ms:.3f} ms (CUDA graph {ms_graph:.3f} ms, gradient max diff "
               f"{row['cuda_graph_grad_max_diff']:.1e})  LPIPS {row['value']:.5f} "
