@@ -130,7 +130,8 @@ def training_graph(avatar: Avatar, sample_condition: Tensor, sample_camera=None,
         means, scales, rotations, opacities, colour, *surface = graphed(*inputs)
         gs = GaussianSet(means, scales, rotations, opacities, shs=None if colours else colour,
                          colors=colour if colours else None, sh_degree=avatar.gaussians.active_sh_degree)
-        return gs, (surface[0], surface[1]) if with_surface else None
+        # the graphed function marks every output as differentiable; the surface carries no gradient
+        return gs, (surface[0].detach(), surface[1].detach()) if with_surface else None
 
     run.module = graphed  # keep the graphs (and their memory pools) alive with the function
     return run
