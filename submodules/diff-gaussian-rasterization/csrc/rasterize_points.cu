@@ -335,8 +335,8 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     torch::Tensor vbuf = torch::empty({required_numel<BinningValues>(iopt, (int64_t)R)}, iopt);
     const BinningKeys bkeys = from_base<BinningKeys>(kbuf.data_ptr<uint8_t>(), (int64_t)R, sort_bytes);
     const BinningValues bvals = from_base<BinningValues>(vbuf.data_ptr<int>(), (int64_t)R);
-    dgr::duplicate_with_keys((int)P, geom.means2D, geom.depths, geom.conic_opacity, counts.offsets, radii.data_ptr<int>(), grid,
-                             bkeys.keys, bvals.values, stream);
+    dgr::duplicate_with_keys((int)P, geom.means2D, geom.depths, geom.conic_opacity, counts.offsets,
+                             radii.data_ptr<int>(), grid, bkeys.keys, bvals.values, stream);
     check_launch("duplicate_with_keys");
     debug_check(debug, "duplicate_with_keys");
     cub::DoubleBuffer<uint64_t> dkeys(bkeys.keys, bkeys.keys_alt);
