@@ -23,7 +23,13 @@ from flame.model import FLAME
 from preprocessing.frames_io import PreprocessError
 from preprocessing.synthetic_subject import make_synthetic_subject
 from preprocessing.track.__main__ import main as track_main
-from preprocessing.track.evaluate import compare_tracking, load_sequence, observations_from_tracking
+from preprocessing.track.evaluate import (
+    _stack,
+    compare_tracking,
+    consistency_px,
+    load_sequence,
+    observations_from_tracking,
+)
 from preprocessing.track.photometric import PhotometricConfig
 from preprocessing.track.run import TrackConfig, track_subject
 from scene.data.subject import Subject
@@ -128,6 +134,35 @@ def test_landmark_fit_recovers_known_tracking(landmark_fit, subject):
     sub = Subject(root / "d", root / "fit", "s", test_num=4, eval_num=4)
     assert len(sub) == N_FRAMES and sub.img_size == (SIZE, SIZE)
     assert torch.isfinite(sub.conditions).all()
+
+
+def test_consistency_charges_per_frame_pose_errors_not_gauge_freedoms(subject):
+    """consistency_px: 0 for the truth, 0 for cameras moved by one rigid motion of the world (a static head
+    absorbs it), and about the pixels a per-frame rotation error moves the head by."""
+    _, assets, _, truth = subject
+    g = _stack(truth)
+    flame = FLAME(assets)
+    assert consistency_px(g, g, flame) < 1e-6
+    q, c = rotation_about_y(0.2), torch.tensor([0.01, -0.02, 0.03])  # the world turned 11.5 deg and moved
+    moved = dict(g, R=g["R"] @ q.T, t=g["t"] - g["R"] @ q.T @ c)
+    assert consistency_px(g, moved, flame) < 1e-3
+    # every frame turned by its own 1 degree about y, alternating in sign: no static head explains that
+    turn = torch.stack([rotation_about_y(np.deg2rad(1.0 if k % 2 else -1.0)) for k in range(len(truth))])
+    jittered = dict(g, R=turn @ g["R"])
+    px = consistency_px(g, jittered, flame)
+    # reference: with the turns alternating in sign the best static head is the true one (to first order),
+    # so what stays is how far the turns move the rigid vertices' pixels
+    posed = flame(g["shape"][None], g["expression"], jaw=g["jaw"], eyes=g["eyes"], eyelids=g["eyelids"])
+    neutral = flame(g["shape"][None], torch.zeros_like(g["expression"][:1]))[0]
+    rigid = neutral[(posed - neutral).norm(dim=-1).amax(0) < 5e-4]
+
+    def pixels(R):
+        cam = rigid[None] @ R.transpose(1, 2) + g["t"][:, None]
+        return cam[..., :2] / cam[..., 2:3] * g["K"][0, 0]
+
+    moved_px = float((pixels(jittered["R"]) - pixels(g["R"])).norm(dim=-1).mean())
+    print("consistency of the jittered cameras", px, "px; pixels moved", moved_px)
+    assert 0.8 * moved_px < px < 1.02 * moved_px, (px, moved_px)
 
 
 def test_crop_record_gives_the_principal_point(subject, landmark_fit, tmp_path):

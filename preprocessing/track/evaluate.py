@@ -11,6 +11,13 @@ the parameters it was rendered with. Figures (means over frames):
   expression, jaw, eyes and eyelids;
 - ``camera_vertex_mm``: the same vertices in each camera's frame (pose and translation included);
 - ``rotation_deg``: the angle between the fitted and the true head rotation (camera R) per frame;
+- ``consistency_px``: what an avatar needs of the cameras. The head's rigid vertices (those the true
+  expression, jaw, eyes and eyelids never move) are projected with the true cameras, then each is
+  triangulated from those pixel tracks with the *fitted* cameras, and the mean reprojection error is
+  reported. Cameras that are right up to a change the static geometry can absorb (a global offset, a
+  depth scale traded against rotation) score 0; per-frame pose errors that no static head can explain
+  score pixels. Unlike ``rotation_deg`` it does not charge the fit for the gauge freedoms of
+  monocular tracking;
 - ``reprojection_px``: the 68 landmarks projected with the fitted and the true cameras;
 - ``expression_rmse``, ``jaw_deg`` (rotation angle), ``gaze_deg`` (angle between the gaze directions;
   the roll of an eyeball about its gaze is invisible and not counted), ``eyelids_mae``, ``focal_rel``.
@@ -57,6 +64,48 @@ def _angle_deg(a6: torch.Tensor, b6: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cos))
 
 
+def _project(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Points (P,3) seen by cameras R (N,3,3), t (N,3), K (3,3) -> pixels (N,P,2)."""
+    cam = points[None] @ R.transpose(1, 2) + t[:, None]
+    return cam[..., :2] / cam[..., 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+
+
+def triangulate(uv: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, iters: int = 3) -> torch.Tensor:
+    """Static points (P,3) that best explain pixel tracks ``uv`` (N,P,2) seen by cameras R (N,3,3), t (N,3),
+    K (3,3): linear least squares on (u - cx) z = fx x (and the same for v), reweighted by 1/z so that the
+    residuals it minimises approach pixel errors."""
+    rows = []
+    for axis in (0, 1):
+        centred = uv[..., axis:axis + 1] - K[axis, 2]  # (N,P,1)
+        a = centred * R[:, None, 2, :] - K[axis, axis] * R[:, None, axis, :]  # (N,P,3)
+        b = K[axis, axis] * t[:, None, axis:axis + 1] - centred * t[:, None, 2:3]  # (N,P,1)
+        rows.append((a, b))
+    A = torch.cat([rows[0][0], rows[1][0]], 0).transpose(0, 1)  # (P, 2N, 3)
+    B = torch.cat([rows[0][1], rows[1][1]], 0).transpose(0, 1)  # (P, 2N, 1)
+    X = torch.linalg.lstsq(A, B).solution[..., 0]
+    for _ in range(iters):
+        w = 1.0 / (X[None] @ R.transpose(1, 2) + t[:, None])[..., 2].T[..., None]  # (P,N,1)
+        w = torch.cat([w, w], 1)
+        X = torch.linalg.lstsq(A * w, B * w).solution[..., 0]
+    return X
+
+
+def consistency_px(truth: dict[str, torch.Tensor], fit: dict[str, torch.Tensor], flame: FLAME,
+                   rigid_mm: float = 0.5) -> float:
+    """See the module doc: the rigid head's true pixel tracks, triangulated with the fitted cameras."""
+    g = truth
+    posed = flame(g["shape"][None], g["expression"], jaw=g["jaw"], eyes=g["eyes"], eyelids=g["eyelids"])
+    neutral = flame(g["shape"][None], torch.zeros_like(g["expression"][:1]))[0]
+    rigid = (posed - neutral).norm(dim=-1).amax(0) < rigid_mm / 1000.0
+    if int(rigid.sum()) < 10:
+        return float("nan")
+    X = neutral[rigid].double()
+    uv = _project(X, g["R"].double(), g["t"].double(), g["K"].double())
+    R, t, K = fit["R"].double(), fit["t"].double(), fit["K"].double()
+    X_fit = triangulate(uv, R, t, K)
+    return float((_project(X_fit, R, t, K) - uv).norm(dim=-1).mean())
+
+
 @torch.no_grad()
 def compare_tracking(truth: list[TrackedFrame], fit: list[TrackedFrame], assets: FlameAssets,
                      embedding: LandmarkEmbedding) -> dict[str, float]:
@@ -92,6 +141,7 @@ def compare_tracking(truth: list[TrackedFrame], fit: list[TrackedFrame], assets:
         "gaze_deg": float(eye_err.mean()),
         "eyelids_mae": float((f["eyelids"] - g["eyelids"]).abs().mean()),
         "focal_rel": float(f["K"][0, 0] / g["K"][0, 0] - 1.0),
+        "consistency_px": consistency_px(g, f, flame),
     }
 
 
