@@ -30,6 +30,7 @@ from preprocessing.track.evaluate import (
     load_sequence,
     observations_from_tracking,
 )
+from preprocessing.track.fit import acceleration, frame_gaps
 from preprocessing.track.photometric import PhotometricConfig
 from preprocessing.track.run import TrackConfig, track_subject
 from scene.data.subject import Subject
@@ -134,6 +135,25 @@ def test_landmark_fit_recovers_known_tracking(landmark_fit, subject):
     sub = Subject(root / "d", root / "fit", "s", test_num=4, eval_num=4)
     assert len(sub) == N_FRAMES and sub.img_size == (SIZE, SIZE)
     assert torch.isfinite(sub.conditions).all()
+
+
+def test_acceleration_term_spares_steady_motion_and_charges_jitter():
+    """The pose's acceleration penalty: zero for motion at constant velocity (also across a frame gap),
+    the square for small jitter, linear growth for large accelerations (the pseudo-Huber)."""
+    steady = torch.arange(6.0, dtype=torch.float64)[:, None] * torch.tensor([[0.01, -0.02]]).double()
+    gaps = torch.ones(5, dtype=torch.float64)
+    assert acceleration(steady, gaps, 0.003) == pytest.approx(0.0, abs=1e-15)
+    skipped = steady[[0, 1, 3, 4, 5]]  # frame 2 missing: the velocity over the gap is still the same
+    assert acceleration(skipped, frame_gaps([0, 1, 3, 4, 5], torch.device("cpu")).double(), 0.003) == \
+        pytest.approx(0.0, abs=1e-15)
+    bump = torch.zeros(5, 1, dtype=torch.float64)
+    bump[2] = 1e-5  # second differences 1e-5, -2e-5, 1e-5 (far below the scale: quadratic)
+    assert acceleration(bump, gaps[:4], 0.003) == pytest.approx((1 + 4 + 1) * 1e-10 / 3, rel=1e-3)
+    big = bump * 1e3  # second differences 1e-2 .. 2e-2: well above the scale, about 2 c |a|
+    c = 0.003
+    expected = sum(2 * c * c * (np.sqrt(1 + (a / c) ** 2) - 1) for a in (1e-2, 2e-2, 1e-2)) / 3
+    assert acceleration(big, gaps[:4], c) == pytest.approx(expected, rel=1e-9)
+    assert acceleration(big, gaps[:4], c) < 0.4 * (1 + 4 + 1) * 1e-4 / 3  # a third of the square
 
 
 def test_consistency_charges_per_frame_pose_errors_not_gauge_freedoms(subject):

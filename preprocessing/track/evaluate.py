@@ -70,7 +70,8 @@ def _project(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Te
     return cam[..., :2] / cam[..., 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
 
 
-def triangulate(uv: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, iters: int = 3) -> torch.Tensor:
+def triangulate(uv: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
+                iters: int = 3) -> torch.Tensor:
     """Static points (P,3) that best explain pixel tracks ``uv`` (N,P,2) seen by cameras R (N,3,3), t (N,3),
     K (3,3): linear least squares on (u - cx) z = fx x (and the same for v), reweighted by 1/z so that the
     residuals it minimises approach pixel errors."""

@@ -3,8 +3,9 @@
 One identity shape and one focal length for the clip; per frame head rotation, translation,
 expression, jaw, eyes and eyelids. The loss is a robust reprojection error (pixels, divided by the
 image height) of the 68 landmarks and the two iris centres, Gaussian priors on shape and expression,
-a pull of jaw and eyes towards rest, a box on the eyelids and a temporal smoothness term over
-consecutive frames, which also fills frames with no face (their landmark weight is zero). Everything
+a pull of jaw and eyes towards rest, a box on the eyelids, a temporal smoothness term over
+consecutive frames, which also fills frames with no face (their landmark weight is zero), and a penalty
+on the head pose's acceleration (jitter). Everything
 is batched over frames on one device: a thousand frames is one tensor program per iteration.
 """
 
@@ -30,13 +31,15 @@ class FitConfig:
     rigid_steps: int = 300
     steps: int = 1500
     lr: float = 0.01
-    w_shape: float = 1e-5
+    w_shape: float = 1e-7
     w_expression: float = 1e-5
     w_jaw: float = 1e-4
     w_eyes: float = 1e-6
     w_eyelids: float = 1.0        # the box [0, 1] on the eyelid weights
     w_focal: float = 1e-2
     w_smooth: float = 1e-4
+    w_accel: float = 1e-2         # the head pose's second differences (jitter; steady motion is free)
+    accel_scale: float = 0.003    # ... quadratic below this (6D rotation units a frame squared), linear above
     robust_px: float = 4.0
 
 
@@ -62,6 +65,24 @@ def smoothness(x: Tensor, gaps: Tensor) -> Tensor:
     return ((x[1:] - x[:-1]) ** 2).sum(-1).div(gaps.to(x)).mean()
 
 
+def acceleration(x: Tensor, gaps: Tensor, scale: float) -> Tensor:
+    """Mean robust second difference over consecutive frames (N, D): the change of the per-frame velocity
+    (first differences divided by their frame gaps), through a pseudo-Huber of ``scale``. A head moving
+    steadily costs nothing; jitter (below ``scale``) costs its square; the real accelerations of a fast turn
+    (above it) cost only linearly, so they are smoothed far less."""
+    if x.shape[0] < 3:
+        return x.new_zeros(())
+    velocity = (x[1:] - x[:-1]) / gaps.to(x)[:, None]
+    a2 = ((velocity[1:] - velocity[:-1]) ** 2).sum(-1)
+    return (2.0 * scale ** 2 * (torch.sqrt(1.0 + a2 / scale ** 2) - 1.0)).mean()
+
+
+def pose_vector(p: TrackParams) -> Tensor:
+    """(N, 9) the per-frame head pose in the units the temporal terms weigh: 6D rotation, translation
+    in decimetres."""
+    return torch.cat([p.rotation, p.translation * 10.0], 1)
+
+
 def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor) -> Tensor:
     eye = identity_rot6d(device=p.jaw.device)
     lids = p.eyelids
@@ -70,7 +91,8 @@ def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor) -> Tensor:
            + cfg.w_eyes * (p.eyes - eye.repeat(2)).pow(2).sum(-1).mean()
            + cfg.w_eyelids * (torch.relu(-lids) + torch.relu(lids - 1.0)).pow(2).sum(-1).mean())
     motion = torch.cat([p.rotation, p.translation * 10.0, p.jaw, p.eyes, p.eyelids, p.expression * 0.1], 1)
-    return reg + cfg.w_smooth * smoothness(motion, gaps)
+    jitter = acceleration(pose_vector(p), gaps, cfg.accel_scale)
+    return reg + cfg.w_smooth * smoothness(motion, gaps) + cfg.w_accel * jitter
 
 
 def frame_gaps(frame_numbers: list[int], device: torch.device) -> Tensor:
@@ -119,8 +141,12 @@ def fit_landmarks(params: TrackParams, model: LandmarkModel, obs: Observations, 
     def loss_fn(full: bool) -> tuple[Tensor, Tensor]:
         pred = model(params, obs.img_size)
         rep = reprojection_loss(pred, obs, None, cfg.robust_px)
-        total = rep + regularisers(params, cfg, gaps) if full else rep + cfg.w_smooth * smoothness(
-            torch.cat([params.rotation, params.translation * 10.0], 1), gaps)
+        pose = pose_vector(params)
+        if full:
+            total = rep + regularisers(params, cfg, gaps)
+        else:
+            jitter = acceleration(pose, gaps, cfg.accel_scale)
+            total = rep + cfg.w_smooth * smoothness(pose, gaps) + cfg.w_accel * jitter
         total = total + cfg.w_focal * (params.log_focal - focal0) ** 2
         return total, rep
 
