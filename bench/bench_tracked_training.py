@@ -45,7 +45,10 @@ def main() -> None:
     ap.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE ...]",
                     help="a tracker setting to compare (repeatable): a name, then fit.KEY=VALUE / "
                          "photo.KEY=VALUE overrides of FitConfig / PhotometricConfig, photometric=1, "
-                         "focal=F (fx / width); default: one 'tracked'")
+                         "focal=F (fx / width), train.FLAG=VALUE (a train.py option for this tracking's "
+                         "avatars); default: one 'tracked'")
+    ap.add_argument("--train_args", default="", help="train.py options for every avatar, e.g. "
+                    "'--lambda_normal_offset 0'")
     ap.add_argument("--skip_truth", action="store_true",
                     help="train on the trackings only (the truth's runs are deterministic)")
     ap.add_argument("--truth_only", action="store_true",
@@ -67,12 +70,17 @@ def main() -> None:
     truth = load_sequence(root / "truth" / "s" / "checkpoint")
     obs = observations_from_tracking(truth, assets, emb, noise_px=args.noise)
     variants = [] if args.truth_only else args.variant or [["tracked"]]
-    result: dict = {"tracking_errors": {}, "tracking_timings": {}, "runs": {}}
+    result: dict = {"tracking_errors": {}, "tracking_timings": {}, "runs": {}, "train_args": args.train_args}
+    train_extra: dict[str, list[str]] = {"truth": args.train_args.split()}
     for name, *overrides in variants:
+        train_extra[name] = args.train_args.split()
         cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True,
                           photo=photometric_config(args.device))
         for kv in overrides:
             key, value = kv.split("=", 1)
+            if key.startswith("train."):
+                train_extra[name] += [f"--{key.removeprefix('train.')}", value]
+                continue
             if key in ("photometric", "focal"):
                 setattr(cfg, key, bool(int(value)) if key == "photometric" else float(value))
                 continue
@@ -92,7 +100,8 @@ def main() -> None:
                     "--log_root", str(root / "logs"), "--logname", f"{tracking}_seed{seed}",
                     "--test_num", str(args.test_num), "--eval_num", str(args.test_num), "--iterations",
                     str(args.iterations), "--eval_every", "0", "--lambda_lpips", "0", "--grid_every", "0",
-                    "--seed", str(seed), "--device", args.device, "--overwrite", *model]
+                    "--seed", str(seed), "--device", args.device, "--overwrite", *model,
+                    *train_extra[tracking]]
             res = Trainer(parse_train_args(argv)).run()
             result["runs"][f"{tracking}_seed{seed}"] = {k: res[k] for k in ("PSNR", "SSIM")}
             print(tracking, seed, result["runs"][f"{tracking}_seed{seed}"], flush=True)

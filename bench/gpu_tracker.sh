@@ -5,7 +5,8 @@
 # (bench_tracked_training.py, 200 frames, 7000 iterations, seeds $SEEDS), the settings in parallel
 # processes after the speed figure (on the second GPU where there is one; quality only, so sharing a GPU is
 # fine). SPEED=0 / TRUTH=0 skip the speed figure / the truth's runs; VARIANTS: ';'-separated
-# bench_tracked_training --variant specs (name KEY=VALUE ...).
+# bench_tracked_training --variant specs (name KEY=VALUE ...; train.FLAG=VALUE sets a train.py option for that
+# tracking's avatars); TRUTH_ARGS: train.py options for the truth's avatars (e.g. "--lambda_normal_offset 0").
 # Usage: OUT=/dir bash bench/gpu_tracker.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_tracker}; mkdir -p "$W"
@@ -28,7 +29,8 @@ r = Path('$W/tt/f200_s512'); make_synthetic_subject(r / 'd', r / 'truth', 's', n
 " > "$W/gen.log" 2>&1 || { tail -20 "$W/gen.log"; exit 1; }
 echo "subject generated $(date +%T)"
 if [ "${TRUTH:-1}" = 1 ]; then
-  CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --truth_only --out "$OUT/tt_truth.json" > "$OUT/tt_truth.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$Q "${TT[@]}" --truth_only --train_args="${TRUTH_ARGS:-}" --out "$OUT/tt_truth.json" \
+    > "$OUT/tt_truth.log" 2>&1 &
 fi
 IFS=';' read -ra VS <<< "${VARIANTS:-photo photometric=1;photo_light photometric=1 photo.size=128 photo.steps=300 photo.batch=4 photo.uv_size=48}"
 for v in "${VS[@]}"; do
