@@ -64,12 +64,6 @@ def _angle_deg(a6: torch.Tensor, b6: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cos))
 
 
-def _project(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Points (P,3) seen by cameras R (N,3,3), t (N,3), K (3,3) -> pixels (N,P,2)."""
-    cam = points[None] @ R.transpose(1, 2) + t[:, None]
-    return cam[..., :2] / cam[..., 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
-
-
 def triangulate(uv: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
                 iters: int = 3) -> torch.Tensor:
     """Static points (P,3) that best explain pixel tracks ``uv`` (N,P,2) seen by cameras R (N,3,3), t (N,3),
@@ -101,10 +95,11 @@ def consistency_px(truth: dict[str, torch.Tensor], fit: dict[str, torch.Tensor],
     if int(rigid.sum()) < 10:
         return float("nan")
     X = neutral[rigid].double()
-    uv = _project(X, g["R"].double(), g["t"].double(), g["K"].double())
+    n = g["R"].shape[0]
+    uv = project(X.expand(n, -1, -1), g["R"].double(), g["t"].double(), g["K"].double())
     R, t, K = fit["R"].double(), fit["t"].double(), fit["K"].double()
     X_fit = triangulate(uv, R, t, K)
-    return float((_project(X_fit, R, t, K) - uv).norm(dim=-1).mean())
+    return float((project(X_fit.expand(n, -1, -1), R, t, K) - uv).norm(dim=-1).mean())
 
 
 @torch.no_grad()

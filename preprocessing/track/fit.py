@@ -5,8 +5,8 @@ expression, jaw, eyes and eyelids. The loss is a robust reprojection error (pixe
 image height) of the 68 landmarks and the two iris centres, Gaussian priors on shape and expression,
 a pull of jaw and eyes towards rest, a box on the eyelids, a temporal smoothness term over
 consecutive frames, which also fills frames with no face (their landmark weight is zero), and a penalty
-on the head pose's acceleration (jitter). Everything
-is batched over frames on one device: a thousand frames is one tensor program per iteration.
+on the head pose's acceleration (jitter). Everything is batched over frames on one device: a thousand
+frames is one tensor program per iteration.
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor) -> Tensor:
            + cfg.w_jaw * (p.jaw - eye).pow(2).sum(-1).mean()
            + cfg.w_eyes * (p.eyes - eye.repeat(2)).pow(2).sum(-1).mean()
            + cfg.w_eyelids * (torch.relu(-lids) + torch.relu(lids - 1.0)).pow(2).sum(-1).mean())
-    motion = torch.cat([p.rotation, p.translation * 10.0, p.jaw, p.eyes, p.eyelids, p.expression * 0.1], 1)
-    jitter = acceleration(pose_vector(p), gaps, cfg.accel_scale)
+    pose = pose_vector(p)
+    motion = torch.cat([pose, p.jaw, p.eyes, p.eyelids, p.expression * 0.1], 1)
+    jitter = acceleration(pose, gaps, cfg.accel_scale)
     return reg + cfg.w_smooth * smoothness(motion, gaps) + cfg.w_accel * jitter
 
 
@@ -141,10 +142,10 @@ def fit_landmarks(params: TrackParams, model: LandmarkModel, obs: Observations, 
     def loss_fn(full: bool) -> tuple[Tensor, Tensor]:
         pred = model(params, obs.img_size)
         rep = reprojection_loss(pred, obs, None, cfg.robust_px)
-        pose = pose_vector(params)
         if full:
             total = rep + regularisers(params, cfg, gaps)
         else:
+            pose = pose_vector(params)
             jitter = acceleration(pose, gaps, cfg.accel_scale)
             total = rep + cfg.w_smooth * smoothness(pose, gaps) + cfg.w_accel * jitter
         total = total + cfg.w_focal * (params.log_focal - focal0) ** 2
