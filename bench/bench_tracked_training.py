@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from flame.assets import load_flame_assets  # noqa: E402
 from flame.landmarks import load_landmark_embedding  # noqa: E402
 from preprocessing.synthetic_subject import make_synthetic_subject  # noqa: E402
+from preprocessing.track.avatar_refine import avatar_refine_config  # noqa: E402
 from preprocessing.track.evaluate import compare_tracking, load_sequence, observations_from_tracking  # noqa: E402
 from preprocessing.track.photometric import photometric_config  # noqa: E402
 from preprocessing.track.run import TrackConfig, track_subject  # noqa: E402
@@ -44,7 +45,8 @@ def main() -> None:
     ap.add_argument("--photometric", action="store_true", help="also run the tracker's photometric stage")
     ap.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE ...]",
                     help="a tracker setting to compare (repeatable): a name, then fit.KEY=VALUE / "
-                         "photo.KEY=VALUE overrides of FitConfig / PhotometricConfig, photometric=1, "
+                         "photo.KEY=VALUE / refine.KEY=VALUE overrides of FitConfig / PhotometricConfig / "
+                         "AvatarRefineConfig, photometric=1, avatar_refine=1, "
                          "focal=F (fx / width), train.FLAG=VALUE (a train.py option for this tracking's "
                          "avatars); default: one 'tracked'")
     ap.add_argument("--train_args", default="", help="train.py options for every avatar, e.g. "
@@ -75,17 +77,17 @@ def main() -> None:
     for name, *overrides in variants:
         train_extra[name] = args.train_args.split()
         cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True,
-                          photo=photometric_config(args.device))
+                          photo=photometric_config(args.device), refine=avatar_refine_config(args.device))
         for kv in overrides:
             key, value = kv.split("=", 1)
             if key.startswith("train."):
                 train_extra[name] += [f"--{key.removeprefix('train.')}", value]
                 continue
-            if key in ("photometric", "focal"):
-                setattr(cfg, key, bool(int(value)) if key == "photometric" else float(value))
+            if key in ("photometric", "avatar_refine", "focal"):
+                setattr(cfg, key, float(value) if key == "focal" else bool(int(value)))
                 continue
             part, field_name = key.split(".", 1)
-            target = {"fit": cfg.fit, "photo": cfg.photo}[part]
+            target = {"fit": cfg.fit, "photo": cfg.photo, "refine": cfg.refine}[part]
             setattr(target, field_name, type(getattr(target, field_name))(value))
         summary = track_subject(root / "d", root / name, "s", cfg, observations=obs, device=args.device)
         errors = compare_tracking(truth, load_sequence(root / name / "s" / "checkpoint"), assets, emb)

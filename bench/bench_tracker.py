@@ -6,8 +6,8 @@ Renders a base clip of ``--base_frames`` synthetic frames at ``--size`` pixels, 
 1. times MediaPipe landmark detection over all frames (``--workers`` processes);
 2. runs the tracker on the true landmarks with ``--noise`` px of noise (a face detector's landmarks do
    not sit where the synthetic head's own embedding puts them, so accuracy is measured without one),
-   timing the landmark fit and the photometric stage, and scores each stage against the truth
-   (preprocessing/track/evaluate.py).
+   timing the landmark fit, the photometric stage and (``--avatar_refine``) the avatar stage, and scores
+   each against the truth (preprocessing/track/evaluate.py).
 
     python bench/bench_tracker.py --frames 1000 --size 512 --device cuda --out track_bench.json
 """
@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from flame.assets import load_flame_assets  # noqa: E402
 from flame.landmarks import load_landmark_embedding  # noqa: E402
 from preprocessing.synthetic_subject import make_synthetic_subject  # noqa: E402
+from preprocessing.track.avatar_refine import avatar_refine_config  # noqa: E402
 from preprocessing.track.evaluate import compare_tracking, load_sequence, observations_from_tracking  # noqa: E402
 from preprocessing.track.photometric import photometric_config  # noqa: E402
 from preprocessing.track.run import TrackConfig, detect_landmarks, list_frames, track_subject  # noqa: E402
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--focal", type=float, default=None, help="initial focal (default: the true one)")
     ap.add_argument("--photo_steps", type=int, default=None)
     ap.add_argument("--no_detect", action="store_true", help="skip the detection timing")
+    ap.add_argument("--avatar_refine", action="store_true", help="also time and score the avatar stage")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
 
@@ -86,7 +88,7 @@ def main() -> None:
     cfg = TrackConfig(show_progress=False, restart=True, workers=args.workers,
                       focal=args.focal or float(truth[0].K[0, 0]) / args.size,
                       face_model_dir=models if models.is_dir() else None,
-                      photo=photometric_config(args.device))
+                      photo=photometric_config(args.device), refine=avatar_refine_config(args.device))
     if args.photo_steps is not None:
         cfg.photo.steps = args.photo_steps
     if not args.no_detect:
@@ -98,19 +100,23 @@ def main() -> None:
         print(f"detection: {result['detect_s']:.1f} s for {args.frames} frames "
               f"({result['detect_found']} faces)")
     obs = observations_from_tracking(truth, assets, emb, noise_px=args.noise)
-    for name, photometric in (("landmarks", False), ("photometric", True)):
-        cfg.photometric = photometric
+    stages = [("landmarks", False, False), ("photometric", True, False)]
+    stages += [("avatar", True, True)] if args.avatar_refine else []
+    for name, photometric, avatar in stages:
+        cfg.photometric, cfg.avatar_refine = photometric, avatar
         if args.device == "cuda":
             torch.cuda.synchronize()
         summary = track_subject(root / "d", root / f"fit_{name}", "s", cfg, observations=obs,
                                 device=args.device)
         err = compare_tracking(truth, load_sequence(root / f"fit_{name}" / "s" / "checkpoint"), assets, emb)
         result[name] = {"timings": summary["timings"], "errors": err,
-                        "stage": summary.get("photometric_stage", summary["landmark_stage"])}
+                        "stage": summary.get("avatar_stage", summary.get("photometric_stage",
+                                                                         summary["landmark_stage"]))}
         print(name, json.dumps(result[name]))
-        cfg.restart = False  # the photometric run resumes the landmark stage it just computed
+        cfg.restart = False  # each later run resumes the stages the one before it computed
     if "detect_s" in result:
         t = result["landmarks"]["timings"]["total_s"] + result["photometric"]["timings"]["photometric_fit_s"]
+        t += result["avatar"]["timings"]["avatar_refine_s"] if "avatar" in result else 0.0
         result["end_to_end_s"] = result["detect_s"] + t  # detection, both stages, writing the .frame files
         print(f"end to end: {result['end_to_end_s']:.1f} s for {args.frames} frames")
     if args.out:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10's GPU figures in one call (repo root; one or two GPUs): the tracker's speed on 1000 frames at
-# 512x512 (bench_tracker.py, landmark and photometric stages, no detection: the device lacks LiteRT), and
+# 512x512 (bench_tracker.py, landmark, photometric and avatar stages, no detection: the device lacks LiteRT), and
 # the avatar trained on each tracker setting against the true tracking at full size
 # (bench_tracked_training.py, 200 frames, 7000 iterations, seeds $SEEDS), the settings in parallel
 # processes after the speed figure (on the second GPU where there is one; quality only, so sharing a GPU is
@@ -20,8 +20,8 @@ TT=(python bench/bench_tracked_training.py --size 512 --frames 200 --test_num 50
 # the tracker's speed first, alone on the GPU
 if [ "${SPEED:-1}" = 1 ]; then
   CUDA_VISIBLE_DEVICES=0 python bench/bench_tracker.py --frames 1000 --base_frames 30 --size 512 --device cuda \
-    --no_detect --work "$W/tb" --out "$OUT/tracker_1000.json" > "$OUT/tracker_1000.log" 2>&1
-  echo "tracker bench done $(date +%T)"; grep -h "^landmarks\|^photometric" "$OUT/tracker_1000.log" | cut -c1-900
+    --no_detect --avatar_refine --work "$W/tb" --out "$OUT/tracker_1000.json" > "$OUT/tracker_1000.log" 2>&1
+  echo "tracker bench done $(date +%T)"; grep -h "^landmarks\|^photometric\|^avatar" "$OUT/tracker_1000.log" | cut -c1-900
 fi
 CUDA_VISIBLE_DEVICES=$Q python -c "
 from pathlib import Path; from preprocessing.synthetic_subject import make_synthetic_subject

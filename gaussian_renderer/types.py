@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from gaussian_renderer.sh import MAX_SH_DEGREE, sh_coefficient_count
+from utils.rotations import matrix_to_quaternion, quaternion_multiply
 
 
 @dataclass
@@ -30,6 +31,15 @@ class GaussianSet:
     @property
     def count(self) -> int:
         return int(self.means.shape[0])
+
+    def transformed(self, M: Tensor, c: Tensor) -> GaussianSet:
+        """The set moved rigidly, ``x -> M x + c`` (``M`` a rotation (3,3), ``c`` (3,)): means moved and
+        orientations turned; scales, opacities and colours kept (spherical harmonics are not rotated: for
+        small turns the view-dependent colour barely changes). Differentiable in ``M`` and ``c``."""
+        q = matrix_to_quaternion(M.to(self.rotations))
+        rotations = quaternion_multiply(q.expand_as(self.rotations), self.rotations)
+        return GaussianSet(self.means @ M.T.to(self.means) + c.to(self.means), self.scales, rotations,
+                           self.opacities, shs=self.shs, colors=self.colors, sh_degree=self.sh_degree)
 
 
 @dataclass

@@ -11,12 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from preprocessing.track.avatar_refine import avatar_refine_config
 from preprocessing.track.photometric import photometric_config
 from preprocessing.track.run import TrackConfig, track_subject
 from preprocessing.track.viz import write_overlay_video
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.options import DEFAULT_DATA_ROOT, DEFAULT_TRACKING_ROOT
+
+
+def _on(default: bool) -> str:
+    return " (the default)" if default else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photo_size", type=int, default=argparse.SUPPRESS,
                    help=f"the photometric stage renders at this many pixels, longer side (default: "
                         f"{gpu.size} on a GPU, {cpu.size} on the CPU)")
+    p.set_defaults(avatar_refine=d.avatar_refine)
+    hide = argparse.SUPPRESS
+    p.add_argument("--avatar_refine", dest="avatar_refine", action="store_true", default=hide,
+                   help="after the pixel stage, train a quick avatar on the tracking and refine every "
+                        "frame's camera against it (preprocessing/track/avatar_refine.py)"
+                        + _on(d.avatar_refine))
+    p.add_argument("--no_avatar_refine", dest="avatar_refine", action="store_false", default=hide,
+                   help=f"skip the avatar stage{_on(not d.avatar_refine)}")
+    ref_gpu, ref_cpu = avatar_refine_config("cuda"), avatar_refine_config("cpu")
+    p.add_argument("--refine_iterations", type=int, default=argparse.SUPPRESS,
+                   help=f"the avatar stage's training iterations (default: {ref_gpu.iterations} on a GPU, "
+                        f"{ref_cpu.iterations} on the CPU)")
+    p.add_argument("--refine_steps", type=int, default=argparse.SUPPRESS,
+                   help=f"camera-correction steps per frame (default: {ref_gpu.steps} on a GPU, "
+                        f"{ref_cpu.steps} on the CPU)")
+    p.add_argument("--refine_rounds", type=int, default=argparse.SUPPRESS,
+                   help=f"train-and-refine rounds (default: {ref_gpu.rounds})")
     p.add_argument("--face_model_dir", type=Path, default=None,
                    help="folder with MediaPipe's face and iris .tflite files (default: the installed "
                         "wheel's)")
@@ -73,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = TrackConfig(focal=args.focal, no_face=args.no_face, photometric=args.photometric,
-                      face_model_dir=args.face_model_dir, workers=args.workers, restart=args.restart,
-                      show_progress=not args.quiet)
+                      avatar_refine=args.avatar_refine, face_model_dir=args.face_model_dir,
+                      workers=args.workers, restart=args.restart, show_progress=not args.quiet)
     cfg.fit.steps = args.steps
     try:
         device = resolve_device(args.device)
@@ -85,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "size", "batch"):
         if hasattr(args, f"photo_{name}"):
             setattr(cfg.photo, name, getattr(args, f"photo_{name}"))
+    cfg.refine = avatar_refine_config(device)
+    for name in ("iterations", "steps", "rounds"):
+        if hasattr(args, f"refine_{name}"):
+            setattr(cfg.refine, name, getattr(args, f"refine_{name}"))
     try:
         summary = track_subject(args.data_root, args.tracking_root, args.idname, cfg,
                                 flame_dir=args.flame_dir, device=device)

@@ -28,6 +28,7 @@ from flame.assets import load_flame_assets, resolve_flame_dir
 from flame.landmarks import load_landmark_embedding
 from preprocessing.face_landmarks import FaceLandmarker
 from preprocessing.frames_io import PREPROCESS_SETTINGS, PreprocessError
+from preprocessing.track.avatar_refine import AvatarRefineConfig, avatar_refine_config, refine_with_avatar
 from preprocessing.track.fit import FitConfig, fit_landmarks
 from preprocessing.track.model import LandmarkModel, Observations, TrackParams
 from preprocessing.track.observe import observations_from_arrays
@@ -55,6 +56,8 @@ class TrackConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     photo: PhotometricConfig | None = None  # None: photometric_config(device) when tracking (the full
     # settings on a GPU, a light preset on the CPU); set it to choose them yourself
+    avatar_refine: bool = False   # stage 3: cameras refined against an avatar trained on the tracking
+    refine: AvatarRefineConfig | None = None  # None: avatar_refine_config(device)
     face_model_dir: Path | None = None
     workers: int = 0              # landmark detection processes (0: up to 8, one per core)
     restart: bool = False
@@ -237,9 +240,9 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
         _checkpoint(work / "stage1.pt", params, obs, key, stage1)
     summary["landmark_stage"] = stage1
     timings["landmark_fit_s"] = time.perf_counter() - t1
+    photo = cfg.photo if cfg.photo is not None else photometric_config(device)
     if cfg.photometric:
         t2 = time.perf_counter()
-        photo = cfg.photo if cfg.photo is not None else photometric_config(device)
         key = _digest(obs, cfg.focal, asdict(cfg.fit), principal, asdict(photo))
         stage2 = _resume(work / "stage2.pt", params, obs, key, cfg.restart)
         if stage2 is None:
@@ -253,6 +256,21 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
             _checkpoint(work / "stage2.pt", params, obs, key, stage2)
         summary["photometric_stage"] = stage2
         timings["photometric_fit_s"] = time.perf_counter() - t2
+    if cfg.avatar_refine:
+        t3 = time.perf_counter()
+        refine = cfg.refine if cfg.refine is not None else avatar_refine_config(device)
+        key = _digest(obs, cfg.focal, asdict(cfg.fit), principal, asdict(photo) if cfg.photometric else None,
+                      asdict(refine))
+        stage3 = _resume(work / "stage3.pt", params, obs, key, cfg.restart)
+        if stage3 is None:
+            bar = tqdm(total=refine.rounds * len(obs), desc="refine cameras", unit="frame",
+                       disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
+            stage3 = refine_with_avatar(params, obs, Path(data_root), idname, assets.flame_dir, work,
+                                        write_frames, refine, device, progress=bar.update)
+            bar.close()
+            _checkpoint(work / "stage3.pt", params, obs, key, stage3)
+        summary["avatar_stage"] = stage3
+        timings["avatar_refine_s"] = time.perf_counter() - t3
     paths = write_frames(params, obs, out_dir)
     timings["total_s"] = time.perf_counter() - t0
     summary.update(timings=timings, output=str(out_dir), focal=float(params.log_focal.detach().exp()),

@@ -1,0 +1,142 @@
+"""Stage 3 of the tracker: refine every frame's camera against an avatar trained on the tracking so far.
+
+The photometric stage (stage 2) compares the frames with a plain head (one colour per splat, one light):
+hair, skin detail and everything FLAME does not draw bias it, and what is left of the per-frame pose
+error costs an avatar trained on the tracking more than a decibel (bench/NOTES.md, session 10). An
+avatar trained on that tracking (``scene.trainer.Trainer``, every frame, the subject's own images) is a
+far better picture of the head: this stage trains one, then fits a small rotation ``dR`` and translation
+``dt`` to each frame's world-to-camera pose, ``x_cam = dR (R X + t) + dt``, by rendering the fixed
+avatar against the frame (L1 over the whole image, as the avatar was trained). Expressions, jaw, eyes,
+shape and focal length are kept. ``rounds`` > 1 trains a new avatar on the refined cameras and refines
+again.
+
+The rasterizer gives no camera gradients, so the camera's correction is applied to the Gaussians
+instead: the old camera sees ``M X + c`` (``M = R^T dR R``, ``c = R^T (dR t + dt - t)``) exactly as the
+new one sees ``X``, with each Gaussian's orientation turned by ``M`` too. Only view-dependent colour
+(spherical harmonics) is evaluated along the old viewing direction: below a degree off, that is nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gaussian_renderer import render
+from preprocessing.track.model import R0, Observations, TrackParams
+from scene.data.subject import Subject
+from scene.model.avatar import Avatar
+from scene.trainer import Trainer
+from utils.options import parse_train_args
+from utils.rotations import identity_rot6d, matrix_to_rot6d, rot6d_to_matrix
+
+
+@dataclass
+class AvatarRefineConfig:
+    """The stage's settings (``avatar_refine_config`` picks them per device)."""
+
+    rounds: int = 1              # train an avatar, refine the cameras; repeated this many times
+    iterations: int = 3000       # the avatar's training iterations (a few seconds on a GPU)
+    steps: int = 30              # Adam steps of each frame's camera correction
+    lr_rotation: float = 2e-3    # on the 6D rotation (about 0.1 degree a step at most)
+    lr_translation: float = 2e-4  # metres
+    uv_size: int = 128           # the avatar's size (train.py's options of the same names)
+    hidden_dim: int = 256
+    hidden_layers: int = 6
+    seed: int = 0
+
+
+def avatar_refine_config(device: torch.device | str) -> AvatarRefineConfig:
+    """Full settings on a GPU; on the CPU a smaller avatar (the README demo's) trained for fewer steps."""
+    if torch.device(device).type == "cpu":
+        return AvatarRefineConfig(iterations=2000, steps=25, uv_size=64, hidden_dim=128, hidden_layers=4)
+    return AvatarRefineConfig()
+
+
+def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: Path, log_root: Path,
+                 cfg: AvatarRefineConfig, device: torch.device) -> Trainer:
+    """A baseline avatar trained on every frame of ``tracking_root/idname`` (no test split, no evaluation,
+    no LPIPS); returns its finished :class:`Trainer` (the avatar, the subject, the background)."""
+    argv = ["--idname", idname, "--data_root", str(data_root), "--tracking_root", str(tracking_root),
+            "--flame_dir", str(flame_dir), "--log_root", str(log_root), "--logname", "avatar",
+            "--iterations", str(cfg.iterations), "--skip_test", "--lambda_lpips", "0", "--grid_every", "0",
+            "--eval_every", "0", "--ckpt_every", "0", "--log_every", "500", "--seed", str(cfg.seed),
+            "--uv_size", str(cfg.uv_size), "--hidden_dim", str(cfg.hidden_dim), "--hidden_layers",
+            str(cfg.hidden_layers), "--device", str(device), "--overwrite", "--allow_missing"]
+    train_cfg = parse_train_args(argv)
+    train_cfg.data.test_num = train_cfg.data.eval_num = 0  # every frame trains: the tracker fits them all
+    trainer = Trainer(train_cfg)
+    trainer.run()
+    return trainer
+
+
+def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg: AvatarRefineConfig,
+                       progress=None) -> tuple[Tensor, Tensor]:
+    """The corrected world-to-camera R (N,3,3) and t (N,3) of each of ``subject``'s frames, fitted by
+    rendering the fixed ``avatar`` against the frame (module doc)."""
+    avatar.eval()
+    for p in avatar.parameters():
+        p.requires_grad_(False)
+    Rs, ts = [], []
+    for i in range(len(subject)):
+        frame = subject.frame(i)
+        cam = frame.camera
+        with torch.no_grad():
+            gs, _ = avatar.deform(frame.condition, cam)
+        R, t = cam.R.float(), cam.t.float()
+        d6 = identity_rot6d(1, device=R.device)[0].requires_grad_(True)
+        dt = torch.zeros(3, device=R.device, requires_grad=True)
+        opt = torch.optim.Adam([{"params": [d6], "lr": cfg.lr_rotation},
+                                {"params": [dt], "lr": cfg.lr_translation}])
+        for _ in range(cfg.steps):
+            dR = rot6d_to_matrix(d6)
+            M = R.T @ dR @ R
+            moved = gs.transformed(M, R.T @ (dR @ t + dt - t))
+            loss = (render(cam, moved, background).image - frame.image).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            dR = rot6d_to_matrix(d6)
+            Rs.append(dR @ R)
+            ts.append(dR @ t + dt)
+        if progress is not None:
+            progress(1)
+    return torch.stack(Rs), torch.stack(ts)
+
+
+def set_cameras(params: TrackParams, R: Tensor, t: Tensor) -> None:
+    """Write world-to-camera poses (N,3,3), (N,3) into ``params`` (R = R0 Rh: the head rotation Rh is
+    R0^T R, R0 being its own inverse)."""
+    with torch.no_grad():
+        r0 = R0.to(R)
+        params.rotation.copy_(matrix_to_rot6d(r0 @ R))
+        params.translation.copy_(t)
+
+
+def refine_with_avatar(params: TrackParams, obs: Observations, data_root: Path, idname: str,
+                       flame_dir: Path, work: Path, write_frames, cfg: AvatarRefineConfig,
+                       device: torch.device, progress=None) -> dict:
+    """Refine ``params``' cameras in place over ``cfg.rounds`` rounds. ``write_frames(params, obs, folder)``
+    writes the ``.frame`` files each round's avatar trains on (under ``work/avatar_tracking``). Returns
+    the mean correction per round (degrees, millimetres)."""
+    tracking_root = work / "avatar_tracking"
+    rounds = []
+    for _ in range(cfg.rounds):
+        shutil.rmtree(tracking_root / idname, ignore_errors=True)
+        write_frames(params, obs, tracking_root / idname / "checkpoint")
+        trainer = train_avatar(data_root, tracking_root, idname, flame_dir, work / "avatar_runs", cfg,
+                               device)
+        R_old, t_old = (x.detach().clone() for x in params.cameras(obs.img_size)[:2])
+        R_new, t_new = camera_corrections(trainer.avatar, trainer.subject, trainer.background, cfg, progress)
+        index = [obs.frame_numbers.index(n) for n in trainer.subject.frame_ids]
+        R_all, t_all = R_old.clone(), t_old.clone()
+        R_all[index], t_all[index] = R_new.to(R_all), t_new.to(t_all)
+        set_cameras(params, R_all, t_all)
+        cos = ((R_all.transpose(1, 2) @ R_old).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
+        rounds.append({"rotation_deg": float(torch.rad2deg(torch.acos(cos.clamp(-1, 1))).mean()),
+                       "translation_mm": float((t_all - t_old).norm(dim=-1).mean() * 1000)})
+    return {"rounds": rounds}
