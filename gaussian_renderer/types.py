@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from gaussian_renderer.sh import MAX_SH_DEGREE, sh_coefficient_count
-from utils.rotations import matrix_to_quaternion, quaternion_multiply
+from utils.rotations import quaternion_multiply, quaternion_to_matrix
 
 
 @dataclass
@@ -32,14 +32,16 @@ class GaussianSet:
     def count(self) -> int:
         return int(self.means.shape[0])
 
-    def transformed(self, M: Tensor, c: Tensor) -> GaussianSet:
-        """The set moved rigidly, ``x -> M x + c`` (``M`` a rotation (3,3), ``c`` (3,)): means moved and
-        orientations turned; scales, opacities and colours kept (spherical harmonics are not rotated: for
-        small turns the view-dependent colour barely changes). Differentiable in ``M`` and ``c``."""
-        q = matrix_to_quaternion(M.to(self.rotations))
+    def transformed(self, q: Tensor, c: Tensor) -> GaussianSet:
+        """The set moved rigidly, ``x -> Q x + c`` (``Q`` the turn of unit quaternion ``q`` (4,), w first;
+        ``c`` (3,)): means moved and orientations turned; scales, opacities and colours kept (spherical
+        harmonics are not rotated: for small turns the view-dependent colour barely changes).
+        Differentiable in ``q`` and ``c``."""
+        q = q.to(self.rotations)
         rotations = quaternion_multiply(q.expand_as(self.rotations), self.rotations)
-        return GaussianSet(self.means @ M.T.to(self.means) + c.to(self.means), self.scales, rotations,
-                           self.opacities, shs=self.shs, colors=self.colors, sh_degree=self.sh_degree)
+        Q = quaternion_to_matrix(q).to(self.means)
+        return GaussianSet(self.means @ Q.T + c.to(self.means), self.scales, rotations, self.opacities,
+                           shs=self.shs, colors=self.colors, sh_degree=self.sh_degree)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from gaussian_renderer import render
 from gaussian_renderer.types import GaussianSet
 from preprocessing.synthetic_subject import make_synthetic_subject
-from preprocessing.track.avatar_refine import AvatarRefineConfig, camera_corrections, set_cameras
+from preprocessing.track.avatar_refine import AvatarRefineConfig, camera_corrections, set_cameras, small_turn
 from preprocessing.track.evaluate import load_sequence
 from preprocessing.track.model import TrackParams
 from scene.assemble import open_subject
@@ -19,7 +19,7 @@ from scene.data.cameras import Camera
 from scene.data.tracking import save_tracked_frame
 from scene.trainer import Trainer
 from utils.options import parse_train_args
-from utils.rotations import matrix_to_rot6d, quaternion_to_matrix, rot6d_to_matrix
+from utils.rotations import matrix_to_quaternion, matrix_to_rot6d, quaternion_to_matrix, rot6d_to_matrix
 
 
 def _axis_angle(axis: torch.Tensor, angle: float) -> torch.Tensor:
@@ -35,8 +35,8 @@ def _angle_deg(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 def test_gaussians_moved_rigidly_look_like_the_moved_camera():
-    """Elongated Gaussians moved by M = R^T dR R, c = R^T (dR t + dt - t) and seen by the old camera (R, t)
-    render the image the originals give through the new camera (dR R, dR t + dt): means and orientations."""
+    """Elongated Gaussians moved by X -> Q X + c and seen by a camera (R, t) render the image the originals
+    give through the camera (R Q, R c + t): means and orientations both move."""
     g = torch.Generator().manual_seed(0)
     n = 300
     means = torch.randn(n, 3, generator=g) * 0.08
@@ -46,18 +46,29 @@ def test_gaussians_moved_rigidly_look_like_the_moved_camera():
     K = torch.tensor([[150.0, 0.0, 48.0], [0.0, 150.0, 48.0], [0.0, 0.0, 1.0]])
     R = _axis_angle(torch.tensor([0.3, 1.0, 0.1]), 0.4) @ torch.diag(torch.tensor([1.0, -1.0, -1.0]))
     t = torch.tensor([0.01, -0.02, 0.6])
-    dR = _axis_angle(torch.tensor([1.0, 0.4, -0.5]), math.radians(4.0))
-    dt = torch.tensor([0.004, -0.003, 0.01])
+    Q = _axis_angle(torch.tensor([1.0, 0.4, -0.5]), math.radians(6.0))
+    c = torch.tensor([0.004, -0.003, 0.01])
     bg = torch.ones(3)
-    new = render(Camera(dR @ R, dR @ t + dt, K, 96, 96), gs, bg, backend="torch").image
-    moved = gs.transformed(R.T @ dR @ R, R.T @ (dR @ t + dt - t))
+    new = render(Camera(R @ Q, R @ c + t, K, 96, 96), gs, bg, backend="torch").image
+    moved = gs.transformed(matrix_to_quaternion(Q), c)
     seen = render(Camera(R, t, K, 96, 96), moved, bg, backend="torch").image
     old = render(Camera(R, t, K, 96, 96), gs, bg, backend="torch").image
-    assert (new - old).abs().max() > 0.3  # the turn moves the picture: the comparison below means something
+    assert (new - old).abs().max() > 0.3  # the motion shows: the comparison below means something
     assert (seen - new).abs().max() < 2e-4
-    # orientations really turned: each Gaussian's axes are M times the original's
-    M = R.T @ dR @ R
-    assert torch.allclose(quaternion_to_matrix(moved.rotations), M @ quaternion_to_matrix(q), atol=1e-5)
+    # orientations really turned: each Gaussian's axes are Q times the original's
+    assert torch.allclose(quaternion_to_matrix(moved.rotations), Q @ quaternion_to_matrix(q), atol=1e-5)
+
+
+def test_small_turn_is_the_rotation_vector_to_second_order():
+    """small_turn(v) turns by |v| about v/|v| up to O(|v|^3): at 1 degree the matrices agree to 1e-6, and
+    the error falls eightfold when the angle halves."""
+    axis = torch.nn.functional.normalize(torch.tensor([0.2, -1.0, 0.5]), dim=0)
+    errs = []
+    for deg in (1.0, 0.5):
+        a = math.radians(deg)
+        got = quaternion_to_matrix(small_turn(axis * a).double())
+        errs.append(float((got - _axis_angle(axis, a).double()).abs().max()))
+    assert errs[0] < 1e-6 and 5 < errs[0] / errs[1] < 11
 
 
 def test_set_cameras_round_trips_through_the_track_parameters():

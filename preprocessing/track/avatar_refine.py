@@ -5,15 +5,15 @@ hair, skin detail and everything FLAME does not draw bias it, and what is left o
 error costs an avatar trained on the tracking more than a decibel (bench/NOTES.md, session 10). An
 avatar trained on that tracking (``scene.trainer.Trainer``, every frame, the subject's own images) is a
 far better picture of the head: this stage trains one, then fits a small rotation ``dR`` and translation
-``dt`` to each frame's world-to-camera pose, ``x_cam = dR (R X + t) + dt``, by rendering the fixed
-avatar against the frame (L1 over the whole image, as the avatar was trained). Expressions, jaw, eyes,
-shape and focal length are kept. ``rounds`` > 1 trains a new avatar on the refined cameras and refines
-again.
+``dt`` to each frame's world-to-camera pose, ``x_cam = dR (R X + t) + dt``, by rendering the fixed avatar
+against the frame (L1 over the whole image, as the avatar was trained). Expressions, jaw, eyes, shape and
+focal length are kept. ``rounds`` > 1 trains a new avatar on the refined cameras and refines again.
 
-The rasterizer gives no camera gradients, so the camera's correction is applied to the Gaussians
-instead: the old camera sees ``M X + c`` (``M = R^T dR R``, ``c = R^T (dR t + dt - t)``) exactly as the
-new one sees ``X``, with each Gaussian's orientation turned by ``M`` too. Only view-dependent colour
-(spherical harmonics) is evaluated along the old viewing direction: below a degree off, that is nothing.
+The rasterizer gives no camera gradients, so the correction is applied to the Gaussians instead: the old
+camera sees ``M X + c`` (``M = R^T dR R``, ``c = R^T (dR t + dt - t)``) exactly as the new one sees ``X``,
+with each Gaussian's orientation turned by ``M`` too (quaternions throughout: a few kernels a step). Only
+view-dependent colour (spherical harmonics) is evaluated along the old viewing direction: below a degree
+off, that is nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gaussian_renderer import render
@@ -31,7 +32,7 @@ from scene.data.subject import Subject
 from scene.model.avatar import Avatar
 from scene.trainer import Trainer
 from utils.options import parse_train_args
-from utils.rotations import identity_rot6d, matrix_to_rot6d, rot6d_to_matrix
+from utils.rotations import matrix_to_quaternion, matrix_to_rot6d, quaternion_multiply, quaternion_to_matrix
 
 
 @dataclass
@@ -41,7 +42,7 @@ class AvatarRefineConfig:
     rounds: int = 1              # train an avatar, refine the cameras; repeated this many times
     iterations: int = 3000       # the avatar's training iterations (a few seconds on a GPU)
     steps: int = 30              # Adam steps of each frame's camera correction
-    lr_rotation: float = 2e-3    # on the 6D rotation (about 0.1 degree a step at most)
+    lr_rotation: float = 2e-3    # radians (about 0.1 degree a step at most)
     lr_translation: float = 2e-4  # metres
     uv_size: int = 128           # the avatar's size (train.py's options of the same names)
     hidden_dim: int = 256
@@ -73,6 +74,12 @@ def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: P
     return trainer
 
 
+def small_turn(rotvec: Tensor) -> Tensor:
+    """Unit quaternion (w, x, y, z) of a turn by rotation vector ``rotvec`` (3,), exact to second order in
+    the angle (w = 1, v = rotvec / 2, normalised): for the sub-degree corrections this stage fits."""
+    return F.normalize(torch.cat([rotvec.new_ones(1), 0.5 * rotvec]), dim=0)
+
+
 def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg: AvatarRefineConfig,
                        progress=None) -> tuple[Tensor, Tensor]:
     """The corrected world-to-camera R (N,3,3) and t (N,3) of each of ``subject``'s frames, fitted by
@@ -87,22 +94,24 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
         with torch.no_grad():
             gs, _ = avatar.deform(frame.condition, cam)
         R, t = cam.R.float(), cam.t.float()
-        d6 = identity_rot6d(1, device=R.device)[0].requires_grad_(True)
-        dt = torch.zeros(3, device=R.device, requires_grad=True)
-        opt = torch.optim.Adam([{"params": [d6], "lr": cfg.lr_rotation},
-                                {"params": [dt], "lr": cfg.lr_translation}])
+        q_R = matrix_to_quaternion(R)
+        q_Rt = q_R * q_R.new_tensor([1.0, -1.0, -1.0, -1.0])  # the inverse turn, R^T
+        turn = torch.zeros(3, device=R.device, requires_grad=True)   # rotation vector (radians), camera frame
+        shift = torch.zeros(3, device=R.device, requires_grad=True)  # metres, camera frame
+        opt = torch.optim.Adam([{"params": [turn], "lr": cfg.lr_rotation},
+                                {"params": [shift], "lr": cfg.lr_translation}])
         for _ in range(cfg.steps):
-            dR = rot6d_to_matrix(d6)
-            M = R.T @ dR @ R
-            moved = gs.transformed(M, R.T @ (dR @ t + dt - t))
-            loss = (render(cam, moved, background).image - frame.image).abs().mean()
+            dq = small_turn(turn)
+            q_M = quaternion_multiply(quaternion_multiply(q_Rt, dq), q_R)  # M = R^T dR R
+            c = (quaternion_to_matrix(dq) @ t + shift - t) @ R              # R^T (dR t + dt - t)
+            loss = (render(cam, gs.transformed(q_M, c), background).image - frame.image).abs().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
-            dR = rot6d_to_matrix(d6)
+            dR = quaternion_to_matrix(small_turn(turn))
             Rs.append(dR @ R)
-            ts.append(dR @ t + dt)
+            ts.append(dR @ t + shift)
         if progress is not None:
             progress(1)
     return torch.stack(Rs), torch.stack(ts)
