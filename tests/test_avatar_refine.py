@@ -8,12 +8,16 @@ import math
 import pytest
 import torch
 
+from flame.assets import load_flame_assets
+from flame.landmarks import load_landmark_embedding
+from flame.model import FLAME
 from gaussian_renderer import render
 from gaussian_renderer.types import GaussianSet
 from preprocessing.synthetic_subject import make_synthetic_subject
 from preprocessing.track.avatar_refine import AvatarRefineConfig, camera_corrections, set_cameras, small_turn
-from preprocessing.track.evaluate import load_sequence
+from preprocessing.track.evaluate import _stack, consistency_px, load_sequence, observations_from_tracking
 from preprocessing.track.model import TrackParams
+from preprocessing.track.run import TrackConfig, track_subject
 from scene.assemble import open_subject
 from scene.data.cameras import Camera
 from scene.data.tracking import save_tracked_frame
@@ -131,3 +135,38 @@ def test_avatar_pulls_knocked_cameras_back(trained):
           f"{shift_before.mean() * 1000:.2f} -> {shift_after.mean() * 1000:.2f} mm")
     assert after.mean() < before.mean() / 3
     assert shift_after.mean() < shift_before.mean() / 2
+
+
+def test_tracker_runs_the_avatar_stage_and_resumes_it(trained):
+    """track_subject with --avatar_refine on the 12-frame subject (landmarks + 1 px noise, no photometric
+    stage, to stay quick): the stage moves the cameras, leaves the rest of the tracking, writes frames that
+    train.py reads, checkpoints itself and is skipped by a rerun with the same settings."""
+    root, _ = trained
+    flame_dir = root / "d" / "s" / "flame"
+    assets, emb = load_flame_assets(flame_dir), load_landmark_embedding(flame_dir)
+    truth = load_sequence(root / "truth" / "s" / "checkpoint")
+    obs = observations_from_tracking(truth, assets, emb, noise_px=1.0)
+    cfg = TrackConfig(focal=3.5, photometric=False, show_progress=False,
+                      refine=AvatarRefineConfig(iterations=700, steps=30, uv_size=40, hidden_dim=64,
+                                                hidden_layers=3))
+    cfg.fit.rigid_steps, cfg.fit.steps = 200, 800
+    track_subject(root / "d", root / "lmk", "s", cfg, observations=obs)
+    cfg.avatar_refine = True
+    summary = track_subject(root / "d", root / "ref", "s", cfg, observations=obs)
+    lmk = load_sequence(root / "lmk" / "s" / "checkpoint")
+    ref = load_sequence(root / "ref" / "s" / "checkpoint")
+    flame = FLAME(assets)
+    before = consistency_px(_stack(truth), _stack(lmk), flame)
+    after = consistency_px(_stack(truth), _stack(ref), flame)
+    print(f"consistency {before:.3f} -> {after:.3f} px; {summary['avatar_stage']}")
+    moved = summary["avatar_stage"]["rounds"][0]
+    assert 0.01 < moved["rotation_deg"] < 2.0 and moved["translation_mm"] > 0.01
+    for a, b in zip(lmk, ref):  # only the cameras change
+        assert torch.equal(a.expression, b.expression) and torch.equal(a.jaw, b.jaw)
+        assert torch.equal(a.shape, b.shape) and torch.equal(a.K, b.K)
+    assert after < before
+    assert (root / "d" / "s" / "track" / "stage3.pt").is_file()
+    again = track_subject(root / "d", root / "ref", "s", cfg, observations=obs)
+    assert again["avatar_stage"] == summary["avatar_stage"]
+    assert again["timings"]["avatar_refine_s"] < 2.0  # resumed from its checkpoint, nothing trained
+    assert torch.equal(load_sequence(root / "ref" / "s" / "checkpoint")[3].R, ref[3].R)
