@@ -130,18 +130,22 @@ def refine_with_avatar(params: TrackParams, obs: Observations, data_root: Path, 
                        flame_dir: Path, work: Path, write_frames, cfg: AvatarRefineConfig,
                        device: torch.device, progress=None) -> dict:
     """Refine ``params``' cameras in place over ``cfg.rounds`` rounds. ``write_frames(params, obs, folder)``
-    writes the ``.frame`` files each round's avatar trains on (under ``work/avatar_tracking``). Returns
-    the mean correction per round (degrees, millimetres)."""
-    tracking_root = work / "avatar_tracking"
+    writes the ``.frame`` files each round's avatar trains on, under ``work/tracking``; the avatar's run
+    goes to ``work/runs`` (``work`` is the tracking output's own folder: two trackings of one subject never
+    share it). Returns the mean correction per round (degrees, millimetres)."""
+    tracking_root = work / "tracking"
     rounds = []
     for _ in range(cfg.rounds):
         shutil.rmtree(tracking_root / idname, ignore_errors=True)
         write_frames(params, obs, tracking_root / idname / "checkpoint")
-        trainer = train_avatar(data_root, tracking_root, idname, flame_dir, work / "avatar_runs", cfg,
+        trainer = train_avatar(data_root, tracking_root, idname, flame_dir, work / "runs", cfg,
                                device)
         R_old, t_old = (x.detach().clone() for x in params.cameras(obs.img_size)[:2])
         R_new, t_new = camera_corrections(trainer.avatar, trainer.subject, trainer.background, cfg, progress)
         index = [obs.frame_numbers.index(n) for n in trainer.subject.frame_ids]
+        if len(index) != len(obs):
+            raise RuntimeError(f"the avatar stage's subject paired {len(index)} of {len(obs)} tracked frames "
+                               f"({tracking_root / idname}): was its folder changed by another process?")
         R_all, t_all = R_old.clone(), t_old.clone()
         R_all[index], t_all[index] = R_new.to(R_all), t_new.to(t_all)
         set_cameras(params, R_all, t_all)

@@ -1,12 +1,14 @@
-"""The tracker end to end: frames -> landmarks -> landmark fit -> photometric refinement -> ``.frame`` files.
+"""The tracker end to end: frames -> landmarks -> landmark fit -> photometric refinement -> (optionally) the
+cameras refined against a quickly trained avatar -> ``.frame`` files.
 
 ``track_subject`` reads ``<data_root>/<id>/imgs`` (and ``alpha/``, ``parsing/*_neckhead.png`` where
 present) and writes ``<tracking_root>/<id>/checkpoint/NNNNN.frame`` in metrical-tracker's layout
 (:func:`scene.data.tracking.save_tracked_frame`), so ``train.py`` runs on it unchanged. Work is kept
 under ``<data_root>/<id>/track/``: the landmark cache (``landmarks.npz``) and the fitted parameters
-after each stage (``stage1.pt``, ``stage2.pt``), so a rerun skips what is done (``--restart`` redoes
-it). All input problems are found before any work starts; the ``.frame`` files are written at the
-end, each atomically.
+after each stage (``stage1.pt``, ``stage2.pt``, ``stage3.pt``), so a rerun skips what is done
+(``--restart`` redoes it); the avatar stage's scratch (its avatar's run and the tracking it trained on) is
+``<tracking_root>/<id>/avatar_stage/``. All input problems are found before any work starts; the
+``.frame`` files are written at the end, each atomically.
 """
 
 from __future__ import annotations
@@ -265,8 +267,9 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
         if stage3 is None:
             bar = tqdm(total=refine.rounds * len(obs), desc="refine cameras", unit="frame",
                        disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
-            stage3 = refine_with_avatar(params, obs, Path(data_root), idname, assets.flame_dir, work,
-                                        write_frames, refine, device, progress=bar.update)
+            stage3 = refine_with_avatar(params, obs, Path(data_root), idname, assets.flame_dir,
+                                        out_dir.parent / "avatar_stage", write_frames, refine, device,
+                                        progress=bar.update)
             bar.close()
             _checkpoint(work / "stage3.pt", params, obs, key, stage3)
         summary["avatar_stage"] = stage3
