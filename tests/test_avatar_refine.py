@@ -23,7 +23,15 @@ from scene.data.cameras import Camera
 from scene.data.tracking import save_tracked_frame
 from scene.trainer import Trainer
 from utils.options import parse_train_args
-from utils.rotations import matrix_to_quaternion, matrix_to_rot6d, quaternion_to_matrix, rot6d_to_matrix
+from utils.rotations import (
+    matrix_to_quaternion,
+    matrix_to_rot6d,
+    quaternion_left_matrix,
+    quaternion_multiply,
+    quaternion_right_matrix,
+    quaternion_to_matrix,
+    rot6d_to_matrix,
+)
 
 
 def _axis_angle(axis: torch.Tensor, angle: float) -> torch.Tensor:
@@ -61,6 +69,18 @@ def test_gaussians_moved_rigidly_look_like_the_moved_camera():
     assert (seen - new).abs().max() < 2e-4
     # orientations really turned: each Gaussian's axes are Q times the original's
     assert torch.allclose(quaternion_to_matrix(moved.rotations), Q @ quaternion_to_matrix(q), atol=1e-5)
+
+
+def test_quaternion_product_matrices_match_the_hamilton_product():
+    """L(q) p = q ⊗ p and Rm(q) p = p ⊗ q, batched; and the turn they compose is the matrices' product."""
+    g = torch.Generator().manual_seed(2)
+    q, p = (torch.nn.functional.normalize(torch.randn(7, 4, generator=g, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    want = quaternion_multiply(q, p)
+    assert torch.allclose((quaternion_left_matrix(q) @ p[..., None])[..., 0], want, atol=1e-12)
+    assert torch.allclose((quaternion_right_matrix(p) @ q[..., None])[..., 0], want, atol=1e-12)
+    assert torch.allclose(quaternion_to_matrix(want), quaternion_to_matrix(q) @ quaternion_to_matrix(p),
+                          atol=1e-12)
 
 
 def test_small_turn_is_the_rotation_vector_to_second_order():

@@ -32,7 +32,13 @@ from scene.data.subject import Subject
 from scene.model.avatar import Avatar
 from scene.trainer import Trainer
 from utils.options import parse_train_args
-from utils.rotations import matrix_to_quaternion, matrix_to_rot6d, quaternion_multiply, quaternion_to_matrix
+from utils.rotations import (
+    matrix_to_quaternion,
+    matrix_to_rot6d,
+    quaternion_left_matrix,
+    quaternion_right_matrix,
+    quaternion_to_matrix,
+)
 
 
 @dataclass
@@ -96,13 +102,14 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
         R, t = cam.R.float(), cam.t.float()
         q_R = matrix_to_quaternion(R)
         q_Rt = q_R * q_R.new_tensor([1.0, -1.0, -1.0, -1.0])  # the inverse turn, R^T
+        conjugate = quaternion_left_matrix(q_Rt) @ quaternion_right_matrix(q_R)  # dq -> q_Rt ⊗ dq ⊗ q_R
         turn = torch.zeros(3, device=R.device, requires_grad=True)   # rotation vector (radians), camera frame
         shift = torch.zeros(3, device=R.device, requires_grad=True)  # metres, camera frame
         opt = torch.optim.Adam([{"params": [turn], "lr": cfg.lr_rotation},
                                 {"params": [shift], "lr": cfg.lr_translation}])
         for _ in range(cfg.steps):
             dq = small_turn(turn)
-            q_M = quaternion_multiply(quaternion_multiply(q_Rt, dq), q_R)  # M = R^T dR R
+            q_M = conjugate @ dq                                             # M = R^T dR R
             c = (quaternion_to_matrix(dq) @ t + shift - t) @ R              # R^T (dR t + dt - t)
             loss = (render(cam, gs.transformed(q_M, c), background).image - frame.image).abs().mean()
             opt.zero_grad(set_to_none=True)
