@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from gaussian_renderer.sh import MAX_SH_DEGREE, sh_coefficient_count
-from utils.rotations import quaternion_left_matrix, quaternion_to_matrix
+from utils.rotations import quaternion_left_matrix, unit_quaternion_to_matrix
 
 
 @dataclass
@@ -39,7 +39,7 @@ class GaussianSet:
         Differentiable in ``q`` and ``c``."""
         q = q.to(self.rotations)
         rotations = self.rotations @ quaternion_left_matrix(q).T  # q ⊗ each orientation
-        means = torch.addmm(c.to(self.means), self.means, quaternion_to_matrix(q).to(self.means).T)
+        means = torch.addmm(c.to(self.means), self.means, unit_quaternion_to_matrix(q).to(self.means).T)
         return GaussianSet(means, self.scales, rotations, self.opacities, shs=self.shs, colors=self.colors,
                            sh_degree=self.sh_degree)
 

@@ -31,6 +31,7 @@ from utils.rotations import (
     quaternion_right_matrix,
     quaternion_to_matrix,
     rot6d_to_matrix,
+    unit_quaternion_to_matrix,
 )
 
 
@@ -81,6 +82,8 @@ def test_quaternion_product_matrices_match_the_hamilton_product():
     assert torch.allclose((quaternion_right_matrix(p) @ q[..., None])[..., 0], want, atol=1e-12)
     assert torch.allclose(quaternion_to_matrix(want), quaternion_to_matrix(q) @ quaternion_to_matrix(p),
                           atol=1e-12)
+    for k in range(7):  # the quadratic form gives the same matrix
+        assert torch.allclose(unit_quaternion_to_matrix(q[k]), quaternion_to_matrix(q[k]), atol=1e-12)
 
 
 def test_small_turn_is_the_rotation_vector_to_second_order():

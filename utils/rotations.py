@@ -60,6 +60,33 @@ def quaternion_right_matrix(q: Tensor) -> Tensor:
     return torch.stack(rows, -1).reshape(*q.shape[:-1], 4, 4)
 
 
+_QUADRATIC_FORMS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _rotation_quadratic_form(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(9, 16) T with vec(R(q)) = T vec(q q^T) for a unit quaternion q (w, x, y, z); made once per device."""
+    key = (device, dtype)
+    if key not in _QUADRATIC_FORMS:
+        T = torch.zeros(9, 4, 4, dtype=torch.float64)
+        w, x, y, z = range(4)
+        terms = {0: [(w, w, 1), (x, x, 1), (y, y, -1), (z, z, -1)], 1: [(x, y, 2), (w, z, -2)],
+                 2: [(x, z, 2), (w, y, 2)], 3: [(x, y, 2), (w, z, 2)],
+                 4: [(w, w, 1), (x, x, -1), (y, y, 1), (z, z, -1)], 5: [(y, z, 2), (w, x, -2)],
+                 6: [(x, z, 2), (w, y, -2)], 7: [(y, z, 2), (w, x, 2)],
+                 8: [(w, w, 1), (x, x, -1), (y, y, -1), (z, z, 1)]}
+        for i, entries in terms.items():
+            for a, b, v in entries:
+                T[i, a, b] = v
+        _QUADRATIC_FORMS[key] = T.reshape(9, 16).to(device=device, dtype=dtype)
+    return _QUADRATIC_FORMS[key]
+
+
+def unit_quaternion_to_matrix(q: Tensor) -> Tensor:
+    """(4,) unit quaternion -> (3, 3), as one quadratic form: two kernels forward and backward, for the
+    inner loops of small optimisations (:func:`quaternion_to_matrix` takes some thirty)."""
+    return (_rotation_quadratic_form(q.device, q.dtype) @ torch.outer(q, q).reshape(16)).reshape(3, 3)
+
+
 def quaternion_to_matrix(q: Tensor) -> Tensor:
     """(..., 4) quaternion (w, x, y, z), used as given (not normalised again) -> (..., 3, 3)."""
     r, x, y, z = q.unbind(-1)

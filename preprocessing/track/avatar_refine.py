@@ -38,6 +38,7 @@ from utils.rotations import (
     quaternion_left_matrix,
     quaternion_right_matrix,
     quaternion_to_matrix,
+    unit_quaternion_to_matrix,
 )
 
 
@@ -106,11 +107,11 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
         turn = torch.zeros(3, device=R.device, requires_grad=True)   # rotation vector (radians), camera frame
         shift = torch.zeros(3, device=R.device, requires_grad=True)  # metres, camera frame
         opt = torch.optim.Adam([{"params": [turn], "lr": cfg.lr_rotation},
-                                {"params": [shift], "lr": cfg.lr_translation}])
+                                {"params": [shift], "lr": cfg.lr_translation}], fused=R.is_cuda)
         for _ in range(cfg.steps):
             dq = small_turn(turn)
             q_M = conjugate @ dq                                             # M = R^T dR R
-            c = (quaternion_to_matrix(dq) @ t + shift - t) @ R              # R^T (dR t + dt - t)
+            c = (unit_quaternion_to_matrix(dq) @ t + shift - t) @ R         # R^T (dR t + dt - t)
             loss = (render(cam, gs.transformed(q_M, c), background).image - frame.image).abs().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
