@@ -16,7 +16,7 @@ from gaussian_renderer.types import GaussianSet
 from preprocessing.synthetic_subject import make_synthetic_subject
 from preprocessing.track.avatar_refine import AvatarRefineConfig, camera_corrections, set_cameras, small_turn
 from preprocessing.track.evaluate import _stack, consistency_px, load_sequence, observations_from_tracking
-from preprocessing.track.model import TrackParams
+from preprocessing.track.model import TrackParams, project
 from preprocessing.track.run import TrackConfig, track_subject
 from scene.assemble import open_subject
 from scene.data.cameras import Camera
@@ -127,9 +127,10 @@ def trained(tmp_path_factory):
 
 
 def test_avatar_pulls_knocked_cameras_back(trained):
-    """Every frame's true camera turned by 0.8 degrees about a random axis and shifted by 4 mm: refined
-    against the avatar trained on the truth, the turns shrink to under a third and the shifts to under a
-    half (the avatar is small and trained briefly; depth is what a single view sees least)."""
+    """Every frame's true camera turned by 0.8 degrees about a random axis and shifted by 4 mm (about 5 px
+    of image motion at 96 px): refined against the avatar trained on the truth, the avatar's Gaussians
+    land within a fifth of that of where the true camera draws them. (Pixels, not angles: a turn of the
+    camera and a sideways shift move the image alike, and only the image is observed.)"""
     root, trainer = trained
     truth = load_sequence(root / "truth" / "s" / "checkpoint")
     g = torch.Generator().manual_seed(5)
@@ -146,18 +147,26 @@ def test_avatar_pulls_knocked_cameras_back(trained):
     data = trainer.cfg.data
     data.test_num = 0
     knocked = open_subject(root / "d", root / "knocked", "s", data, torch.device("cpu"))
-    R_true = torch.stack([f.R.float() for f in truth])
-    t_true = torch.stack([f.t.float() for f in truth])
     R_k = torch.stack([knocked.frame(i).camera.R for i in range(len(knocked))])
     t_k = torch.stack([knocked.frame(i).camera.t for i in range(len(knocked))])
     R_new, t_new = camera_corrections(trainer.avatar, knocked, trainer.background,
-                                      AvatarRefineConfig(steps=60, lr_rotation=1e-3, lr_translation=2e-4))
-    before, after = _angle_deg(R_k, R_true), _angle_deg(R_new, R_true)
-    shift_before, shift_after = (t_k - t_true).norm(dim=-1), (t_new - t_true).norm(dim=-1)
-    print(f"rotation error {before.mean():.3f} -> {after.mean():.3f} deg; translation "
-          f"{shift_before.mean() * 1000:.2f} -> {shift_after.mean() * 1000:.2f} mm")
-    assert after.mean() < before.mean() / 3
-    assert shift_after.mean() < shift_before.mean() / 2
+                                      AvatarRefineConfig(steps=40))
+
+    def pixel_error(R: torch.Tensor, t: torch.Tensor) -> float:
+        """Mean image distance of each frame's Gaussians drawn by (R, t) from where the truth draws them."""
+        errs = []
+        for i, fr in enumerate(truth):
+            with torch.no_grad():
+                X = trainer.avatar.deform(knocked.frame(i).condition)[0].means
+            K = fr.K.float()
+            errs.append((project(X[None], R[i:i + 1], t[i:i + 1], K)
+                         - project(X[None], fr.R.float()[None], fr.t.float()[None], K)).norm(dim=-1).mean())
+        return float(torch.stack(errs).mean())
+
+    before, after = pixel_error(R_k, t_k), pixel_error(R_new, t_new)
+    print(f"image error of the cameras {before:.2f} -> {after:.2f} px")
+    assert before > 3.0
+    assert after < before / 5
 
 
 def test_tracker_runs_the_avatar_stage_and_resumes_it(trained):

@@ -18,6 +18,7 @@ off, that is nothing.
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,10 @@ class AvatarRefineConfig:
     rounds: int = 1              # train an avatar, refine the cameras; repeated this many times
     iterations: int = 3000       # the avatar's training iterations (a few seconds on a GPU)
     steps: int = 30              # Adam steps of each frame's camera correction
-    lr_rotation: float = 2e-3    # radians (about 0.1 degree a step at most)
-    lr_translation: float = 2e-4  # metres
+    step_px: float = 0.5         # the first steps' size, in pixels the head moves in the image
+    final_step: float = 0.05     # cosine decay of the step to this fraction: Adam's last steps set the
+    # precision (a constant step leaves the camera jittering by about one step, and at 512 px a 0.1 degree
+    # turn of a long-lens camera is 3 px)
     uv_size: int = 128           # the avatar's size (train.py's options of the same names)
     hidden_dim: int = 256
     hidden_layers: int = 6
@@ -87,6 +90,11 @@ def small_turn(rotvec: Tensor) -> Tensor:
     return F.normalize(torch.cat([rotvec.new_ones(1), 0.5 * rotvec]), dim=0)
 
 
+def _cosine(k: int, steps: int, final: float) -> float:
+    """Step size factor at step ``k`` of ``steps``: 1 at the start, ``final`` at the end, cosine between."""
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * k / max(steps - 1, 1)))
+
+
 def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg: AvatarRefineConfig,
                        progress=None) -> tuple[Tensor, Tensor]:
     """The corrected world-to-camera R (N,3,3) and t (N,3) of each of ``subject``'s frames, fitted by
@@ -104,11 +112,14 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
         q_R = matrix_to_quaternion(R)
         q_Rt = q_R * q_R.new_tensor([1.0, -1.0, -1.0, -1.0])  # the inverse turn, R^T
         conjugate = quaternion_left_matrix(q_Rt) @ quaternion_right_matrix(q_R)  # dq -> q_Rt ⊗ dq ⊗ q_R
-        turn = torch.zeros(3, device=R.device, requires_grad=True)   # rotation vector (radians), camera frame
-        shift = torch.zeros(3, device=R.device, requires_grad=True)  # metres, camera frame
-        opt = torch.optim.Adam([{"params": [turn], "lr": cfg.lr_rotation},
-                                {"params": [shift], "lr": cfg.lr_translation}], fused=R.is_cuda)
-        for _ in range(cfg.steps):
+        # the correction in pixel units: a turn of the camera by p / f radians and a shift by p z / f metres
+        # both move the head about p pixels in the image, so one step size serves both
+        to_si = torch.cat([(1.0 / cam.K[0, 0]).expand(3), (t[2] / cam.K[0, 0]).expand(3)]).float()
+        x = torch.zeros(6, device=R.device, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=cfg.step_px, fused=R.is_cuda)
+        for k in range(cfg.steps):
+            opt.param_groups[0]["lr"] = cfg.step_px * _cosine(k, cfg.steps, cfg.final_step)
+            turn, shift = (x * to_si).split(3)
             dq = small_turn(turn)
             q_M = conjugate @ dq                                             # M = R^T dR R
             c = (unit_quaternion_to_matrix(dq) @ t + shift - t) @ R         # R^T (dR t + dt - t)
@@ -117,6 +128,7 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
             loss.backward()
             opt.step()
         with torch.no_grad():
+            turn, shift = (x * to_si).split(3)
             dR = quaternion_to_matrix(small_turn(turn))
             Rs.append(dR @ R)
             ts.append(dR @ t + shift)
