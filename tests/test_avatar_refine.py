@@ -203,27 +203,3 @@ def test_tracker_runs_the_avatar_stage_and_resumes_it(trained):
     assert again["timings"]["avatar_refine_s"] < 2.0  # resumed from its checkpoint, nothing trained
     assert torch.equal(load_sequence(root / "ref" / "s" / "checkpoint")[3].R, ref[3].R)
 
-
-def test_command_line_switches_the_avatar_stage(monkeypatch, tmp_path):
-    """--avatar_refine / --no_avatar_refine switch the stage (TrackConfig's default otherwise); the device's
-    preset is used, and --refine_* override it."""
-    import preprocessing.track.__main__ as cli
-    from preprocessing.track.avatar_refine import avatar_refine_config
-
-    seen: list[TrackConfig] = []
-
-    def fake_track(data_root, tracking_root, idname, cfg, **kw):
-        seen.append(cfg)
-        return {"frames": 5, "device": "cpu", "focal": 2.5, "output": str(tracking_root),
-                "landmark_stage": {"landmark_error_px": 1.0}, "timings": {"total_s": 0.0}}
-
-    monkeypatch.setattr(cli, "track_subject", fake_track)
-    base = ["--idname", "s", "--data_root", str(tmp_path), "--device", "cpu"]
-    assert cli.main(base) == 0
-    assert cli.main(base + ["--avatar_refine", "--refine_iterations", "50", "--refine_rounds", "2"]) == 0
-    assert cli.main(base + ["--no_avatar_refine"]) == 0
-    assert [c.avatar_refine for c in seen] == [TrackConfig().avatar_refine, True, False]
-    cpu, gpu = avatar_refine_config("cpu"), avatar_refine_config("cuda")
-    assert seen[0].refine == cpu
-    assert (seen[1].refine.iterations, seen[1].refine.rounds, seen[1].refine.steps) == (50, 2, cpu.steps)
-    assert cpu.iterations * cpu.uv_size ** 2 < gpu.iterations * gpu.uv_size ** 2 / 4  # lighter on the CPU

@@ -304,11 +304,9 @@ def test_bad_input_names_the_problem(subject, tmp_path, capsys):
     assert "imgs" in capsys.readouterr().err
 
 
-def test_command_line_runs_the_photometric_stage_by_default(monkeypatch, tmp_path):
-    """The pixel stage is on unless --no_photometric; the CPU gets the light settings, a GPU the full ones,
-    and --photo_* override either."""
+def _capture_track_configs(monkeypatch):
+    """(the command line's main, the list each TrackConfig it would track with is appended to)."""
     import preprocessing.track.__main__ as cli
-    from preprocessing.track.photometric import photometric_config
 
     seen: list[TrackConfig] = []
 
@@ -318,6 +316,15 @@ def test_command_line_runs_the_photometric_stage_by_default(monkeypatch, tmp_pat
                 "landmark_stage": {"landmark_error_px": 1.0}, "timings": {"total_s": 0.0}}
 
     monkeypatch.setattr(cli, "track_subject", fake_track)
+    return cli, seen
+
+
+def test_command_line_runs_the_photometric_stage_by_default(monkeypatch, tmp_path):
+    """The pixel stage is on unless --no_photometric; the CPU gets the light settings, a GPU the full ones,
+    and --photo_* override either."""
+    from preprocessing.track.photometric import photometric_config
+
+    cli, seen = _capture_track_configs(monkeypatch)
     base = ["--idname", "s", "--data_root", str(tmp_path), "--device", "cpu"]
     assert cli.main(base) == 0
     assert cli.main(base + ["--no_photometric"]) == 0
@@ -330,6 +337,22 @@ def test_command_line_runs_the_photometric_stage_by_default(monkeypatch, tmp_pat
     assert cpu.steps * cpu.batch * cpu.size ** 2 < gpu.steps * gpu.batch * gpu.size ** 2 / 10
     assert TrackConfig().photometric and TrackConfig().photo is None  # the device's preset, when tracking
 
+
+def test_command_line_switches_the_avatar_stage(monkeypatch, tmp_path):
+    """--avatar_refine / --no_avatar_refine switch the stage (TrackConfig's default otherwise); the device's
+    preset is used, and --refine_* override it."""
+    from preprocessing.track.avatar_refine import avatar_refine_config
+
+    cli, seen = _capture_track_configs(monkeypatch)
+    base = ["--idname", "s", "--data_root", str(tmp_path), "--device", "cpu"]
+    assert cli.main(base) == 0
+    assert cli.main(base + ["--avatar_refine", "--refine_iterations", "50", "--refine_rounds", "2"]) == 0
+    assert cli.main(base + ["--no_avatar_refine"]) == 0
+    assert [c.avatar_refine for c in seen] == [TrackConfig().avatar_refine, True, False]
+    cpu, gpu = avatar_refine_config("cpu"), avatar_refine_config("cuda")
+    assert seen[0].refine == cpu
+    assert (seen[1].refine.iterations, seen[1].refine.rounds, seen[1].refine.steps) == (50, 2, cpu.steps)
+    assert cpu.iterations * cpu.uv_size ** 2 < gpu.iterations * gpu.uv_size ** 2 / 4  # lighter on the CPU
 
 def test_library_default_takes_the_devices_preset(subject, landmark_fit, tmp_path, monkeypatch):
     """TrackConfig() from Python (no command line) on the CPU gets the light preset, not the GPU settings

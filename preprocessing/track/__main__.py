@@ -24,6 +24,24 @@ def _on(default: bool) -> str:
     return " (the default)" if default else ""
 
 
+def _preset_options(p: argparse.ArgumentParser, prefix: str, gpu: object, cpu: object,
+                    helps: dict[str, str]) -> None:
+    """``--<prefix>_<field>`` integer options overriding a per-device preset; unset, they are absent from
+    the parsed namespace (so the device's preset stands), and their help names both presets' values."""
+    for name, text in helps.items():
+        on = f"{getattr(gpu, name)} on a GPU, {getattr(cpu, name)} on the CPU"
+        p.add_argument(f"--{prefix}_{name}", type=int, default=argparse.SUPPRESS,
+                       help=f"{text} (default: {on})")
+
+
+def _with_overrides(preset, args: argparse.Namespace, prefix: str):
+    """``preset`` with the ``--<prefix>_<field>`` options the command line gave."""
+    for key, value in vars(args).items():
+        if key.startswith(prefix + "_"):
+            setattr(preset, key.removeprefix(prefix + "_"), value)
+    return preset
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrackConfig()
     p = argparse.ArgumentParser(prog="python -m preprocessing.track", description=__doc__.splitlines()[0],
@@ -52,16 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photometric", dest="photometric", action="store_true", default=argparse.SUPPRESS,
                    help="run the photometric stage (the default; kept for older command lines)")
     p.add_argument("--steps", type=int, default=d.fit.steps, help="landmark-fit iterations")
-    gpu, cpu = photometric_config("cuda"), photometric_config("cpu")
-    p.add_argument("--photo_steps", type=int, default=argparse.SUPPRESS,
-                   help=f"photometric steps, each rendering --photo_batch frames (default: {gpu.steps} on a "
-                        f"GPU, {cpu.steps} on the CPU)")
-    p.add_argument("--photo_batch", type=int, default=argparse.SUPPRESS,
-                   help=f"frames rendered per photometric step (default: {gpu.batch} on a GPU, "
-                        f"{cpu.batch} on the CPU)")
-    p.add_argument("--photo_size", type=int, default=argparse.SUPPRESS,
-                   help=f"the photometric stage renders at this many pixels, longer side (default: "
-                        f"{gpu.size} on a GPU, {cpu.size} on the CPU)")
+    _preset_options(p, "photo", photometric_config("cuda"), photometric_config("cpu"), {
+        "steps": "photometric steps, each rendering --photo_batch frames",
+        "batch": "frames rendered per photometric step",
+        "size": "the photometric stage renders at this many pixels, longer side"})
     p.set_defaults(avatar_refine=d.avatar_refine)
     hide = argparse.SUPPRESS
     p.add_argument("--avatar_refine", dest="avatar_refine", action="store_true", default=hide,
@@ -70,15 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         + _on(d.avatar_refine))
     p.add_argument("--no_avatar_refine", dest="avatar_refine", action="store_false", default=hide,
                    help=f"skip the avatar stage{_on(not d.avatar_refine)}")
-    ref_gpu, ref_cpu = avatar_refine_config("cuda"), avatar_refine_config("cpu")
-    p.add_argument("--refine_iterations", type=int, default=argparse.SUPPRESS,
-                   help=f"the avatar stage's training iterations (default: {ref_gpu.iterations} on a GPU, "
-                        f"{ref_cpu.iterations} on the CPU)")
-    p.add_argument("--refine_steps", type=int, default=argparse.SUPPRESS,
-                   help=f"camera-correction steps per frame (default: {ref_gpu.steps} on a GPU, "
-                        f"{ref_cpu.steps} on the CPU)")
-    p.add_argument("--refine_rounds", type=int, default=argparse.SUPPRESS,
-                   help=f"train-and-refine rounds (default: {ref_gpu.rounds})")
+    _preset_options(p, "refine", avatar_refine_config("cuda"), avatar_refine_config("cpu"), {
+        "iterations": "the avatar stage's training iterations",
+        "steps": "camera-correction steps per frame",
+        "rounds": "train-and-refine rounds"})
     p.add_argument("--face_model_dir", type=Path, default=None,
                    help="folder with MediaPipe's face and iris .tflite files (default: the installed "
                         "wheel's)")
@@ -103,14 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"preprocessing.track: {exc}", file=sys.stderr)
         return 2
-    cfg.photo = photometric_config(device)
-    for name in ("steps", "size", "batch"):
-        if hasattr(args, f"photo_{name}"):
-            setattr(cfg.photo, name, getattr(args, f"photo_{name}"))
-    cfg.refine = avatar_refine_config(device)
-    for name in ("iterations", "steps", "rounds"):
-        if hasattr(args, f"refine_{name}"):
-            setattr(cfg.refine, name, getattr(args, f"refine_{name}"))
+    cfg.photo = _with_overrides(photometric_config(device), args, "photo")
+    cfg.refine = _with_overrides(avatar_refine_config(device), args, "refine")
     try:
         summary = track_subject(args.data_root, args.tracking_root, args.idname, cfg,
                                 flame_dir=args.flame_dir, device=device)
