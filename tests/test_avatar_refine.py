@@ -82,8 +82,8 @@ def test_quaternion_product_matrices_match_the_hamilton_product():
     assert torch.allclose((quaternion_right_matrix(p) @ q[..., None])[..., 0], want, atol=1e-12)
     assert torch.allclose(quaternion_to_matrix(want), quaternion_to_matrix(q) @ quaternion_to_matrix(p),
                           atol=1e-12)
-    for k in range(7):  # the quadratic form gives the same matrix
-        assert torch.allclose(unit_quaternion_to_matrix(q[k]), quaternion_to_matrix(q[k]), atol=1e-12)
+    assert torch.allclose(unit_quaternion_to_matrix(q), quaternion_to_matrix(q), atol=1e-12)  # quadratic form
+    assert torch.allclose(unit_quaternion_to_matrix(q[3]), quaternion_to_matrix(q[3]), atol=1e-12)
 
 
 def test_small_turn_is_the_rotation_vector_to_second_order():
@@ -94,6 +94,7 @@ def test_small_turn_is_the_rotation_vector_to_second_order():
     for deg in (1.0, 0.5):
         a = math.radians(deg)
         got = quaternion_to_matrix(small_turn(axis * a).double())
+        assert torch.allclose(small_turn(torch.stack([axis * a, -axis * a]))[1], small_turn(-axis * a))
         errs.append(float((got - _axis_angle(axis, a).double()).abs().max()))
     assert errs[0] < 1e-6 and 5 < errs[0] / errs[1] < 11
 
@@ -150,7 +151,10 @@ def test_avatar_pulls_knocked_cameras_back(trained):
     R_k = torch.stack([knocked.frame(i).camera.R for i in range(len(knocked))])
     t_k = torch.stack([knocked.frame(i).camera.t for i in range(len(knocked))])
     R_new, t_new = camera_corrections(trainer.avatar, knocked, trainer.background,
-                                      AvatarRefineConfig(steps=40))
+                                      AvatarRefineConfig(steps=40, batch=5))  # batches of 5, 5 and 2
+    R_one, t_one = camera_corrections(trainer.avatar, knocked, trainer.background,
+                                      AvatarRefineConfig(steps=40, batch=1))
+    assert torch.allclose(R_new, R_one, atol=1e-5) and torch.allclose(t_new, t_one, atol=1e-6)  # same fit
 
     def pixel_error(R: torch.Tensor, t: torch.Tensor) -> float:
         """Mean image distance of each frame's Gaussians drawn by (R, t) from where the truth draws them."""

@@ -82,9 +82,10 @@ def _rotation_quadratic_form(device: torch.device, dtype: torch.dtype) -> Tensor
 
 
 def unit_quaternion_to_matrix(q: Tensor) -> Tensor:
-    """(4,) unit quaternion -> (3, 3), as one quadratic form: two kernels forward and backward, for the
-    inner loops of small optimisations (:func:`quaternion_to_matrix` takes some thirty)."""
-    return (_rotation_quadratic_form(q.device, q.dtype) @ torch.outer(q, q).reshape(16)).reshape(3, 3)
+    """(..., 4) unit quaternions -> (..., 3, 3), as one quadratic form: two kernels forward and backward, for
+    the inner loops of small optimisations (:func:`quaternion_to_matrix` takes some thirty)."""
+    outer = (q[..., :, None] * q[..., None, :]).reshape(*q.shape[:-1], 16)
+    return (outer @ _rotation_quadratic_form(q.device, q.dtype).T).reshape(*q.shape[:-1], 3, 3)
 
 
 def quaternion_to_matrix(q: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ class AvatarRefineConfig:
     rounds: int = 1              # train an avatar, refine the cameras; repeated this many times
     iterations: int = 3000       # the avatar's training iterations (a few seconds on a GPU)
     steps: int = 30              # Adam steps of each frame's camera correction
+    batch: int = 8               # frames corrected together (the same fit; fewer small operations a frame)
     step_px: float = 0.5         # the first steps' size, in pixels the head moves in the image
     final_step: float = 0.05     # cosine decay of the step to this fraction: Adam's last steps set the
     # precision (a constant step leaves the camera jittering by about one step, and at 512 px a 0.1 degree
@@ -85,9 +86,9 @@ def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: P
 
 
 def small_turn(rotvec: Tensor) -> Tensor:
-    """Unit quaternion (w, x, y, z) of a turn by rotation vector ``rotvec`` (3,), exact to second order in
-    the angle (w = 1, v = rotvec / 2, normalised): for the sub-degree corrections this stage fits."""
-    return F.normalize(torch.cat([rotvec.new_ones(1), 0.5 * rotvec]), dim=0)
+    """Unit quaternions (..., 4), w first, of turns by rotation vectors ``rotvec`` (..., 3), exact to second
+    order in the angle (w = 1, v = rotvec / 2, normalised): for the sub-degree corrections this stage fits."""
+    return F.normalize(torch.cat([torch.ones_like(rotvec[..., :1]), 0.5 * rotvec], -1), dim=-1)
 
 
 def _cosine(k: int, steps: int, final: float) -> float:
@@ -98,43 +99,49 @@ def _cosine(k: int, steps: int, final: float) -> float:
 def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg: AvatarRefineConfig,
                        progress=None) -> tuple[Tensor, Tensor]:
     """The corrected world-to-camera R (N,3,3) and t (N,3) of each of ``subject``'s frames, fitted by
-    rendering the fixed ``avatar`` against the frame (module doc)."""
+    rendering the fixed ``avatar`` against the frame (module doc). ``cfg.batch`` frames are fitted together:
+    one loss (the sum of theirs), one backward, one Adam step over their (B, 6) corrections. Adam works
+    elementwise and each frame's loss depends on its own correction alone, so that is the same fit as one
+    frame at a time, with the small per-step operations paid once per batch."""
     avatar.eval()
     for p in avatar.parameters():
         p.requires_grad_(False)
     Rs, ts = [], []
-    for i in range(len(subject)):
-        frame = subject.frame(i)
-        cam = frame.camera
+    for first in range(0, len(subject), cfg.batch):
+        frames = [subject.frame(i) for i in range(first, min(first + cfg.batch, len(subject)))]
         with torch.no_grad():
-            gs, _ = avatar.deform(frame.condition, cam)
-        R, t = cam.R.float(), cam.t.float()
+            sets = [avatar.deform(f.condition, f.camera)[0] for f in frames]
+        R = torch.stack([f.camera.R for f in frames]).float()  # (B, 3, 3)
+        t = torch.stack([f.camera.t for f in frames]).float()  # (B, 3)
+        fx = torch.stack([f.camera.K[0, 0] for f in frames]).float()
         q_R = matrix_to_quaternion(R)
-        q_Rt = q_R * q_R.new_tensor([1.0, -1.0, -1.0, -1.0])  # the inverse turn, R^T
+        q_Rt = q_R * q_R.new_tensor([1.0, -1.0, -1.0, -1.0])  # the inverse turns, R^T
         conjugate = quaternion_left_matrix(q_Rt) @ quaternion_right_matrix(q_R)  # dq -> q_Rt ⊗ dq ⊗ q_R
-        # the correction in pixel units: a turn of the camera by p / f radians and a shift by p z / f metres
+        # the corrections in pixel units: a turn of the camera by p / f radians and a shift by p z / f metres
         # both move the head about p pixels in the image, so one step size serves both
-        to_si = torch.cat([(1.0 / cam.K[0, 0]).expand(3), (t[2] / cam.K[0, 0]).expand(3)]).float()
-        x = torch.zeros(6, device=R.device, requires_grad=True)
+        to_si = torch.cat([(1.0 / fx)[:, None].expand(-1, 3), (t[:, 2] / fx)[:, None].expand(-1, 3)], 1)
+        x = torch.zeros(len(frames), 6, device=R.device, requires_grad=True)
         opt = torch.optim.Adam([x], lr=cfg.step_px, fused=R.is_cuda)
         for k in range(cfg.steps):
             opt.param_groups[0]["lr"] = cfg.step_px * _cosine(k, cfg.steps, cfg.final_step)
-            turn, shift = (x * to_si).split(3)
+            turn, shift = (x * to_si).split(3, dim=1)
             dq = small_turn(turn)
-            q_M = conjugate @ dq                                             # M = R^T dR R
-            c = (unit_quaternion_to_matrix(dq) @ t + shift - t) @ R         # R^T (dR t + dt - t)
-            loss = (render(cam, gs.transformed(q_M, c), background).image - frame.image).abs().mean()
+            q_M = (conjugate @ dq[..., None])[..., 0]                          # M = R^T dR R
+            dR_t = (unit_quaternion_to_matrix(dq) @ t[..., None])[..., 0]
+            c = ((dR_t + shift - t)[:, None, :] @ R)[:, 0]                      # R^T (dR t + dt - t)
+            loss = sum((render(f.camera, gs.transformed(q, cb), background).image - f.image).abs().mean()
+                       for f, gs, q, cb in zip(frames, sets, q_M, c))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
-            turn, shift = (x * to_si).split(3)
+            turn, shift = (x * to_si).split(3, dim=1)
             dR = quaternion_to_matrix(small_turn(turn))
             Rs.append(dR @ R)
-            ts.append(dR @ t + shift)
+            ts.append((dR @ t[..., None])[..., 0] + shift)
         if progress is not None:
-            progress(1)
-    return torch.stack(Rs), torch.stack(ts)
+            progress(len(frames))
+    return torch.cat(Rs), torch.cat(ts)
 
 
 def set_cameras(params: TrackParams, R: Tensor, t: Tensor) -> None:
