@@ -207,3 +207,16 @@ def test_tracker_runs_the_avatar_stage_and_resumes_it(trained):
     assert again["timings"]["avatar_refine_s"] < 2.0  # resumed from its checkpoint, nothing trained
     assert torch.equal(load_sequence(root / "ref" / "s" / "checkpoint")[3].R, ref[3].R)
 
+
+
+def test_avatar_stage_needs_the_training_masks_before_any_work(trained, tmp_path):
+    """A subject with frames but no mattes: --avatar_refine stops at once, naming the missing files."""
+    from preprocessing.frames_io import PreprocessError
+    from preprocessing.track.avatar_refine import check_trainable
+
+    root, _ = trained
+    check_trainable(root / "d" / "s", list(range(12)))  # the synthetic subject has them all
+    sub = tmp_path / "bare"
+    (sub / "imgs").mkdir(parents=True)
+    with pytest.raises(PreprocessError, match=r"alpha matte \(alpha/NNNNN.png, e.g. 00003\)"):
+        check_trainable(sub, [3, 4])

@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gaussian_renderer import render
+from preprocessing.frames_io import PreprocessError
 from preprocessing.track.model import R0, Observations, TrackParams
 from scene.data.subject import Subject
 from scene.model.avatar import Avatar
 from scene.trainer import Trainer
+from utils.image_io import find_image
 from utils.options import parse_train_args
 from utils.rotations import (
     matrix_to_quaternion,
@@ -66,6 +68,22 @@ def avatar_refine_config(device: torch.device | str) -> AvatarRefineConfig:
     if torch.device(device).type == "cpu":
         return AvatarRefineConfig(iterations=2000, steps=25, uv_size=64, hidden_dim=128, hidden_layers=4)
     return AvatarRefineConfig()
+
+
+TRAINING_MASKS = (("alpha", "", "alpha matte"), ("parsing", "_neckhead", "neck-head mask"),
+                  ("parsing", "_mouth", "mouth mask"))
+
+
+def check_trainable(subject_dir: Path, numbers: list[int]) -> None:
+    """Stop before any tracking work when the stage's avatar could not train on the frames: it needs each
+    frame's alpha matte and neck-head and mouth masks, as train.py does."""
+    for folder, suffix, label in TRAINING_MASKS:
+        missing = [n for n in numbers if find_image(subject_dir / folder, f"{n:05d}{suffix}") is None]
+        if missing:
+            raise PreprocessError(
+                f"{subject_dir}: {len(missing)} frame(s) lack the {label} ({folder}/NNNNN{suffix}.png, e.g. "
+                f"{missing[0]:05d}) that the avatar stage trains with: run the matting and face parsing "
+                "(preprocessing/video_to_subject.py) first, or track without --avatar_refine")
 
 
 def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: Path, log_root: Path,

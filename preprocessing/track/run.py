@@ -30,7 +30,12 @@ from flame.assets import load_flame_assets, resolve_flame_dir
 from flame.landmarks import load_landmark_embedding
 from preprocessing.face_landmarks import FaceLandmarker
 from preprocessing.frames_io import PREPROCESS_SETTINGS, PreprocessError
-from preprocessing.track.avatar_refine import AvatarRefineConfig, avatar_refine_config, refine_with_avatar
+from preprocessing.track.avatar_refine import (
+    AvatarRefineConfig,
+    avatar_refine_config,
+    check_trainable,
+    refine_with_avatar,
+)
 from preprocessing.track.fit import FitConfig, fit_landmarks
 from preprocessing.track.model import LandmarkModel, Observations, TrackParams
 from preprocessing.track.observe import observations_from_arrays
@@ -218,6 +223,8 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
     if len(frames) < MIN_FRAMES:
         raise PreprocessError(f"{subject_dir / 'imgs'} has {len(frames)} frame(s); tracking needs at least "
                               f"{MIN_FRAMES} (and an avatar far more: a few hundred)")
+    if cfg.avatar_refine:
+        check_trainable(subject_dir, sorted(frames))
     if cfg.no_face not in ("interpolate", "drop", "error"):
         raise ValueError(f"no_face must be interpolate, drop or error, got {cfg.no_face!r}")
     timings: dict[str, float] = {}
