@@ -31,6 +31,7 @@ from utils.rotations import (
     quaternion_right_matrix,
     quaternion_to_matrix,
     rot6d_to_matrix,
+    rotation_angle_deg,
     unit_quaternion_to_matrix,
 )
 
@@ -40,11 +41,6 @@ def _axis_angle(axis: torch.Tensor, angle: float) -> torch.Tensor:
     k = torch.nn.functional.normalize(axis, dim=0)
     K = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
     return torch.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
-
-
-def _angle_deg(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    cos = ((A.transpose(-1, -2) @ B).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
 def test_gaussians_moved_rigidly_look_like_the_moved_camera():
@@ -94,6 +90,7 @@ def test_small_turn_is_the_rotation_vector_to_second_order():
     for deg in (1.0, 0.5):
         a = math.radians(deg)
         got = quaternion_to_matrix(small_turn(axis * a).double())
+        assert abs(float(rotation_angle_deg(got, torch.eye(3, dtype=torch.float64))) - deg) < 1e-3
         assert torch.allclose(small_turn(torch.stack([axis * a, -axis * a]))[1], small_turn(-axis * a))
         errs.append(float((got - _axis_angle(axis, a).double()).abs().max()))
     assert errs[0] < 1e-6 and 5 < errs[0] / errs[1] < 11

@@ -98,6 +98,12 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
     ], dim=-1).reshape(*q.shape[:-1], 3, 3)
 
 
+def rotation_angle_deg(A: Tensor, B: Tensor) -> Tensor:
+    """The angle in degrees of the turn between rotations (..., 3, 3) ``A`` and ``B`` (that of A B^T)."""
+    cos = (((A @ B.transpose(-1, -2)).diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos))
+
+
 def rotation_about_y(angle_rad: float, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
     """3x3 rotation by ``angle_rad`` about the y axis (right-handed)."""
     c, s = math.cos(angle_rad), math.sin(angle_rad)

@@ -41,6 +41,7 @@ from utils.rotations import (
     quaternion_left_matrix,
     quaternion_right_matrix,
     quaternion_to_matrix,
+    rotation_angle_deg,
     unit_quaternion_to_matrix,
 )
 
@@ -185,16 +186,16 @@ def refine_with_avatar(params: TrackParams, obs: Observations, data_root: Path, 
         write_frames(params, obs, tracking_root / idname / "checkpoint")
         trainer = train_avatar(data_root, tracking_root, idname, flame_dir, work / "runs", cfg,
                                device)
-        R_old, t_old = (x.detach().clone() for x in params.cameras(obs.img_size)[:2])
-        R_new, t_new = camera_corrections(trainer.avatar, trainer.subject, trainer.background, cfg, progress)
-        index = [obs.frame_numbers.index(n) for n in trainer.subject.frame_ids]
+        position = {n: k for k, n in enumerate(obs.frame_numbers)}
+        index = [position[n] for n in trainer.subject.frame_ids if n in position]
         if len(index) != len(obs):
             raise RuntimeError(f"the avatar stage's subject paired {len(index)} of {len(obs)} tracked frames "
                                f"({tracking_root / idname}): was its folder changed by another process?")
+        R_old, t_old = (x.detach().clone() for x in params.cameras(obs.img_size)[:2])
+        R_new, t_new = camera_corrections(trainer.avatar, trainer.subject, trainer.background, cfg, progress)
         R_all, t_all = R_old.clone(), t_old.clone()
         R_all[index], t_all[index] = R_new.to(R_all), t_new.to(t_all)
         set_cameras(params, R_all, t_all)
-        cos = ((R_all.transpose(1, 2) @ R_old).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
-        rounds.append({"rotation_deg": float(torch.rad2deg(torch.acos(cos.clamp(-1, 1))).mean()),
+        rounds.append({"rotation_deg": float(rotation_angle_deg(R_all, R_old).mean()),
                        "translation_mm": float((t_all - t_old).norm(dim=-1).mean() * 1000)})
     return {"rounds": rounds}

@@ -34,7 +34,7 @@ from flame.landmarks import LandmarkEmbedding
 from flame.model import FLAME
 from preprocessing.track.model import R0, LandmarkModel, Observations, project
 from scene.data.tracking import TrackedFrame, load_tracked_frame
-from utils.rotations import rot6d_to_matrix
+from utils.rotations import rot6d_to_matrix, rotation_angle_deg
 
 
 def load_sequence(folder: Path, numbers: list[int] | None = None) -> list[TrackedFrame]:
@@ -59,9 +59,7 @@ def _gaze_deg(a6: torch.Tensor, b6: torch.Tensor) -> torch.Tensor:
 
 
 def _angle_deg(a6: torch.Tensor, b6: torch.Tensor) -> torch.Tensor:
-    rel = rot6d_to_matrix(a6) @ rot6d_to_matrix(b6).transpose(-1, -2)
-    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(cos))
+    return rotation_angle_deg(rot6d_to_matrix(a6), rot6d_to_matrix(b6))
 
 
 def triangulate(uv: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
