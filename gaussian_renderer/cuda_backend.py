@@ -112,10 +112,11 @@ def render_cuda(camera, gaussians: GaussianSet, background: Tensor, scaling_modi
     means2d = torch.zeros(means.shape[0], 3, dtype=torch.float32, device=device,
                           requires_grad=torch.is_grad_enabled())
     use_colors = gaussians.colors is not None
+    cov = gaussians.covariances
+    shape = (gaussians.scales, gaussians.rotations, None) if cov is None else (None, None, cov)
     out = dgr.rasterize_gaussians(means, means2d, None if use_colors else gaussians.shs,
                                   gaussians.colors if use_colors else None,
-                                  gaussians.opacities.reshape(-1, 1), gaussians.scales, gaussians.rotations,
-                                  None, settings)
+                                  gaussians.opacities.reshape(-1, 1), *shape, settings)
     image, radii = out[0], out[1]
     depth = out[2] if return_depth else None
     alpha = out[3] if return_alpha else None

@@ -180,15 +180,13 @@ class _Projected:
     radius: Tensor  # (N,) float, ceil(3 sqrt(lambda_max))
 
 
-def _project(means: Tensor, scales: Tensor, rotations: Tensor, cam: _CameraConsts,
-             modifier: float) -> _Projected:
+def _project(means: Tensor, cov3d: tuple[Tensor, ...], cam: _CameraConsts) -> _Projected:
     x, y, z = means.unbind(-1)
     p_view = tuple(_affine_rows(cam.view, x, y, z, range(3)))
     hx, hy, _, hw = _affine_rows(cam.full, x, y, z, range(4))
     p_w = 1.0 / (hw + PROJ_EPS)
     px = ndc_to_pixel(hx * p_w, cam.width)
     py = ndc_to_pixel(hy * p_w, cam.height)
-    cov3d = covariance_3d(scales, rotations, modifier)
     ca, cb, cc = covariance_2d(p_view, cov3d, cam.view, cam.focal_x, cam.focal_y, cam.lim_x, cam.lim_y)
     det = fma(ca, cc, -(cb * cb))
     det_inv = 1.0 / det
@@ -337,7 +335,9 @@ def _blend_chunk(xy: Tensor, conic: Tensor, opacity: Tensor, feats: Tensor, cell
     return acc, trans
 
 
-def _gaussian_colors(gaussians: GaussianSet, means: Tensor, campos: Tensor) -> Tensor:
+def gaussian_colors(gaussians: GaussianSet, means: Tensor, campos: Tensor) -> Tensor:
+    """Each Gaussian's colour (P, 3) seen from ``campos``: ``colors`` when given, else its SH along the
+    viewing direction + 0.5, clamped at 0 (the rasterizer's rule)."""
     if gaussians.colors is not None:
         return gaussians.colors
     d = means - campos
@@ -381,18 +381,30 @@ def render_torch(camera: Any, gaussians: GaussianSet, background: Tensor, scalin
     bg = background.reshape(3).to(device=device, dtype=dtype)
     scales = gaussians.scales.to(dtype)
     rotations = gaussians.rotations.to(dtype)
+    covariances = None if gaussians.covariances is None else gaussians.covariances.to(dtype)
+
+    def cov3d(index: Tensor | None = None) -> tuple[Tensor, ...]:
+        """The 3D covariances (of the Gaussians at ``index``): given, or from scales and rotations."""
+        if covariances is not None:
+            return (covariances if index is None else covariances[index]).unbind(-1)
+        if index is None:
+            return covariance_3d(scales, rotations, scaling_modifier)
+        return covariance_3d(scales[index], rotations[index], scaling_modifier)
     opacities = gaussians.opacities.reshape(p).to(dtype)
     # viewspace points carry a gradient whenever anything upstream does (as in training)
     track = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (means, gaussians.scales, gaussians.rotations,
-                                                    gaussians.opacities, gaussians.shs, gaussians.colors, bg))
+                                                    gaussians.covariances, gaussians.opacities,
+                                                    gaussians.shs, gaussians.colors, bg))
     means2d = torch.zeros(p, 3, dtype=dtype, device=device, requires_grad=track)
 
     # (1) which Gaussians are drawn and where: no gradients, all of them
     with torch.no_grad():
-        ok = _finite_rows(means) & _finite_rows(scales) & _finite_rows(rotations) & torch.isfinite(opacities)
+        ok = _finite_rows(means) & torch.isfinite(opacities)
+        ok &= (_finite_rows(scales) & _finite_rows(rotations)) if covariances is None else \
+            _finite_rows(covariances)
         ok &= _finite_rows(gaussians.colors if gaussians.colors is not None else gaussians.shs)
-        pre = _project(means, scales, rotations, cam, scaling_modifier)
+        pre = _project(means, cov3d(), cam)
         ok &= torch.isfinite(pre.depth) & (pre.depth > NEAR_CULL)
         ok &= (pre.det != 0) & _finite_rows(pre.conic) & _finite_rows(pre.xy) & _finite_rows(pre.cov)
         ok &= torch.isfinite(pre.radius)
@@ -414,13 +426,13 @@ def render_torch(camera: Any, gaussians: GaussianSet, background: Tensor, scalin
     if vis.shape[0] > 0:
         # (2) differentiable quantities of the drawn Gaussians only
         m_v = means[vis]
-        proj = _project(m_v, scales[vis], rotations[vis], cam, scaling_modifier)
+        proj = _project(m_v, cov3d(vis), cam)
         scale_xy = torch.tensor([width * 0.5, height * 0.5], dtype=dtype, device=device)
         xy = proj.xy + means2d[vis, :2] * scale_xy  # blending-path gradient lands on means2d in NDC units
         sub = GaussianSet(m_v, scales[vis], rotations[vis], opacities[vis],
                           None if gaussians.shs is None else gaussians.shs[vis],
                           None if gaussians.colors is None else gaussians.colors[vis], gaussians.sh_degree)
-        colors = _gaussian_colors(sub, m_v, cam.campos).to(dtype)
+        colors = gaussian_colors(sub, m_v, cam.campos).to(dtype)
         feats = torch.cat([colors, proj.depth[:, None]], dim=1) if return_depth else colors
         # (3) sorted (cell, Gaussian) pairs, (4) blending
         bins = _bin_pairs(c_lo, c_hi, pre.depth[vis], cells_x)

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from gaussian_renderer.sh import MAX_SH_DEGREE, sh_coefficient_count
-from utils.rotations import quaternion_left_matrix, unit_quaternion_to_matrix
 
 
 @dataclass
@@ -18,6 +17,9 @@ class GaussianSet:
     ``scales`` are exp-activated, ``rotations`` unit quaternions (w, x, y, z) that the rasterizer
     does not normalise again, ``opacities`` sigmoid-activated (P, 1). Colour is either ``shs``
     (P, K, 3), DC first, evaluated up to ``sh_degree``, or ``colors`` (P, 3), which wins when given.
+    ``covariances`` (P, 6), the upper triangle (xx, xy, xz, yy, yz, zz) of each 3D covariance, win over
+    ``scales`` and ``rotations`` when given (the scaling modifier does not apply to them): shapes that
+    scales and a turn cannot hold, as the sheared views of ``gaussian_renderer.tiled``.
     """
 
     means: Tensor
@@ -27,21 +29,25 @@ class GaussianSet:
     shs: Tensor | None = None
     colors: Tensor | None = None
     sh_degree: int = 0
+    covariances: Tensor | None = None
 
     @property
     def count(self) -> int:
         return int(self.means.shape[0])
 
-    def transformed(self, q: Tensor, c: Tensor) -> GaussianSet:
-        """The set moved rigidly, ``x -> Q x + c`` (``Q`` the turn of unit quaternion ``q`` (4,), w first;
-        ``c`` (3,)): means moved and orientations turned; scales, opacities and colours kept (spherical
-        harmonics are not rotated: for small turns the view-dependent colour barely changes).
-        Differentiable in ``q`` and ``c``."""
-        q = q.to(self.rotations)
-        rotations = self.rotations @ quaternion_left_matrix(q).T  # q ⊗ each orientation
-        means = torch.addmm(c.to(self.means), self.means, unit_quaternion_to_matrix(q).to(self.means).T)
-        return GaussianSet(means, self.scales, rotations, self.opacities, shs=self.shs, colors=self.colors,
-                           sh_degree=self.sh_degree)
+
+UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # the (P, 6) covariance layout
+
+
+def upper_to_full(upper: Tensor) -> Tensor:
+    """(..., 6) upper triangles (xx, xy, xz, yy, yz, zz) -> symmetric (..., 3, 3) matrices."""
+    a, b, c, d, e, f = upper.unbind(-1)
+    return torch.stack([a, b, c, b, d, e, c, e, f], -1).unflatten(-1, (3, 3))
+
+
+def full_to_upper(full: Tensor) -> Tensor:
+    """Symmetric (..., 3, 3) matrices -> their (..., 6) upper triangles (xx, xy, xz, yy, yz, zz)."""
+    return torch.stack([full[..., i, j] for i, j in UPPER], -1)
 
 
 @dataclass
@@ -90,7 +96,10 @@ def validate_gaussians(gaussians: GaussianSet, background: Tensor) -> None:
         raise ValueError("render: gaussians need shs or colors (or pass override_color)")
     if background.numel() != 3:
         raise ValueError(f"render: background must have 3 values, got shape {tuple(background.shape)}")
-    for name in ("scales", "rotations", "opacities", "shs", "colors"):
+    if gaussians.covariances is not None and tuple(gaussians.covariances.shape) != (p, 6):
+        raise ValueError(f"render: gaussians.covariances must be (P, 6), got "
+                         f"{tuple(gaussians.covariances.shape)}")
+    for name in ("scales", "rotations", "opacities", "shs", "colors", "covariances"):
         t = getattr(gaussians, name)
         if t is not None and t.device != m.device:
             raise ValueError(f"render: gaussians.{name} is on {t.device} but means are on {m.device}")

@@ -292,7 +292,7 @@ class Trainer:
         bad_it = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_index = torch.full((), -1, dtype=torch.long, device=self.device)
         bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=t.quiet)
         t0 = time.perf_counter()
         try:
             with stop:

@@ -1,5 +1,6 @@
-"""The tracker's avatar stage (preprocessing/track/avatar_refine.py): Gaussians moved rigidly stand in for a
-moved camera, and per-frame cameras knocked off the truth are pulled back by an avatar trained on it."""
+"""The tracker's avatar stage (preprocessing/track/avatar_refine.py): per-frame cameras knocked off the truth
+are pulled back by an avatar trained on it (the frames rendered side by side through
+gaussian_renderer.strip, whose own tests show a strip equals the moved cameras' renders)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,18 @@ import torch
 from flame.assets import load_flame_assets
 from flame.landmarks import load_landmark_embedding
 from flame.model import FLAME
-from gaussian_renderer import render
-from gaussian_renderer.types import GaussianSet
 from preprocessing.synthetic_subject import make_synthetic_subject
 from preprocessing.track.avatar_refine import AvatarRefineConfig, camera_corrections, set_cameras, small_turn
 from preprocessing.track.evaluate import _stack, consistency_px, load_sequence, observations_from_tracking
 from preprocessing.track.model import TrackParams, project
 from preprocessing.track.run import TrackConfig, track_subject
 from scene.assemble import open_subject
-from scene.data.cameras import Camera
 from scene.data.tracking import save_tracked_frame
 from scene.trainer import Trainer
 from utils.options import parse_train_args
 from utils.rotations import (
-    matrix_to_quaternion,
     matrix_to_rot6d,
-    quaternion_left_matrix,
     quaternion_multiply,
-    quaternion_right_matrix,
     quaternion_to_matrix,
     rot6d_to_matrix,
     rotation_angle_deg,
@@ -43,39 +38,13 @@ def _axis_angle(axis: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
 
 
-def test_gaussians_moved_rigidly_look_like_the_moved_camera():
-    """Elongated Gaussians moved by X -> Q X + c and seen by a camera (R, t) render the image the originals
-    give through the camera (R Q, R c + t): means and orientations both move."""
-    g = torch.Generator().manual_seed(0)
-    n = 300
-    means = torch.randn(n, 3, generator=g) * 0.08
-    scales = torch.rand(n, 3, generator=g) * torch.tensor([0.02, 0.004, 0.004]) + 0.002  # needles
-    q = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
-    gs = GaussianSet(means, scales, q, torch.full((n, 1), 0.8), colors=torch.rand(n, 3, generator=g))
-    K = torch.tensor([[150.0, 0.0, 48.0], [0.0, 150.0, 48.0], [0.0, 0.0, 1.0]])
-    R = _axis_angle(torch.tensor([0.3, 1.0, 0.1]), 0.4) @ torch.diag(torch.tensor([1.0, -1.0, -1.0]))
-    t = torch.tensor([0.01, -0.02, 0.6])
-    Q = _axis_angle(torch.tensor([1.0, 0.4, -0.5]), math.radians(6.0))
-    c = torch.tensor([0.004, -0.003, 0.01])
-    bg = torch.ones(3)
-    new = render(Camera(R @ Q, R @ c + t, K, 96, 96), gs, bg, backend="torch").image
-    moved = gs.transformed(matrix_to_quaternion(Q), c)
-    seen = render(Camera(R, t, K, 96, 96), moved, bg, backend="torch").image
-    old = render(Camera(R, t, K, 96, 96), gs, bg, backend="torch").image
-    assert (new - old).abs().max() > 0.3  # the motion shows: the comparison below means something
-    assert (seen - new).abs().max() < 2e-4
-    # orientations really turned: each Gaussian's axes are Q times the original's
-    assert torch.allclose(quaternion_to_matrix(moved.rotations), Q @ quaternion_to_matrix(q), atol=1e-5)
-
-
-def test_quaternion_product_matrices_match_the_hamilton_product():
-    """L(q) p = q ⊗ p and Rm(q) p = p ⊗ q, batched; and the turn they compose is the matrices' product."""
+def test_unit_quaternion_matrices_as_one_quadratic_form():
+    """unit_quaternion_to_matrix (the stage's inner loop) equals quaternion_to_matrix, batched or not, and
+    the turn of a Hamilton product is the matrices' product."""
     g = torch.Generator().manual_seed(2)
     q, p = (torch.nn.functional.normalize(torch.randn(7, 4, generator=g, dtype=torch.float64), dim=-1)
             for _ in range(2))
     want = quaternion_multiply(q, p)
-    assert torch.allclose((quaternion_left_matrix(q) @ p[..., None])[..., 0], want, atol=1e-12)
-    assert torch.allclose((quaternion_right_matrix(p) @ q[..., None])[..., 0], want, atol=1e-12)
     assert torch.allclose(quaternion_to_matrix(want), quaternion_to_matrix(q) @ quaternion_to_matrix(p),
                           atol=1e-12)
     assert torch.allclose(unit_quaternion_to_matrix(q), quaternion_to_matrix(q), atol=1e-12)  # quadratic form
@@ -150,30 +119,36 @@ def test_avatar_pulls_knocked_cameras_back(trained):
     R_new, t_new = camera_corrections(trainer.avatar, knocked, trainer.background,
                                       AvatarRefineConfig(steps=40, batch=5))  # batches of 5, 5 and 2
     R_one, t_one = camera_corrections(trainer.avatar, knocked, trainer.background,
-                                      AvatarRefineConfig(steps=40, batch=1))
-    assert torch.allclose(R_new, R_one, atol=1e-5) and torch.allclose(t_new, t_one, atol=1e-6)  # same fit
+                                      AvatarRefineConfig(steps=40, batch=1, strip=False))  # one call a frame
 
-    def pixel_error(R: torch.Tensor, t: torch.Tensor) -> float:
-        """Mean image distance of each frame's Gaussians drawn by (R, t) from where the truth draws them."""
+    def pixel_error(R: torch.Tensor, t: torch.Tensor, R_ref=None, t_ref=None) -> float:
+        """Mean image distance of each frame's Gaussians drawn by (R, t) from where the truth (or the
+        cameras R_ref, t_ref) draws them."""
         errs = []
         for i, fr in enumerate(truth):
             with torch.no_grad():
                 X = trainer.avatar.deform(knocked.frame(i).condition)[0].means
             K = fr.K.float()
-            errs.append((project(X[None], R[i:i + 1], t[i:i + 1], K)
-                         - project(X[None], fr.R.float()[None], fr.t.float()[None], K)).norm(dim=-1).mean())
+            ref = ((fr.R.float()[None], fr.t.float()[None]) if R_ref is None
+                   else (R_ref[i:i + 1], t_ref[i:i + 1]))
+            errs.append((project(X[None], R[i:i + 1], t[i:i + 1], K) - project(X[None], *ref, K))
+                        .norm(dim=-1).mean())
         return float(torch.stack(errs).mean())
 
+    # the same fit: strips of 5 frames and frames one by one differ only in float32 rounding, which Adam's
+    # last steps follow by a few thousandths of a pixel
+    assert pixel_error(R_new, t_new, R_one, t_one) < 0.02
     before, after = pixel_error(R_k, t_k), pixel_error(R_new, t_new)
     print(f"image error of the cameras {before:.2f} -> {after:.2f} px")
     assert before > 3.0
     assert after < before / 5
 
 
-def test_tracker_runs_the_avatar_stage_and_resumes_it(trained):
+def test_tracker_runs_the_avatar_stage_and_resumes_it(trained, capfd):
     """track_subject with --avatar_refine on the 12-frame subject (landmarks + 1 px noise, no photometric
     stage, to stay quick): the stage moves the cameras, leaves the rest of the tracking, writes frames that
-    train.py reads, checkpoints itself and is skipped by a rerun with the same settings."""
+    train.py reads, checkpoints itself and is skipped by a rerun with the same settings. Without progress
+    bars (``--quiet``) its avatar's training draws none either."""
     root, _ = trained
     flame_dir = root / "d" / "s" / "flame"
     assets, emb = load_flame_assets(flame_dir), load_landmark_embedding(flame_dir)
@@ -185,7 +160,9 @@ def test_tracker_runs_the_avatar_stage_and_resumes_it(trained):
     cfg.fit.rigid_steps, cfg.fit.steps = 200, 800
     track_subject(root / "d", root / "lmk", "s", cfg, observations=obs)
     cfg.avatar_refine = True
+    capfd.readouterr()
     summary = track_subject(root / "d", root / "ref", "s", cfg, observations=obs)
+    assert "train:" not in capfd.readouterr().err  # the stage avatar's bar honours show_progress
     lmk = load_sequence(root / "lmk" / "s" / "checkpoint")
     ref = load_sequence(root / "ref" / "s" / "checkpoint")
     flame = FLAME(assets)

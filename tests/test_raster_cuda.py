@@ -382,7 +382,7 @@ def test_gaussians_are_listed_only_in_tiles_they_reach(raster_oracle) -> None:
         image_width=W, image_height=H, tanfovx=float(d["tanfovx"]), tanfovy=float(d["tanfovy"]),
         world_view_transform=d["viewmatrix"].T.to(dev), full_proj_transform=d["projmatrix"].T.to(dev),
         camera_center=d["campos"].to(dev)), torch.float32, torch.device(dev))
-    pre = tb._project(means, scales, rots, cam, 1.0)
+    pre = tb._project(means, tb.covariance_3d(scales, rots, 1.0), cam)
     ok = torch.isfinite(pre.radius) & (pre.depth > tb.NEAR_CULL)
     lo, hi = tb.tile_rect(pre.xy, torch.where(ok, pre.radius, 0.0), (W + 15) // 16, (H + 15) // 16)
     size = (hi - lo).clamp(min=0)

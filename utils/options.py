@@ -258,6 +258,7 @@ class TrainOptions:
     skip_test: bool = option(False, help="no evaluation during or after training")
     grid_every: int = option(500, type=_non_negative_int,
                              help="write a (render, gt, error) image grid every N iterations (0: off)")
+    quiet: bool = option(False, help="no progress bar (scripted runs; the log and messages stay)")
 
     @property
     def uses_surface(self) -> bool:

@@ -45,21 +45,6 @@ def quaternion_multiply(q1: Tensor, q2: Tensor) -> Tensor:
     ], dim=-1)
 
 
-def quaternion_left_matrix(q: Tensor) -> Tensor:
-    """(..., 4) quaternion q -> (..., 4, 4) matrix L with L p = q ⊗ p: one turn composed with many
-    quaternions becomes one matrix product (``p @ L.T``) instead of a dozen elementwise kernels."""
-    w, x, y, z = q.unbind(-1)
-    rows = [w, -x, -y, -z, x, w, -z, y, y, z, w, -x, z, -y, x, w]
-    return torch.stack(rows, -1).reshape(*q.shape[:-1], 4, 4)
-
-
-def quaternion_right_matrix(q: Tensor) -> Tensor:
-    """(..., 4) quaternion q -> (..., 4, 4) matrix with that matrix @ p = p ⊗ q."""
-    w, x, y, z = q.unbind(-1)
-    rows = [w, -x, -y, -z, x, w, z, -y, y, -z, w, x, z, y, -x, w]
-    return torch.stack(rows, -1).reshape(*q.shape[:-1], 4, 4)
-
-
 _QUADRATIC_FORMS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 

@@ -9,11 +9,12 @@ far better picture of the head: this stage trains one, then fits a small rotatio
 against the frame (L1 over the whole image, as the avatar was trained). Expressions, jaw, eyes, shape and
 focal length are kept. ``rounds`` > 1 trains a new avatar on the refined cameras and refines again.
 
-The rasterizer gives no camera gradients, so the correction is applied to the Gaussians instead: the old
-camera sees ``M X + c`` (``M = R^T dR R``, ``c = R^T (dR t + dt - t)``) exactly as the new one sees ``X``,
-with each Gaussian's orientation turned by ``M`` too (quaternions throughout: a few kernels a step). Only
-view-dependent colour (spherical harmonics) is evaluated along the old viewing direction: below a degree
-off, that is nothing.
+The rasterizer gives no camera gradients, so the correction is applied to the Gaussians instead: each
+frame's Gaussians are taken into its camera's frame once, ``x_c = R X + t`` (covariances ``R S R^T``), and
+every step moves them by ``dR x_c + dt`` (covariances ``dR S dR^T``), which is what the corrected camera
+sees. The frames of a batch are rendered side by side in one rasterizer call
+(``gaussian_renderer.strip``); colours are evaluated once along each frame's own viewing directions
+(below a degree of correction the view-dependent colour does not change).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gaussian_renderer import render
+from gaussian_renderer.strip import at_origin, camera_space, render_camera_space, view_strip
+from gaussian_renderer.torch_backend import gaussian_colors
 from preprocessing.frames_io import PreprocessError
 from preprocessing.track.model import R0, Observations, TrackParams
 from scene.data.subject import Subject
@@ -36,10 +38,7 @@ from scene.trainer import Trainer
 from utils.image_io import find_image
 from utils.options import parse_train_args
 from utils.rotations import (
-    matrix_to_quaternion,
     matrix_to_rot6d,
-    quaternion_left_matrix,
-    quaternion_right_matrix,
     quaternion_to_matrix,
     rotation_angle_deg,
     unit_quaternion_to_matrix,
@@ -54,6 +53,9 @@ class AvatarRefineConfig:
     iterations: int = 3000       # the avatar's training iterations (a few seconds on a GPU)
     steps: int = 30              # Adam steps of each frame's camera correction
     batch: int = 8               # frames corrected together (the same fit; fewer small operations a frame)
+    strip: bool = True           # a batch's frames side by side in one rasterizer call
+    # (gaussian_renderer.strip; on a GPU, where a call's host work outweighs its kernels) instead of one
+    # call per frame (the CPU's torch backend, whose cost grows faster than the image)
     step_px: float = 0.5         # the first steps' size, in pixels the head moves in the image
     final_step: float = 0.05     # cosine decay of the step to this fraction: Adam's last steps set the
     # precision (a constant step leaves the camera jittering by about one step, and at 512 px a 0.1 degree
@@ -67,7 +69,8 @@ class AvatarRefineConfig:
 def avatar_refine_config(device: torch.device | str) -> AvatarRefineConfig:
     """Full settings on a GPU; on the CPU a smaller avatar (the README demo's) trained for fewer steps."""
     if torch.device(device).type == "cpu":
-        return AvatarRefineConfig(iterations=2000, steps=25, uv_size=64, hidden_dim=128, hidden_layers=4)
+        return AvatarRefineConfig(iterations=2000, steps=25, uv_size=64, hidden_dim=128, hidden_layers=4,
+                                  strip=False)
     return AvatarRefineConfig()
 
 
@@ -88,15 +91,17 @@ def check_trainable(subject_dir: Path, numbers: list[int]) -> None:
 
 
 def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: Path, log_root: Path,
-                 cfg: AvatarRefineConfig, device: torch.device) -> Trainer:
+                 cfg: AvatarRefineConfig, device: torch.device, quiet: bool = False) -> Trainer:
     """A baseline avatar trained on every frame of ``tracking_root/idname`` (no test split, no evaluation,
-    no LPIPS); returns its finished :class:`Trainer` (the avatar, the subject, the background)."""
+    no LPIPS); returns its finished :class:`Trainer` (the avatar, the subject, the background). ``quiet``:
+    no training progress bar."""
     argv = ["--idname", idname, "--data_root", str(data_root), "--tracking_root", str(tracking_root),
             "--flame_dir", str(flame_dir), "--log_root", str(log_root), "--logname", "avatar",
             "--iterations", str(cfg.iterations), "--skip_test", "--lambda_lpips", "0", "--grid_every", "0",
             "--eval_every", "0", "--ckpt_every", "0", "--log_every", "500", "--seed", str(cfg.seed),
             "--uv_size", str(cfg.uv_size), "--hidden_dim", str(cfg.hidden_dim), "--hidden_layers",
-            str(cfg.hidden_layers), "--device", str(device), "--overwrite", "--allow_missing"]
+            str(cfg.hidden_layers), "--device", str(device), "--overwrite", "--allow_missing",
+            *(["--quiet"] if quiet else [])]
     train_cfg = parse_train_args(argv)
     train_cfg.data.test_num = train_cfg.data.eval_num = 0  # every frame trains: the tracker fits them all
     trainer = Trainer(train_cfg)
@@ -118,24 +123,33 @@ def _cosine(k: int, steps: int, final: float) -> float:
 def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg: AvatarRefineConfig,
                        progress=None) -> tuple[Tensor, Tensor]:
     """The corrected world-to-camera R (N,3,3) and t (N,3) of each of ``subject``'s frames, fitted by
-    rendering the fixed ``avatar`` against the frame (module doc). ``cfg.batch`` frames are fitted together:
-    one loss (the sum of theirs), one backward, one Adam step over their (B, 6) corrections. Adam works
-    elementwise and each frame's loss depends on its own correction alone, so that is the same fit as one
-    frame at a time, with the small per-step operations paid once per batch."""
+    rendering the fixed ``avatar`` against the frame (module doc). ``cfg.batch`` frames are fitted together
+    (with ``cfg.strip``, side by side in one rasterizer call: ``gaussian_renderer.strip``): one loss (the
+    sum of theirs), one backward, one Adam step over their (B, 6) corrections. Adam works elementwise and
+    each frame's loss depends on its own correction alone, so that is the same fit as one frame at a time,
+    with the small per-step operations (and the host work of a rasterizer call) paid once per batch."""
     avatar.eval()
     for p in avatar.parameters():
         p.requires_grad_(False)
     Rs, ts = [], []
     for first in range(0, len(subject), cfg.batch):
         frames = [subject.frame(i) for i in range(first, min(first + cfg.batch, len(subject)))]
+        cameras = [f.camera for f in frames]
         with torch.no_grad():
             sets = [avatar.deform(f.condition, f.camera)[0] for f in frames]
-        R = torch.stack([f.camera.R for f in frames]).float()  # (B, 3, 3)
-        t = torch.stack([f.camera.t for f in frames]).float()  # (B, 3)
-        fx = torch.stack([f.camera.K[0, 0] for f in frames]).float()
-        q_R = matrix_to_quaternion(R)
-        q_Rt = q_R * q_R.new_tensor([1.0, -1.0, -1.0, -1.0])  # the inverse turns, R^T
-        conjugate = quaternion_left_matrix(q_Rt) @ quaternion_right_matrix(q_R)  # dq -> q_Rt ⊗ dq ⊗ q_R
+            placed = [camera_space(gs, cam) for gs, cam in zip(sets, cameras)]
+            means = torch.stack([m for m, _ in placed])                         # (B, P, 3), camera frames
+            covariances = torch.stack([c for _, c in placed])                   # (B, P, 3, 3)
+            # colours along each frame's own viewing directions, kept: below a degree of correction the
+            # view-dependent colour does not change
+            colors = torch.stack([gaussian_colors(gs, gs.means, cam.camera_center.to(gs.means))
+                                  for gs, cam in zip(sets, cameras)])
+            opacities = torch.stack([gs.opacities.reshape(-1, 1) for gs in sets])
+            images = torch.stack([f.image for f in frames])
+        views = view_strip(cameras) if cfg.strip else at_origin(cameras)
+        R = torch.stack([c.R for c in cameras]).float()  # (B, 3, 3)
+        t = torch.stack([c.t for c in cameras]).float()  # (B, 3)
+        fx = torch.stack([c.K[0, 0] for c in cameras]).float()
         # the corrections in pixel units: a turn of the camera by p / f radians and a shift by p z / f metres
         # both move the head about p pixels in the image, so one step size serves both
         to_si = torch.cat([(1.0 / fx)[:, None].expand(-1, 3), (t[:, 2] / fx)[:, None].expand(-1, 3)], 1)
@@ -144,12 +158,11 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
         for k in range(cfg.steps):
             opt.param_groups[0]["lr"] = cfg.step_px * _cosine(k, cfg.steps, cfg.final_step)
             turn, shift = (x * to_si).split(3, dim=1)
-            dq = small_turn(turn)
-            q_M = (conjugate @ dq[..., None])[..., 0]                          # M = R^T dR R
-            dR_t = (unit_quaternion_to_matrix(dq) @ t[..., None])[..., 0]
-            c = ((dR_t + shift - t)[:, None, :] @ R)[:, 0]                      # R^T (dR t + dt - t)
-            loss = sum((render(f.camera, gs.transformed(q, cb), background).image - f.image).abs().mean()
-                       for f, gs, q, cb in zip(frames, sets, q_M, c))
+            dR = unit_quaternion_to_matrix(small_turn(turn))                   # (B, 3, 3)
+            seen = render_camera_space(views, means @ dR.transpose(1, 2) + shift[:, None],
+                                       dR[:, None] @ covariances @ dR[:, None].transpose(-1, -2), opacities,
+                                       colors, background)
+            loss = (seen - images).abs().mean(dim=(1, 2, 3)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -174,18 +187,19 @@ def set_cameras(params: TrackParams, R: Tensor, t: Tensor) -> None:
 
 def refine_with_avatar(params: TrackParams, obs: Observations, data_root: Path, idname: str,
                        flame_dir: Path, work: Path, write_frames, cfg: AvatarRefineConfig,
-                       device: torch.device, progress=None) -> dict:
+                       device: torch.device, progress=None, quiet: bool = False) -> dict:
     """Refine ``params``' cameras in place over ``cfg.rounds`` rounds. ``write_frames(params, obs, folder)``
     writes the ``.frame`` files each round's avatar trains on, under ``work/tracking``; the avatar's run
     goes to ``work/runs`` (``work`` is the tracking output's own folder: two trackings of one subject never
-    share it). Returns the mean correction per round (degrees, millimetres)."""
+    share it). ``quiet``: no progress bar of the avatar's training. Returns the mean correction per round
+    (degrees, millimetres)."""
     tracking_root = work / "tracking"
     rounds = []
     for _ in range(cfg.rounds):
         shutil.rmtree(tracking_root / idname, ignore_errors=True)
         write_frames(params, obs, tracking_root / idname / "checkpoint")
         trainer = train_avatar(data_root, tracking_root, idname, flame_dir, work / "runs", cfg,
-                               device)
+                               device, quiet=quiet)
         position = {n: k for k, n in enumerate(obs.frame_numbers)}
         index = [position[n] for n in trainer.subject.frame_ids if n in position]
         if len(index) != len(obs):

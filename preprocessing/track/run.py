@@ -276,7 +276,7 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
                        disable=not cfg.show_progress, dynamic_ncols=True, mininterval=1.0)
             stage3 = refine_with_avatar(params, obs, Path(data_root), idname, assets.flame_dir,
                                         out_dir.parent / "avatar_stage", write_frames, refine, device,
-                                        progress=bar.update)
+                                        progress=bar.update, quiet=not cfg.show_progress)
             bar.close()
             _checkpoint(work / "stage3.pt", params, obs, key, stage3)
         summary["avatar_stage"] = stage3
