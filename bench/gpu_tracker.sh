@@ -19,6 +19,8 @@ TT=(python bench/bench_tracked_training.py --size 512 --frames 200 --test_num 50
     --model_size full --device cuda --seeds $SEEDS --work "$W/tt")
 # the tracker's speed first, alone on the GPU
 if [ "${SPEED:-1}" = 1 ]; then
+  CUDA_VISIBLE_DEVICES=0 python bench/bench_strip.py --json "$OUT/strip.json" > "$OUT/strip.log" 2>&1
+  cat "$OUT/strip.log" | tail -5
   CUDA_VISIBLE_DEVICES=0 python bench/bench_tracker.py --frames 1000 --base_frames 30 --size 512 --device cuda \
     --no_detect --avatar_refine --work "$W/tb" --out "$OUT/tracker_1000.json" > "$OUT/tracker_1000.log" 2>&1
   echo "tracker bench done $(date +%T)"; grep -h "^landmarks\|^photometric\|^avatar" "$OUT/tracker_1000.log" | cut -c1-900
