@@ -59,8 +59,7 @@ def _time_steps(views, means, cov, opac, colors, bg, targets, steps: int) -> flo
     def step() -> None:
         turn, shift = (x * 1e-3).split(3, dim=1)
         dR = unit_quaternion_to_matrix(small_turn(turn))
-        seen = render_camera_space(views, means @ dR.transpose(1, 2) + shift[:, None],
-                                   dR[:, None] @ cov @ dR[:, None].transpose(-1, -2), opac, colors, bg)
+        seen = render_camera_space(views, means, cov, opac, colors, bg, dR, shift)
         loss = (seen - targets).abs().mean(dim=(1, 2, 3)).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -86,13 +86,24 @@ def camera_space(gaussians: GaussianSet, camera: Any) -> tuple[Tensor, Tensor]:
     return gaussians.means @ R.T + t, R @ cov @ R.T
 
 
+def _moved(means: Tensor, covariances: Tensor, linear: Tensor, turn: Tensor | None,
+           shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``linear (turn x + shift)`` of (B, P, 3) means and the covariances' matching sandwich, with the two
+    maps folded into one (B, 3, 3) product first: one pass over the Gaussians, not two."""
+    L = linear if turn is None else linear @ turn
+    m = means @ L.transpose(1, 2)
+    if shift is not None:
+        m = m + (linear @ shift[..., None]).transpose(1, 2)
+    return m, L[:, None] @ covariances @ L[:, None].transpose(-1, -2)
+
+
 def strip_gaussians(strip: ViewStrip, means: Tensor, covariances: Tensor, opacities: Tensor,
-                    colors: Tensor) -> GaussianSet:
+                    colors: Tensor, turn: Tensor | None = None, shift: Tensor | None = None) -> GaussianSet:
     """The strip's Gaussians from each view's camera-space ones: ``means`` (B, P, 3), ``covariances``
-    (B, P, 3, 3), ``opacities`` (B, P, 1) or (P, 1), ``colors`` (B, P, 3). Differentiable in all."""
-    A = strip.warp.to(means)
-    m = means @ A.transpose(1, 2)
-    cov = A[:, None] @ covariances @ A[:, None].transpose(-1, -2)
+    (B, P, 3, 3), ``opacities`` (B, P, 1) or (P, 1), ``colors`` (B, P, 3), first moved by
+    ``x -> turn x + shift`` when given (``turn`` (B, 3, 3), ``shift`` (B, 3): a corrected camera).
+    Differentiable in all."""
+    m, cov = _moved(means, covariances, strip.warp.to(means), turn, shift)
     # drop what would land in another view: centres outside the view's columns widened by half the gap
     z = m[..., 2].clamp(min=1e-6)
     u = strip.camera.fx * m[..., 0] / z + strip.camera.cx
@@ -117,15 +128,18 @@ def at_origin(cameras: Sequence[Any]) -> list[Any]:
 
 
 def render_camera_space(views: ViewStrip | Sequence[Any], means: Tensor, covariances: Tensor,
-                        opacities: Tensor, colors: Tensor, background: Tensor,
-                        backend: str | None = None) -> Tensor:
+                        opacities: Tensor, colors: Tensor, background: Tensor, turn: Tensor | None = None,
+                        shift: Tensor | None = None, backend: str | None = None) -> Tensor:
     """Views (B, 3, H, W) of Gaussians given in each view's camera frame (``strip_gaussians``' arguments).
     ``views``: a :class:`ViewStrip`, for one rasterizer call (on a GPU, where a call's host work outweighs
     a view's kernels), or the views' cameras moved to the origin (:func:`at_origin`), for one call each
     (the torch backend on the CPU, whose cost grows faster than the image)."""
     if isinstance(views, ViewStrip):
-        gs = strip_gaussians(views, means, covariances, opacities, colors)
+        gs = strip_gaussians(views, means, covariances, opacities, colors, turn, shift)
         return cut_views(views, render(views.camera, gs, background, backend=backend).image)
+    if turn is not None or shift is not None:
+        eye = torch.eye(3, device=means.device, dtype=means.dtype).expand(means.shape[0], 3, 3)
+        means, covariances = _moved(means, covariances, eye, turn, shift)
     n = means.shape[1]
     shape = torch.ones(n, 3, device=means.device, dtype=means.dtype), _identity(n, means)
     opacities = opacities.expand(len(views), *opacities.shape[-2:])
@@ -145,7 +159,7 @@ def render_views(cameras: Sequence[Any], sets: Sequence[GaussianSet], background
     views = view_strip(cameras, gap) if one_call else at_origin(cameras)
     means, covariances = (torch.stack(x) for x in zip(*placed))
     opacities = torch.stack([g.opacities.reshape(-1, 1) for g in sets])
-    return render_camera_space(views, means, covariances, opacities, colors, background, backend)
+    return render_camera_space(views, means, covariances, opacities, colors, background, backend=backend)
 
 
 def _identity(n: int, like: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ class GaussianSet:
     (P, K, 3), DC first, evaluated up to ``sh_degree``, or ``colors`` (P, 3), which wins when given.
     ``covariances`` (P, 6), the upper triangle (xx, xy, xz, yy, yz, zz) of each 3D covariance, win over
     ``scales`` and ``rotations`` when given (the scaling modifier does not apply to them): shapes that
-    scales and a turn cannot hold, as the sheared views of ``gaussian_renderer.tiled``.
+    scales and a turn cannot hold, as the sheared views of ``gaussian_renderer.strip``.
     """
 
     means: Tensor

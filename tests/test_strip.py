@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from gaussian_renderer import render
-from gaussian_renderer.strip import camera_space, cut_views, render_views, strip_gaussians, view_strip
+from gaussian_renderer.strip import (
+    at_origin,
+    camera_space,
+    cut_views,
+    render_camera_space,
+    render_views,
+    strip_gaussians,
+    view_strip,
+)
 from gaussian_renderer.torch_backend import covariance_3d
 from gaussian_renderer.types import GaussianSet, full_to_upper, upper_to_full
 from scene.data.cameras import Camera
@@ -100,6 +108,13 @@ def test_camera_space_moves_through_the_strip_are_the_moved_cameras():
     colors = torch.stack([g.shs[:, 0] * 0.28209479177387814 + 0.5] * len(cams)).clamp(min=0)
     gs = strip_gaussians(strip, means, cov, g.opacities, colors)
     views = cut_views(strip, render(strip.camera, gs, bg, backend="torch").image)
+    # the same move passed as (turn, shift), folded into the strip's map, and one call a view
+    still = torch.stack([p[0] for p in placed]), torch.stack([p[1] for p in placed])
+    turns, shifts = dR.expand(len(cams), 3, 3), dt.expand(len(cams), 3)
+    folded = render_camera_space(strip, *still, g.opacities, colors, bg, turns, shifts, backend="torch")
+    apart = render_camera_space(at_origin(cams), *still, g.opacities, colors, bg, turns, shifts,
+                                backend="torch")
+    assert (folded - views).abs().max() < 1e-9 and (apart - views).abs().max() < 2e-5
     flat = GaussianSet(g.means, g.scales, g.rotations, g.opacities, colors=colors[0])
     for view, c in zip(views, cams):
         moved = c.with_pose((dR @ c.R.double()).float(), (dR @ c.t.double() + dt).float())

@@ -162,9 +162,7 @@ def camera_corrections(avatar: Avatar, subject: Subject, background: Tensor, cfg
             opt.param_groups[0]["lr"] = cfg.step_px * _cosine(k, cfg.steps, cfg.final_step)
             turn, shift = (x * to_si).split(3, dim=1)
             dR = unit_quaternion_to_matrix(small_turn(turn))                   # (B, 3, 3)
-            seen = render_camera_space(views, means @ dR.transpose(1, 2) + shift[:, None],
-                                       dR[:, None] @ covariances @ dR[:, None].transpose(-1, -2), opacities,
-                                       colors, background)
+            seen = render_camera_space(views, means, covariances, opacities, colors, background, dR, shift)
             loss = (seen - images).abs().mean(dim=(1, 2, 3)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
