@@ -28,9 +28,24 @@ from preprocessing.track.avatar_refine import avatar_refine_config  # noqa: E402
 from preprocessing.track.evaluate import compare_tracking, load_sequence, observations_from_tracking  # noqa: E402
 from preprocessing.track.photometric import photometric_config  # noqa: E402
 from preprocessing.track.run import TrackConfig, track_subject  # noqa: E402
+from scene.data.tracking import TrackedFrame, load_tracked_frame, save_tracked_frame  # noqa: E402
 from scene.trainer import Trainer  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
 from utils.options import parse_train_args  # noqa: E402
+
+SWAPPABLE = ("shape", "expression", "jaw", "eyes", "eyelids", "R", "t", "K")
+
+
+def swap_fields(folder: Path, truth: list[TrackedFrame], fields: list[str]) -> None:
+    """Rewrite every ``.frame`` in ``folder`` with ``fields`` taken from the true frame of the same number."""
+    unknown = sorted(set(fields) - set(SWAPPABLE))
+    if unknown:
+        raise SystemExit(f"swap: unknown field(s) {unknown}; choose from {SWAPPABLE}")
+    by_id = {f.frame_id: f for f in truth}
+    for path in sorted(folder.glob("*.frame")):
+        fitted = load_tracked_frame(path)
+        values = {k: getattr(by_id[fitted.frame_id] if k in fields else fitted, k) for k in SWAPPABLE}
+        save_tracked_frame(path, img_size=fitted.img_size, frame_id=fitted.frame_id, **values)
 
 
 def main() -> None:
@@ -48,7 +63,9 @@ def main() -> None:
                          "photo.KEY=VALUE / refine.KEY=VALUE overrides of FitConfig / PhotometricConfig / "
                          "AvatarRefineConfig, photometric=1, avatar_refine=1, "
                          "focal=F (fx / width), train.FLAG=VALUE (a train.py option for this tracking's "
-                         "avatars); default: one 'tracked'")
+                         "avatars), swap=FIELD,... (after tracking, these fields of every frame are the "
+                         "truth's: shape, expression, jaw, eyes, eyelids, R, t, K; to see which part of "
+                         "the tracking error costs the avatar); default: one 'tracked'")
     ap.add_argument("--train_args", default="", help="train.py options for every avatar, e.g. "
                     "'--lambda_normal_offset 0'")
     ap.add_argument("--skip_truth", action="store_true",
@@ -78,8 +95,12 @@ def main() -> None:
         train_extra[name] = args.train_args.split()
         cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True,
                           photo=photometric_config(args.device), refine=avatar_refine_config(args.device))
+        swap: list[str] = []
         for kv in overrides:
             key, value = kv.split("=", 1)
+            if key == "swap":
+                swap = value.split(",")
+                continue
             if key.startswith("train."):
                 train_extra[name] += [f"--{key.removeprefix('train.')}", value]
                 continue
@@ -90,6 +111,8 @@ def main() -> None:
             target = {"fit": cfg.fit, "photo": cfg.photo, "refine": cfg.refine}[part]
             setattr(target, field_name, type(getattr(target, field_name))(value))
         summary = track_subject(root / "d", root / name, "s", cfg, observations=obs, device=args.device)
+        if swap:
+            swap_fields(root / name / "s" / "checkpoint", truth, swap)
         errors = compare_tracking(truth, load_sequence(root / name / "s" / "checkpoint"), assets, emb)
         print(f"tracking {name} vs truth:", json.dumps(errors), flush=True)
         result["tracking_errors"][name], result["tracking_timings"][name] = errors, summary["timings"]
