@@ -109,7 +109,8 @@ def main() -> None:
                 continue
             part, field_name = key.split(".", 1)
             target = {"fit": cfg.fit, "photo": cfg.photo, "refine": cfg.refine}[part]
-            setattr(target, field_name, type(getattr(target, field_name))(value))
+            kind = type(getattr(target, field_name))
+            setattr(target, field_name, bool(int(value)) if kind is bool else kind(value))
         summary = track_subject(root / "d", root / name, "s", cfg, observations=obs, device=args.device)
         if swap:
             swap_fields(root / name / "s" / "checkpoint", truth, swap)

@@ -43,6 +43,7 @@ class PhotometricConfig:
     w_photo: float = 1e-3
     w_landmarks: float = 1.0
     neck_margin: float = 0.02  # the comparison stops this far (a fraction of the height) below the chin
+    nonrigid: bool = True      # also refine expression, jaw, eyes and eyelids (else the landmark fit's stay)
 
 
 def photometric_config(device: torch.device | str) -> PhotometricConfig:
@@ -179,7 +180,8 @@ def refine_photometric(params: TrackParams, landmarks: LandmarkModel, obs: Obser
         l1_start = loss.detach() if l1_start is None else l1_start
     # then everything; the landmark terms cover all frames every step, so every frame's parameters get
     # a real gradient (Adam's momentum never drifts frames outside the batch)
-    per_frame = [p for name, p in params.named_parameters() if name != "shape"]
+    kept = {"shape"} | (set() if cfg.nonrigid else {"expression", "jaw", "eyes", "eyelids"})
+    per_frame = [p for name, p in params.named_parameters() if name not in kept]
     opt = torch.optim.Adam([{"params": per_frame, "lr": cfg.lr},
                             {"params": [params.shape], "lr": cfg.lr_shape},
                             {"params": [head.colour_logit, head.light], "lr": cfg.lr_colour}])
