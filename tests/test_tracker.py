@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -194,7 +195,6 @@ def test_crop_record_gives_the_principal_point(subject, landmark_fit, tmp_path):
     .frame files carry it. The synthetic truth has its principal point off-centre, at (130.56, 125.44)
     px of 256: a 1000x1000 video cropped at (245, 255) with a 500-pixel box puts it exactly there."""
     import json
-    import shutil
 
     from preprocessing.frames_io import PREPROCESS_SETTINGS
     from preprocessing.track.run import crop_principal_point
@@ -231,6 +231,22 @@ def test_photometric_stage_refines_against_the_pixels(subject, landmark_fit):
     assert after["vertex_mm"] < before["vertex_mm"] + 0.5
     assert after["reprojection_px"] < 2.0
     assert summary["timings"]["landmark_fit_s"] < 2.0  # stage 1 came from its checkpoint
+
+
+def test_photometric_stage_can_keep_the_nonrigid_fit(subject, landmark_fit):
+    """PhotometricConfig.nonrigid=False: the stage moves the cameras and the identity only; expression, jaw,
+    eyes and eyelids stay exactly where the landmark fit put them."""
+    root, _, _, _ = subject
+    _, _, obs = landmark_fit
+    work = root / "d" / "s" / "track"  # the stages' checkpoints: stage 1 resumes
+    before = torch.load(work / "stage1.pt", weights_only=True)["params"]
+    cfg = _config(size=64, uv_size=40, steps=8, colour_steps=20, batch=6, nonrigid=False)
+    track_subject(root / "d", root / "fit_rigid", "s", cfg, observations=obs)
+    after = torch.load(work / "stage2.pt", weights_only=True)["params"]
+    for name in ("expression", "jaw", "eyes", "eyelids"):
+        assert torch.equal(after[name], before[name]), name
+    for name in ("rotation", "translation", "shape"):
+        assert (after[name] - before[name]).abs().max() > 1e-5, name
 
 
 def test_photometric_intrinsics_follow_the_area_resize():
@@ -282,7 +298,6 @@ def test_bad_input_names_the_problem(subject, tmp_path, capsys):
     root = subject[0]
     # missing landmark embedding: a clear error before anything is written
     flame_copy = tmp_path / "flame"
-    import shutil
 
     shutil.copytree(root / "d" / "s" / "flame", flame_copy)
     (flame_copy / LANDMARK_FILE).unlink()
