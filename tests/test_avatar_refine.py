@@ -194,3 +194,21 @@ def test_avatar_stage_needs_the_training_masks_before_any_work(trained, tmp_path
     (sub / "imgs").mkdir(parents=True)
     with pytest.raises(PreprocessError, match=r"alpha matte \(alpha/NNNNN.png, e.g. 00003\)"):
         check_trainable(sub, [3, 4])
+
+
+def test_avatar_stage_default_runs_on_a_gpu_where_the_masks_are(trained, tmp_path):
+    """TrackConfig.avatar_refine None (the default): the stage runs on CUDA when every frame has its mattes
+    and masks, is skipped (saying why) when one lacks them or on the CPU; True / False are obeyed."""
+    from preprocessing.track.run import stage_on
+
+    root, _ = trained
+    full, bare = root / "d" / "s", tmp_path / "bare"
+    (bare / "imgs").mkdir(parents=True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only the device's type is read
+    frames = list(range(12))
+    assert stage_on(None, cuda, full, frames) == (True, "")
+    on, why = stage_on(None, cuda, bare, [3, 4])
+    assert not on and "alpha matte (alpha/NNNNN.png, e.g. 00003)" in why
+    on, why = stage_on(None, cpu, full, frames)
+    assert not on and "CPU" in why
+    assert stage_on(True, cpu, full, frames)[0] and not stage_on(False, cuda, full, frames)[0]

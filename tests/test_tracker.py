@@ -363,7 +363,8 @@ def test_command_line_switches_the_avatar_stage(monkeypatch, tmp_path):
     assert cli.main(base) == 0
     assert cli.main(base + ["--avatar_refine", "--refine_iterations", "50", "--refine_rounds", "2"]) == 0
     assert cli.main(base + ["--no_avatar_refine"]) == 0
-    assert [c.avatar_refine for c in seen] == [TrackConfig().avatar_refine, True, False]
+    assert [c.avatar_refine for c in seen] == [None, True, False]  # None: the device and masks decide
+    assert TrackConfig().avatar_refine is None
     cpu, gpu = avatar_refine_config("cpu"), avatar_refine_config("cuda")
     assert seen[0].refine == cpu
     assert (seen[1].refine.iterations, seen[1].refine.rounds, seen[1].refine.steps) == (50, 2, cpu.steps)

@@ -20,10 +20,6 @@ from utils.errors import InputError
 from utils.options import DEFAULT_DATA_ROOT, DEFAULT_TRACKING_ROOT
 
 
-def _on(default: bool) -> str:
-    return " (the default)" if default else ""
-
-
 def _preset_options(p: argparse.ArgumentParser, prefix: str, gpu: object, cpu: object,
                     helps: dict[str, str]) -> None:
     """``--<prefix>_<field>`` integer options overriding a per-device preset; unset, they are absent from
@@ -78,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     hide = argparse.SUPPRESS
     p.add_argument("--avatar_refine", dest="avatar_refine", action="store_true", default=hide,
                    help="after the pixel stage, train a quick avatar on the tracking and refine every "
-                        "frame's camera against it (preprocessing/track/avatar_refine.py)"
-                        + _on(d.avatar_refine))
+                        "frame's camera against it (preprocessing/track/avatar_refine.py). By default it "
+                        "runs on a GPU when the subject has its mattes and parsing masks, and not on the "
+                        "CPU (minutes there); this switch asks for it anyway")
     p.add_argument("--no_avatar_refine", dest="avatar_refine", action="store_false", default=hide,
-                   help=f"skip the avatar stage{_on(not d.avatar_refine)}")
+                   help="skip the avatar stage")
     _preset_options(p, "refine", avatar_refine_config("cuda"), avatar_refine_config("cpu"), {
         "iterations": "the avatar stage's training iterations",
         "steps": "camera-correction steps per frame",

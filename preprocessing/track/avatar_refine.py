@@ -81,16 +81,23 @@ TRAINING_MASKS = (("alpha", "", "alpha matte"), ("parsing", "_neckhead", "neck-h
                   ("parsing", "_mouth", "mouth mask"))
 
 
-def check_trainable(subject_dir: Path, numbers: list[int]) -> None:
-    """Stop before any tracking work when the stage's avatar could not train on the frames: it needs each
-    frame's alpha matte and neck-head and mouth masks, as train.py does."""
+def missing_training_masks(subject_dir: Path, numbers: list[int]) -> str | None:
+    """What keeps the stage's avatar from training on the frames (it needs each frame's alpha matte and
+    neck-head and mouth masks, as train.py does), or None when nothing does."""
     for folder, suffix, label in TRAINING_MASKS:
         missing = [n for n in numbers if find_image(subject_dir / folder, f"{n:05d}{suffix}") is None]
         if missing:
-            raise PreprocessError(
-                f"{subject_dir}: {len(missing)} frame(s) lack the {label} ({folder}/NNNNN{suffix}.png, e.g. "
-                f"{missing[0]:05d}) that the avatar stage trains with: run the matting and face parsing "
-                "(preprocessing/video_to_subject.py) first, or track without --avatar_refine")
+            return (f"{subject_dir}: {len(missing)} frame(s) lack the {label} ({folder}/NNNNN{suffix}.png, "
+                    f"e.g. {missing[0]:05d}) that the avatar stage trains with")
+    return None
+
+
+def check_trainable(subject_dir: Path, numbers: list[int]) -> None:
+    """Stop before any tracking work when the stage's avatar could not train on the frames."""
+    problem = missing_training_masks(subject_dir, numbers)
+    if problem is not None:
+        raise PreprocessError(f"{problem}: run the matting and face parsing "
+                              "(preprocessing/video_to_subject.py) first, or track without --avatar_refine")
 
 
 def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: Path, log_root: Path,
