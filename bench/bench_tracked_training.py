@@ -93,8 +93,9 @@ def main() -> None:
     train_extra: dict[str, list[str]] = {"truth": args.train_args.split()}
     for name, *overrides in variants:
         train_extra[name] = args.train_args.split()
-        cfg = TrackConfig(focal=2.5, photometric=args.photometric, show_progress=False, restart=True,
-                          photo=photometric_config(args.device), refine=avatar_refine_config(args.device))
+        cfg = TrackConfig(focal=2.5, photometric=args.photometric, avatar_refine=False, show_progress=False,
+                          restart=True, photo=photometric_config(args.device),
+                          refine=avatar_refine_config(args.device))  # the stage only where a variant asks
         swap: list[str] = []
         for kv in overrides:
             key, value = kv.split("=", 1)

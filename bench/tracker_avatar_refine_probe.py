@@ -70,7 +70,7 @@ def main() -> None:
     assets, emb = load_flame_assets(flame_dir), load_landmark_embedding(flame_dir)
     truth = load_sequence(root / "truth" / "s" / "checkpoint")
     obs = observations_from_tracking(truth, assets, emb, noise_px=1.0)
-    cfg = TrackConfig(focal=2.5, show_progress=False, photo=photometric_config(device))
+    cfg = TrackConfig(focal=2.5, avatar_refine=False, show_progress=False, photo=photometric_config(device))
     track_subject(root / "d", root / "ours", "s", cfg, observations=obs, device=device)
     ours = load_sequence(root / "ours" / "s" / "checkpoint")
     flame, g = FLAME(assets), _stack(truth)

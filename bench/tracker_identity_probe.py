@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = track_run.TrackConfig(show_progress=False, restart=True, workers=1,
                                         focal=float(truth[0].K[0, 0]) / args.size,
-                                        photometric=args.photometric,
+                                        photometric=args.photometric, avatar_refine=False,
                                         photo=photometric_config(args.device))
             for target, overrides in ((cfg.photo, args.photo), (cfg.fit, args.fit)):
                 for kv in overrides:
