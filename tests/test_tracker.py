@@ -231,6 +231,7 @@ def test_photometric_stage_refines_against_the_pixels(subject, landmark_fit):
     assert after["vertex_mm"] < before["vertex_mm"] + 0.5
     assert after["reprojection_px"] < 2.0
     assert summary["timings"]["landmark_fit_s"] < 2.0  # stage 1 came from its checkpoint
+    assert "avatar_stage" not in summary and "CPU" in summary["avatar_stage_skipped"]  # the default, on a CPU
 
 
 def test_photometric_stage_can_keep_the_nonrigid_fit(subject, landmark_fit):

@@ -270,8 +270,8 @@ def track_subject(data_root: Path, tracking_root: Path, idname: str, cfg: TrackC
         summary["photometric_stage"] = stage2
         timings["photometric_fit_s"] = time.perf_counter() - t2
     if not avatar_stage:
-        summary["avatar_stage"] = {"skipped": why_not}
-        if cfg.show_progress and device.type == "cuda":
+        summary["avatar_stage_skipped"] = why_not
+        if cfg.show_progress and device.type == "cuda" and cfg.avatar_refine is None:
             print(f"[track] avatar stage skipped: {why_not}")
     if avatar_stage:
         t3 = time.perf_counter()
