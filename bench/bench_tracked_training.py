@@ -68,6 +68,9 @@ def main() -> None:
                          "the tracking error costs the avatar); default: one 'tracked'")
     ap.add_argument("--train_args", default="", help="train.py options for every avatar, e.g. "
                     "'--lambda_normal_offset 0'")
+    ap.add_argument("--reuse_stages", action="store_true",
+                    help="variants with the same landmark / photometric settings share those stages' "
+                         "checkpoints (e.g. swap= probes of one tracking) instead of each tracking anew")
     ap.add_argument("--skip_truth", action="store_true",
                     help="train on the trackings only (the truth's runs are deterministic)")
     ap.add_argument("--truth_only", action="store_true",
@@ -94,7 +97,7 @@ def main() -> None:
     for name, *overrides in variants:
         train_extra[name] = args.train_args.split()
         cfg = TrackConfig(focal=2.5, photometric=args.photometric, avatar_refine=False, show_progress=False,
-                          restart=True, photo=photometric_config(args.device),
+                          restart=not args.reuse_stages, photo=photometric_config(args.device),
                           refine=avatar_refine_config(args.device))  # the stage only where a variant asks
         swap: list[str] = []
         for kv in overrides:
