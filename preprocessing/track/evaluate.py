@@ -19,6 +19,13 @@ the parameters it was rendered with. Figures (means over frames):
   score pixels. Unlike ``rotation_deg`` it does not charge the fit for the gauge freedoms of
   monocular tracking;
 - ``reprojection_px``: the 68 landmarks projected with the fitted and the true cameras;
+- ``expression_landmark_fit_mm`` / ``expression_landmark_truth_mm``: how far the fitted / true expression
+  coefficients alone (true neutral head; no jaw, eyes or eyelids) move the 68 landmarks, and
+  ``expression_landmark_mm`` their difference. A prior that shrinks the expression to nothing shows as a
+  fitted size far below the true one: the avatar's deformation network, which takes the coefficients as
+  its condition, then hardly sees the expression (bench/NOTES.md, session 14). The difference itself is a
+  poor guide, as is ``expression_rmse``: localized blendshapes of one region are nearly collinear and the
+  jaw trades against the chin's and lips' components, so different coefficients give the same landmarks;
 - ``expression_rmse``, ``jaw_deg`` (rotation angle), ``gaze_deg`` (angle between the gaze directions;
   the roll of an eyeball about its gaze is invisible and not counted), ``eyelids_mae``, ``focal_rel``.
 """
@@ -34,7 +41,7 @@ from flame.landmarks import LandmarkEmbedding
 from flame.model import FLAME
 from preprocessing.track.model import R0, LandmarkModel, Observations, project
 from scene.data.tracking import TrackedFrame, load_tracked_frame
-from utils.rotations import rot6d_to_matrix, rotation_angle_deg
+from utils.rotations import identity_rot6d, rot6d_to_matrix, rotation_angle_deg
 
 
 def load_sequence(folder: Path, numbers: list[int] | None = None) -> list[TrackedFrame]:
@@ -120,6 +127,16 @@ def compare_tracking(truth: list[TrackedFrame], fit: list[TrackedFrame], assets:
                              R0 @ g["R"])[:, :68], g["R"], g["t"], g["K"])
     pf = project(lm.points3d(f["shape"], f["expression"], f["jaw"], f["eyes"], f["eyelids"],
                              R0 @ f["R"])[:, :68], f["R"], f["t"], f["K"])
+    n = g["expression"].shape[0]
+    rest6d = identity_rot6d(n)
+
+    def expression_at_landmarks(expression: torch.Tensor) -> torch.Tensor:
+        return lm.points3d(g["shape"], expression, rest6d, rest6d.repeat(1, 2), torch.zeros(n, 2),
+                           torch.eye(3).expand(n, 3, 3))[:, :68]
+
+    lmk_rest = expression_at_landmarks(torch.zeros_like(g["expression"]))
+    lmk_g = expression_at_landmarks(g["expression"]) - lmk_rest
+    lmk_f = expression_at_landmarks(f["expression"]) - lmk_rest
     eye_err = torch.cat([_gaze_deg(f["eyes"][:, :6], g["eyes"][:, :6]),
                          _gaze_deg(f["eyes"][:, 6:], g["eyes"][:, 6:])])
     return {
@@ -131,6 +148,9 @@ def compare_tracking(truth: list[TrackedFrame], fit: list[TrackedFrame], assets:
         "rotation_deg": float(_angle_deg(f["R"][:, :2].reshape(-1, 6), g["R"][:, :2].reshape(-1, 6)).mean()),
         "expression_rmse": float((f["expression"] - g["expression"]).pow(2).mean().sqrt()),
         "expression_rms_truth": float(g["expression"].pow(2).mean().sqrt()),
+        "expression_landmark_mm": float((lmk_f - lmk_g).norm(dim=-1).mean() * 1000),
+        "expression_landmark_fit_mm": float(lmk_f.norm(dim=-1).mean() * 1000),
+        "expression_landmark_truth_mm": float(lmk_g.norm(dim=-1).mean() * 1000),
         "jaw_deg": float(_angle_deg(f["jaw"], g["jaw"]).mean()),
         "gaze_deg": float(eye_err.mean()),
         "eyelids_mae": float((f["eyelids"] - g["eyelids"]).abs().mean()),

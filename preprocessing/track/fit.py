@@ -11,6 +11,7 @@ frames is one tensor program per iteration.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,8 @@ class FitConfig:
     steps: int = 1500
     lr: float = 0.01
     w_shape: float = 1e-7
-    w_expression: float = 1e-5
+    w_expression: float = 1e-7    # at 512-px frames; 1e-5 at 128 px; between, log-linear in the height
+    w_expression_128: float = 1e-5  # (expression_weight; bench/NOTES.md, session 14)
     w_jaw: float = 1e-4
     w_eyes: float = 1e-6
     w_eyelids: float = 1.0        # the box [0, 1] on the eyelid weights
@@ -83,10 +85,24 @@ def pose_vector(p: TrackParams) -> Tensor:
     return torch.cat([p.rotation, p.translation * 10.0], 1)
 
 
-def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor) -> Tensor:
+def expression_weight(cfg: FitConfig, height_px: int) -> float:
+    """The expression prior's weight for frames ``height_px`` tall: ``w_expression`` at 512 px and above,
+    ``w_expression_128`` at 128 px and below, log-linear in the height between (interpolated, not measured).
+
+    The avatar's deformation network takes the expression as its condition. At 512 px a strong prior (1e-5)
+    shrank it to a few per cent of its size and cost the avatar 0.4 dB against 1e-7; at 128 px, where 1 px
+    of landmark noise is four times more of the frame and the expression moves the landmarks by under a
+    pixel, 1e-7 cost it 1.5-2 dB and 1.6e-6 0.5 dB against 1e-5 (bench/NOTES.md, session 14)."""
+    t = min(max(math.log2(512.0 / float(height_px)) / 2.0, 0.0), 1.0)  # 0 at 512 px, 1 at 128 px
+    return math.exp((1.0 - t) * math.log(cfg.w_expression) + t * math.log(cfg.w_expression_128))
+
+
+def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor, height_px: int) -> Tensor:
+    """The priors and temporal terms of the fit, for frames ``height_px`` tall."""
     eye = identity_rot6d(device=p.jaw.device)
     lids = p.eyelids
-    reg = (cfg.w_shape * p.shape.pow(2).sum() + cfg.w_expression * p.expression.pow(2).sum(-1).mean()
+    reg = (cfg.w_shape * p.shape.pow(2).sum()
+           + expression_weight(cfg, height_px) * p.expression.pow(2).sum(-1).mean()
            + cfg.w_jaw * (p.jaw - eye).pow(2).sum(-1).mean()
            + cfg.w_eyes * (p.eyes - eye.repeat(2)).pow(2).sum(-1).mean()
            + cfg.w_eyelids * (torch.relu(-lids) + torch.relu(lids - 1.0)).pow(2).sum(-1).mean())
@@ -143,7 +159,7 @@ def fit_landmarks(params: TrackParams, model: LandmarkModel, obs: Observations, 
         pred = model(params, obs.img_size)
         rep = reprojection_loss(pred, obs, None, cfg.robust_px)
         if full:
-            total = rep + regularisers(params, cfg, gaps)
+            total = rep + regularisers(params, cfg, gaps, obs.img_size[0])
         else:
             pose = pose_vector(params)
             jitter = acceleration(pose, gaps, cfg.accel_scale)
