@@ -357,10 +357,13 @@ def test_command_line_runs_the_photometric_stage_by_default(monkeypatch, tmp_pat
     assert cli.main(base) == 0
     assert cli.main(base + ["--no_photometric"]) == 0
     assert cli.main(base + ["--photometric", "--photo_steps", "7", "--photo_size", "96"]) == 0
+    assert cli.main(base + ["--no_photo_nonrigid"]) == 0
     cpu, gpu = photometric_config("cpu"), photometric_config("cuda")
-    assert [c.photometric for c in seen] == [True, False, True]
+    assert [c.photometric for c in seen] == [True, False, True, True]
     assert seen[0].photo == cpu
     assert (seen[2].photo.steps, seen[2].photo.size, seen[2].photo.batch) == (7, 96, cpu.batch)
+    # the non-rigid refinement: on in the CPU preset, off in the GPU one, switchable
+    assert cpu.nonrigid and not gpu.nonrigid and seen[2].photo.nonrigid and not seen[3].photo.nonrigid
     # the CPU preset is the lighter one in every dimension that costs time
     assert cpu.steps * cpu.batch * cpu.size ** 2 < gpu.steps * gpu.batch * gpu.size ** 2 / 10
     assert TrackConfig().photometric and TrackConfig().photo is None  # the device's preset, when tracking

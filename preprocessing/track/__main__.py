@@ -70,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "steps": "photometric steps, each rendering --photo_batch frames",
         "batch": "frames rendered per photometric step",
         "size": "the photometric stage renders at this many pixels, longer side"})
-    p.set_defaults(avatar_refine=d.avatar_refine)
     hide = argparse.SUPPRESS
+    p.add_argument("--photo_nonrigid", dest="photo_nonrigid", action="store_true", default=hide,
+                   help="the photometric stage also refines expression, jaw, eyes and eyelids (the CPU "
+                        "preset's choice; at 512 px it took the jaw and gaze further off and cost the "
+                        "avatar, bench/NOTES.md session 14)")
+    p.add_argument("--no_photo_nonrigid", dest="photo_nonrigid", action="store_false", default=hide,
+                   help="the photometric stage refines cameras and identity only (the GPU preset's choice)")
+    p.set_defaults(avatar_refine=d.avatar_refine)
     p.add_argument("--avatar_refine", dest="avatar_refine", action="store_true", default=hide,
                    help="after the pixel stage, train a quick avatar on the tracking and refine every "
                         "frame's camera against it (preprocessing/track/avatar_refine.py). By default it "
