@@ -94,7 +94,10 @@ def expression_weight(cfg: FitConfig, height_px: int) -> float:
     of landmark noise is four times more of the frame and the expression moves the landmarks by under a
     pixel, 1e-7 cost it 1.5-2 dB and 1.6e-6 0.5 dB against 1e-5 (bench/NOTES.md, session 14)."""
     t = min(max(math.log2(512.0 / float(height_px)) / 2.0, 0.0), 1.0)  # 0 at 512 px, 1 at 128 px
-    return math.exp((1.0 - t) * math.log(cfg.w_expression) + t * math.log(cfg.w_expression_128))
+    a, b = cfg.w_expression, cfg.w_expression_128
+    if a <= 0.0 or b <= 0.0:  # a prior switched off: no logarithm; linear between
+        return (1.0 - t) * a + t * b
+    return math.exp((1.0 - t) * math.log(a) + t * math.log(b))
 
 
 def regularisers(p: TrackParams, cfg: FitConfig, gaps: Tensor, height_px: int) -> Tensor:
