@@ -35,6 +35,7 @@ from utils.losses import (
     normal_thickness_regulariser,
     offset_regulariser,
     opacity_regulariser,
+    over_background,
     photometric_loss,
 )
 from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
@@ -90,6 +91,7 @@ class Trainer:
             self.avatar.deformation.start_at_rest()  # a resumed run's state replaces it below
         self.optimizers = self.avatar.make_optimizers()
         self.background = self.subject.background.to(self.device)
+        self._train_background = self.background
         self.sampler = FrameSampler(self.subject.train_indices, cfg.train.seed)
         self.iteration = 0
         self.ema: ParameterEMA | None = None  # --ema_decay: made in prepare(), after the Gaussians' start
@@ -194,14 +196,20 @@ class Trainer:
 
     def loss(self, it: int, frame):
         """The docs/maths.md section 9 loss of one frame -> (terms, render)."""
-        gaussians, surface = self.train_deform(frame.condition, frame.camera)
-        out = render(frame.camera, gaussians, self.background, backend=self.cfg.run.backend)
-        img = out.image
-        terms = photometric_loss(img, frame.image, frame.mouth_mask)
-        total = terms.total
         t = self.cfg.train
+        gaussians, surface = self.train_deform(frame.condition, frame.camera)
+        gt, background = frame.image, self.background
+        if t.random_background > 0:  # drawn on the device: no host sync
+            draw = torch.rand(4, device=self.device, dtype=gt.dtype)
+            background = torch.where(draw[0] < t.random_background, draw[1:], background)
+            gt = over_background(gt, frame.coverage, self.background, background)
+        self._train_background = background  # the training grid shows the render over it
+        out = render(frame.camera, gaussians, background, backend=self.cfg.run.backend)
+        img = out.image
+        terms = photometric_loss(img, gt, frame.mouth_mask)
+        total = terms.total
         if self.lpips is not None and t.lambda_lpips > 0 and it > t.lpips_start:
-            terms.perceptual = self.lpips(img * frame.head_mask, frame.image * frame.head_mask)
+            terms.perceptual = self.lpips(img * frame.head_mask, gt * frame.head_mask)
             total = total + t.lambda_lpips * terms.perceptual
         if t.lambda_opacity_reg > 0:
             terms.opacity = opacity_regulariser(gaussians.opacities)
@@ -261,8 +269,10 @@ class Trainer:
 
     def write_grid(self, it: int, frame: FrameData, img: torch.Tensor) -> None:
         with torch.no_grad():
-            grid = image_grid([img.detach().clamp(0, 1), frame.image,
-                               error_map(img.detach(), frame.image, frame.head_mask, self.background)],
+            bg = self._train_background
+            gt = over_background(frame.image, frame.coverage, self.background, bg)
+            err = error_map(img.detach(), gt, frame.head_mask, bg)
+            grid = image_grid([img.detach().clamp(0, 1), gt, err],
                               labels=[f"render {it}", "ground truth", "error"])
         self.logger.image(it, "train/render_gt_error", grid)
         write_image(self.run_dir / "train" / f"{it:05d}.png", grid)

@@ -52,6 +52,12 @@ def normal_thickness_regulariser(scales: Tensor, rotations: Tensor, normals: Ten
     return ((var * local.pow(2)).sum(-1) / var.sum(-1)).mean()
 
 
+def over_background(image: Tensor, coverage: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """``image`` (3,H,W), composited with ``coverage`` (1,H,W) over the colour ``old`` (3,), recomposited
+    over ``new`` (3,): image + (1 - coverage) (new - old)."""
+    return image + (1.0 - coverage) * (new - old).view(3, 1, 1)
+
+
 @dataclass
 class LossTerms:
     """The loss of one iteration and its parts (tensors; read them only at logging steps)."""

@@ -67,6 +67,13 @@ def _sh_degree(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text}")
+    return value
+
+
 def _decay(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -245,6 +252,13 @@ class TrainOptions:
                                      help="weight of the mean share of each Gaussian's variance along its "
                                           "triangle's normal (flat Gaussians in the surface; against "
                                           "streaks in side views)")
+    random_background: float = option(1.0, type=_share, metavar="SHARE",
+                                      help="share of training steps (0-1) whose frame is composited over a "
+                                           "random background colour and rendered over the same colour; "
+                                           "evaluation stays on the subject's background. The head's edges "
+                                           "cannot borrow the background's colour, which side views show "
+                                           "(+1 to +4 dB there, frontal level or better: bench/NOTES.md). "
+                                           "0: the original's white background only")
     ema_decay: float = option(0.0, type=_decay,
                               help="evaluate, checkpoint for rendering and export an exponential moving "
                                    "average of the parameters with this decay (e.g. 0.999; 0: off, the last "

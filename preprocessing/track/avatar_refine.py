@@ -109,6 +109,7 @@ def train_avatar(data_root: Path, tracking_root: Path, idname: str, flame_dir: P
             "--flame_dir", str(flame_dir), "--log_root", str(log_root), "--logname", "avatar",
             "--iterations", str(cfg.iterations), "--skip_test", "--lambda_lpips", "0", "--grid_every", "0",
             "--eval_every", "0", "--ckpt_every", "0", "--log_every", "500", "--seed", str(cfg.seed),
+            "--random_background", "0",  # the stage's cameras were measured (bench/NOTES.md) over white
             "--uv_size", str(cfg.uv_size), "--hidden_dim", str(cfg.hidden_dim), "--hidden_layers",
             str(cfg.hidden_layers), "--device", str(device), "--overwrite", "--allow_missing",
             *(["--quiet"] if quiet else [])]

@@ -66,6 +66,7 @@ class FrameData:
     mouth_mask: Tensor | None
     camera: Camera
     condition: Tensor
+    coverage: Tensor | None = None  # alpha * head (1,H,W): where ``image`` is the head, not background
 
 
 def _ranges(numbers: Sequence[int], limit: int = 12) -> str:
@@ -364,7 +365,8 @@ class Subject:
         masks = masks_u8.to(self.device, non_blocking=True).float() / 255.0
         alpha, head, mouth = masks[0:1], masks[1:2], masks[2:3]
         gt = self.composite(img, alpha, head)
-        return FrameData(i, self.frame_ids[i], gt, head, mouth, self._cameras[i], self.conditions[i])
+        return FrameData(i, self.frame_ids[i], gt, head, mouth, self._cameras[i], self.conditions[i],
+                         coverage=alpha * head)
 
     def __repr__(self) -> str:
         return (f"Subject({self.idname!r}, frames={len(self)}, train={len(self.train_indices)}, "
