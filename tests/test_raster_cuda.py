@@ -375,7 +375,7 @@ def test_gaussians_are_listed_only_in_tiles_they_reach(raster_oracle) -> None:
     n_pairs, _ = dgr._C.rasterize_gaussians(
         d["background"].to(dev), means, empty, opac, scales, rots, 1.0, empty, view, proj,
         float(d["tanfovx"]), float(d["tanfovy"]), H, W, d["shs"].to(dev), 3, d["campos"].to(dev), False,
-        False, False, False)
+        False, False, False, 0, torch.empty(0, device=dev, dtype=torch.int32))
 
     # Independent count in torch: every tile of the original rectangle, every pixel of the tile.
     cam = tb._camera_consts(SimpleNamespace(
@@ -402,3 +402,89 @@ def test_gaussians_are_listed_only_in_tiles_they_reach(raster_oracle) -> None:
     needed, original = int(reached.sum()), int(per.sum())
     assert needed <= n_pairs <= 1.06 * needed + 16, (n_pairs, needed)  # 65.6k needed; the margin adds ~3 %
     assert n_pairs < 0.6 * original, (n_pairs, original)
+
+
+GAUSSIAN_KEYS = ("means3D", "opacities", "shs", "scales", "rotations")
+
+
+def _on_gpu(d: dict) -> dict:
+    """The oracle scene's tensors on the GPU and its scalars as Python numbers (nothing to copy or read
+    back inside a CUDA-graph capture)."""
+    scene = {k: v.to("cuda") for k, v in d.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    scene.update({k: float(d[k]) for k in ("tanfovx", "tanfovy")} | {k: int(d[k]) for k in ("H", "W")})
+    return scene
+
+
+def _oracle_call(d: dict, capacity: int, count: torch.Tensor | None, means: torch.Tensor | None = None,
+                 leaves: dict | None = None):
+    """The oracle scene (``_on_gpu``) through the raw API with a pair capacity (0: exact): (color, radii)."""
+    import diff_gaussian_rasterization as dgr
+
+    settings = dgr.GaussianRasterizationSettings(
+        d["H"], d["W"], d["tanfovx"], d["tanfovy"], d["background"], 1.0, d["viewmatrix"], d["projmatrix"], 3,
+        d["campos"], False, False, pair_capacity=capacity, pair_count=count)
+    p = leaves if leaves is not None else d
+    m = p["means3D"] if means is None else means
+    return dgr.GaussianRasterizer(settings)(m, torch.zeros_like(m), p["opacities"], shs=p["shs"],
+                                            scales=p["scales"], rotations=p["rotations"])
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_fixed_pair_capacity_equals_the_exact_list(raster_oracle) -> None:
+    """pair_capacity N > 0 (no host sync: the pair list has N slots, the unused tail sorted last and in no
+    tile): the same image, radii and gradients as the exact list; pair_count holds the pairs needed in both
+    modes; a capacity below that drops pairs (the image changes, stays finite) and pair_count says so."""
+    d = _on_gpu(raster_oracle)
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    exact, radii = _oracle_call(d, 0, count)
+    needed = int(count)
+    assert 50_000 < needed < 100_000  # 65.6k pairs on this scene (session 9)
+    w = torch.rand(exact.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    grads = {}
+    for capacity in (0, needed, needed + 12345):
+        leaves = {k: d[k].clone().requires_grad_() for k in GAUSSIAN_KEYS}
+        count.zero_()
+        color, r = _oracle_call(d, capacity, count, leaves=leaves)
+        assert int(count) == needed
+        assert torch.equal(color, exact) and torch.equal(r, radii), capacity
+        (color * w).sum().backward()
+        grads[capacity] = {k: v.grad for k, v in leaves.items()}
+    for capacity in (needed, needed + 12345):
+        for k, g in grads[capacity].items():
+            assert_grad_close(g, grads[0][k], f"grad {k}, capacity {capacity}")
+    count.zero_()
+    short, _ = _oracle_call(d, needed // 2, count)
+    assert int(count) == needed  # the caller learns that half the pairs were dropped
+    assert torch.isfinite(short).all() and (short - exact).abs().max() > 0.05
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_fixed_pair_capacity_is_captured_in_a_cuda_graph(raster_oracle) -> None:
+    """With a fixed capacity the forward has no host sync, so it can be captured once and replayed: the
+    replay with moved Gaussians equals an exact eager call on them."""
+    d = _on_gpu(raster_oracle)
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    _oracle_call(d, 0, count)
+    capacity = int(int(count) * 1.5)
+    static_means = d["means3D"].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up outside the capture (allocator, CUB's first calls)
+            _oracle_call(d, capacity, count, means=static_means)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        static_color, _ = _oracle_call(d, capacity, count, means=static_means)
+    moved = d["means3D"] + torch.tensor([0.004, -0.003, 0.002], device="cuda")
+    static_means.copy_(moved)
+    graph.replay()
+    with torch.no_grad():
+        expected, _ = _oracle_call(d, 0, None, means=moved)
+    assert int(count) <= capacity
+    assert torch.equal(static_color, expected)
+    with torch.no_grad():
+        before, _ = _oracle_call(d, 0, None)
+    assert (expected - before).abs().max() > 0.05  # the move changed the image: the replay did work

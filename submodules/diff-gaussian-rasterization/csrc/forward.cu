@@ -235,12 +235,13 @@ void preprocess(int P, int D, int M, const float* means, const float* scales, fl
 
 __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, const float* __restrict__ depths,
                                  const float4* __restrict__ conic_opacity, const uint32_t* __restrict__ offsets,
-                                 const int* __restrict__ radii, dim3 grid,
+                                 const int* __restrict__ radii, dim3 grid, uint32_t capacity,
                                  uint64_t* __restrict__ keys, uint32_t* __restrict__ values) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= P || radii[idx] <= 0) return;
   uint32_t off = idx == 0 ? 0 : offsets[idx - 1];
-  const uint32_t end = offsets[idx];
+  const uint32_t end = min(offsets[idx], capacity);  // pairs past a fixed capacity are dropped (counted)
+  if (off >= end) return;
   const float2 p = means2D[idx];
   const float4 co = conic_opacity[idx];
   int2 rmin, rmax;
@@ -259,32 +260,47 @@ __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, cons
 }
 
 void duplicate_with_keys(int P, const float2* means2D, const float* depths, const float4* conic_opacity,
-                         const uint32_t* offsets, const int* radii, dim3 grid, uint64_t* keys, uint32_t* values,
-                         cudaStream_t stream) {
+                         const uint32_t* offsets, const int* radii, dim3 grid, uint32_t capacity, uint64_t* keys,
+                         uint32_t* values, cudaStream_t stream) {
   if (P == 0) return;
   duplicate_kernel<<<(P + 255) / 256, 256, 0, stream>>>(P, means2D, depths, conic_opacity, offsets, radii, grid,
-                                                        keys, values);
+                                                        capacity, keys, values);
 }
 
-__global__ void ranges_kernel(int R, const uint64_t* __restrict__ keys, uint2* __restrict__ ranges) {
+__global__ void unused_pairs_kernel(int R, const uint32_t* __restrict__ total, uint64_t* __restrict__ keys,
+                                    uint32_t* __restrict__ values) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= R || (total != nullptr && (uint32_t)idx < *total)) return;
+  keys[idx] = ~0ull;  // tile 0xffffffff: sorts after every real pair, and tile_ranges skips it
+  values[idx] = 0u;
+}
+
+void mark_unused_pairs(int R, const uint32_t* total, uint64_t* keys, uint32_t* values, cudaStream_t stream) {
+  if (R == 0) return;
+  unused_pairs_kernel<<<(R + 255) / 256, 256, 0, stream>>>(R, total, keys, values);
+}
+
+__global__ void ranges_kernel(int R, uint32_t n_tiles, const uint64_t* __restrict__ keys,
+                              uint2* __restrict__ ranges) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= R) return;
   const uint32_t tile = (uint32_t)(keys[idx] >> 32);
+  const bool real = tile < n_tiles;  // else an unused slot of a fixed-capacity list (mark_unused_pairs)
   if (idx == 0) {
-    ranges[tile].x = 0;
+    if (real) ranges[tile].x = 0;
   } else {
     const uint32_t prev = (uint32_t)(keys[idx - 1] >> 32);
     if (tile != prev) {
-      ranges[prev].y = idx;
-      ranges[tile].x = idx;
+      if (prev < n_tiles) ranges[prev].y = idx;
+      if (real) ranges[tile].x = idx;
     }
   }
-  if (idx == R - 1) ranges[tile].y = R;
+  if (idx == R - 1 && real) ranges[tile].y = R;
 }
 
-void tile_ranges(int R, const uint64_t* sorted_keys, uint2* ranges, cudaStream_t stream) {
+void tile_ranges(int R, uint32_t n_tiles, const uint64_t* sorted_keys, uint2* ranges, cudaStream_t stream) {
   if (R == 0) return;
-  ranges_kernel<<<(R + 255) / 256, 256, 0, stream>>>(R, sorted_keys, ranges);
+  ranges_kernel<<<(R + 255) / 256, 256, 0, stream>>>(R, n_tiles, sorted_keys, ranges);
 }
 
 // One block per 16x16 tile, one thread per pixel. Gaussians of the tile are fetched into shared memory in

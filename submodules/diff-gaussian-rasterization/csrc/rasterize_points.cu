@@ -220,7 +220,7 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     const torch::Tensor& cov3D_precomp, const torch::Tensor& viewmatrix, const torch::Tensor& projmatrix,
     double tan_fovx, double tan_fovy, int64_t image_height, int64_t image_width, const torch::Tensor& sh,
     int64_t degree, const torch::Tensor& campos, bool prefiltered, bool return_depth, bool return_alpha,
-    bool debug) {
+    bool debug, int64_t pair_capacity, const torch::Tensor& pair_count) {
   (void)prefiltered;  // culling is always done (the original's prefiltered=True only skips a sanity check)
   TORCH_CHECK(means3D.is_cuda(), "diff_gaussian_rasterization: means3D must be a CUDA tensor");
   TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3,
@@ -266,6 +266,16 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
                 " coefficients per Gaussian, shs has ", M);
   }
 
+  TORCH_CHECK(pair_capacity >= 0 && pair_capacity < (int64_t)1 << 31,
+              "diff_gaussian_rasterization: pair_capacity must be in [0, 2^31), got ", pair_capacity);
+  const bool fixed = pair_capacity > 0;  // no host sync: sort a list of pair_capacity slots
+  if (pair_count.numel() > 0) {
+    TORCH_CHECK(pair_count.device() == device && pair_count.scalar_type() == torch::kInt32 &&
+                    pair_count.numel() == 1 && pair_count.is_contiguous(),
+                "diff_gaussian_rasterization: pair_count must be a contiguous int32 tensor of one element on ",
+                device);
+  }
+
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto fopt = means3D.options();
   const auto iopt = fopt.dtype(torch::kInt32);
@@ -282,7 +292,7 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   torch::Tensor tiles = torch::empty({required_numel<TileCountState>(iopt, P)}, iopt);
   const TileCountState counts = from_base<TileCountState>(tiles.data_ptr<int>(), P);
 
-  uint32_t* count_host = pinned_count();
+  uint32_t* count_host = fixed ? nullptr : pinned_count();
   if (P > 0) {
     size_t scan_bytes = 0;
     cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, counts.tiles_touched, counts.offsets, (int)P, stream);
@@ -298,8 +308,14 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     cub::DeviceScan::InclusiveSum(scan_tmp.data_ptr(), scan_bytes, counts.tiles_touched, counts.offsets, (int)P,
                                   stream);
     check_launch("prefix sum");
-    C10_CUDA_CHECK(
-        cudaMemcpyAsync(count_host, counts.offsets + P - 1, sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
+    if (pair_count.numel() > 0)  // the pairs needed, for the caller to compare with pair_capacity later
+      C10_CUDA_CHECK(cudaMemcpyAsync(pair_count.data_ptr<int>(), counts.offsets + P - 1, sizeof(uint32_t),
+                                     cudaMemcpyDeviceToDevice, stream));
+    if (!fixed)
+      C10_CUDA_CHECK(cudaMemcpyAsync(count_host, counts.offsets + P - 1, sizeof(uint32_t), cudaMemcpyDeviceToHost,
+                                     stream));
+  } else if (pair_count.numel() > 0) {
+    C10_CUDA_CHECK(cudaMemsetAsync(pair_count.data_ptr<int>(), 0, sizeof(int), stream));
   }
 
   // Per-pixel outputs and state, allocated while the GPU preprocesses (before the one host sync).
@@ -310,8 +326,8 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   torch::Tensor n_contrib = torch::empty({H, W}, iopt);
   torch::Tensor ranges = torch::zeros({n_tiles, 2}, iopt);
 
-  int64_t num_rendered = 0;
-  if (P > 0) {
+  int64_t num_rendered = fixed ? -1 : 0;  // -1: not known on the host (fixed capacity)
+  if (P > 0 && !fixed) {
     C10_CUDA_CHECK(cudaStreamSynchronize(stream));  // the number of (tile, Gaussian) pairs sizes the sort
     num_rendered = *count_host;
     TORCH_CHECK(num_rendered < (int64_t)1 << 31, "diff_gaussian_rasterization: ", num_rendered,
@@ -319,7 +335,7 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   }
 
   torch::Tensor point_list;
-  const int R = (int)num_rendered;
+  const int R = fixed ? (int)pair_capacity : (int)num_rendered;
   if (R > 0) {
     const int end_bit = 32 + highest_bit((uint32_t)n_tiles);
     size_t sort_bytes = 0;
@@ -335,8 +351,13 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     torch::Tensor vbuf = torch::empty({required_numel<BinningValues>(iopt, (int64_t)R)}, iopt);
     const BinningKeys bkeys = from_base<BinningKeys>(kbuf.data_ptr<uint8_t>(), (int64_t)R, sort_bytes);
     const BinningValues bvals = from_base<BinningValues>(vbuf.data_ptr<int>(), (int64_t)R);
+    if (fixed) {
+      dgr::mark_unused_pairs(R, P > 0 ? counts.offsets + P - 1 : nullptr, bkeys.keys, bvals.values, stream);
+      check_launch("mark_unused_pairs");
+    }
     dgr::duplicate_with_keys((int)P, geom.means2D, geom.depths, geom.conic_opacity, counts.offsets,
-                             radii.data_ptr<int>(), grid, bkeys.keys, bvals.values, stream);
+                             radii.data_ptr<int>(), grid, fixed ? (uint32_t)R : UINT32_MAX, bkeys.keys,
+                             bvals.values, stream);
     check_launch("duplicate_with_keys");
     debug_check(debug, "duplicate_with_keys");
     cub::DoubleBuffer<uint64_t> dkeys(bkeys.keys, bkeys.keys_alt);
@@ -344,7 +365,8 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     cub::DeviceRadixSort::SortPairs(bkeys.sort_scratch, sort_bytes, dkeys, dvals, R, 0, end_bit, stream);
     check_launch("radix sort");
     debug_check(debug, "radix sort");
-    dgr::tile_ranges(R, dkeys.Current(), reinterpret_cast<uint2*>(ranges.data_ptr<int>()), stream);
+    dgr::tile_ranges(R, (uint32_t)n_tiles, dkeys.Current(), reinterpret_cast<uint2*>(ranges.data_ptr<int>()),
+                     stream);
     check_launch("tile_ranges");
     point_list = field_view(vbuf, dvals.Current(), {R});  // whichever value buffer the sort ended in
   } else {

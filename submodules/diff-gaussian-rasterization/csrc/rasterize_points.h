@@ -11,10 +11,12 @@
 #include <vector>
 
 // Returns (num_rendered, [color, radii, depth, alpha, fbuf, clamped, point_list, ranges, final_T, n_contrib]);
-// depth/alpha are empty unless asked for; the rest is saved for the backward pass.
+// num_rendered is -1 with a fixed pair_capacity (not read back to the host); depth/alpha are empty unless
+// asked for; the rest is saved for the backward pass.
 //   color (3, H, W) | radii (P,) int32, 0 when culled | depth (1, H, W) or empty | alpha (1, H, W) or empty |
 //   fbuf (16 P,) per-Gaussian state, layout GeometryState in rasterize_points.cu | clamped (P, 3) uint8 |
-//   point_list (R,) int32 sorted Gaussian indices | ranges (n_tiles, 2) int32 [start, end) per tile |
+//   point_list (R,) int32 sorted Gaussian indices (R = pair_capacity when fixed: its unused tail is in no
+//   tile) | ranges (n_tiles, 2) int32 [start, end) per tile |
 //   final_T (H, W) | n_contrib (H, W) int32.
 std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     const torch::Tensor& background,     // (3,): background colour
@@ -31,7 +33,10 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     const torch::Tensor& sh,             // (P, M, 3) SH coefficients; unused when colors is given
     int64_t degree,
     const torch::Tensor& campos,         // (3,): camera centre in world space
-    bool prefiltered, bool return_depth, bool return_alpha, bool debug);
+    bool prefiltered, bool return_depth, bool return_alpha, bool debug,
+    int64_t pair_capacity,               // 0: size the (tile, Gaussian) pair list exactly (one host sync);
+                                         //   N > 0: N slots, no host sync; pairs past N are dropped
+    const torch::Tensor& pair_count);    // (1,) int32 written with the pairs needed on the device, or empty
 
 // Returns [dL_dmeans2D, dL_dcolors, dL_dopacity, dL_dmeans3D, dL_dcov3D, dL_dsh, dL_dscales, dL_drotations]:
 //   (P, 3) NDC units, z unused | (P, 3) | (P, 1) | (P, 3) | (P, 6) or empty | (P, M, 3) or empty |

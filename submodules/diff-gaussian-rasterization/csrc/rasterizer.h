@@ -55,12 +55,19 @@ void duplicate_with_keys(int P,
                          const uint32_t* offsets,  // (P,) uint32: inclusive prefix sum of tiles_touched
                          const int* radii,         // (P,) int: radii, 0 when culled (skipped)
                          dim3 grid,
+                         uint32_t capacity,        // pairs at positions >= capacity are not written (dropped)
                          uint64_t* keys,           // out (R,) uint64: tile index << 32 | float bits of the depth
                          uint32_t* values,         // out (R,) uint32: Gaussian index
                          cudaStream_t stream);
 
-// [start, end) of every tile in the sorted key list (ranges zero-initialised by the caller).
+// Slots [*total, R) of a fixed-capacity pair list (all R when total is nullptr): key ~0 (after every real
+// pair in the sort, skipped by tile_ranges), value 0.
+void mark_unused_pairs(int R, const uint32_t* total, uint64_t* keys, uint32_t* values, cudaStream_t stream);
+
+// [start, end) of every tile in the sorted key list (ranges zero-initialised by the caller); keys whose tile
+// is >= n_tiles (unused slots) belong to no tile.
 void tile_ranges(int R,
+                 uint32_t n_tiles,
                  const uint64_t* sorted_keys,  // (R,) uint64: keys sorted ascending (by tile, then depth)
                  uint2* ranges,                // in/out (grid.x * grid.y,) uint2: [start, end) into the sorted
                                                //   list per tile; must be zeroed (empty tiles stay [0, 0))

@@ -47,6 +47,12 @@ class GaussianRasterizationSettings(NamedTuple):
     debug: bool
     return_depth: bool = False
     return_alpha: bool = False
+    # 0: the (tile, Gaussian) pair list is sized exactly, which reads its length back to the host (one sync
+    # per call). N > 0: a list of N slots, no host sync (the call can be captured in a CUDA graph); pairs past
+    # N are dropped, so the image misses them: compare ``pair_count`` with N at a sync point of your choice.
+    pair_capacity: int = 0
+    # (1,) int32 CUDA tensor written on the device with the number of pairs the frame needed, or None.
+    pair_count: Tensor | None = None
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -65,6 +71,16 @@ def _f32(t: Tensor | None, name: str, like: Tensor) -> Tensor:
         raise ValueError(f"diff_gaussian_rasterization: {name} is on {t.device} but means3D is on "
                          f"{like.device}; move every input to the same CUDA device")
     return t.to(torch.float32).contiguous()
+
+
+def _pair_count(t: Tensor | None, like: Tensor) -> Tensor:
+    """The settings' pair-count output, checked (one int32 element on the means' device), or empty."""
+    if t is None:
+        return torch.empty(0, device=like.device, dtype=torch.int32)
+    if t.dtype != torch.int32 or t.numel() != 1 or t.device != like.device or not t.is_contiguous():
+        raise ValueError(f"diff_gaussian_rasterization: pair_count must be one contiguous int32 element on "
+                         f"{like.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return t
 
 
 def rasterize_gaussians(means3D: Tensor, means2D: Tensor, sh: Tensor | None, colors_precomp: Tensor | None,
@@ -96,7 +112,7 @@ class _RasterizeGaussians(torch.autograd.Function):
             bg, m, colors, _f32(opacities, "opacities", m), scl, rot, float(s.scale_modifier), cov, view,
             proj, float(s.tanfovx), float(s.tanfovy), int(s.image_height), int(s.image_width), shs,
             int(s.sh_degree), campos, bool(s.prefiltered), bool(s.return_depth), bool(s.return_alpha),
-            bool(s.debug))
+            bool(s.debug), int(s.pair_capacity), _pair_count(s.pair_count, m))
         color, radii, depth, alpha, fbuf, clamped, point_list, ranges, final_T, n_contrib = outs
         ctx.raster_settings = s
         ctx.num_rendered = num_rendered
