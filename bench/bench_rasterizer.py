@@ -1,7 +1,8 @@
 """Rasterizer speed and memory on the oracle head scene (14527 Gaussians, SH degree 3, 512x512).
 
-Times forward and forward + backward (loss = image sum) of our CUDA extension (raw API and the
-``render_cuda`` adapter) and of the torch reference backend on the same GPU, with CUDA events: the median
+Times forward and forward + backward (loss = image sum) of our CUDA extension (raw API, the
+``render_cuda`` adapter, a fixed pair capacity without host sync, and that forward replayed from a captured
+CUDA graph) and of the torch reference backend on the same GPU, with CUDA events: the median
 of ``--iters`` runs after ``--warmup`` warm-ups, and the peak memory allocated above what was in use
 before. Prints a table (and writes JSON with ``--json``). Reference (SPEC, original rasterizer on an
 H100): 0.45 ms forward, 1.86 ms forward + backward.
@@ -101,8 +102,33 @@ def main() -> None:
     def adapter() -> torch.Tensor:
         return render_cuda(camera, gs, bg, 1.0, False, False).image
 
+    # A fixed pair capacity (no host sync; 1.25x the scene's pairs) eagerly, and its forward as a captured
+    # CUDA graph (replays only: what an inference graph of deformation + rasterizer would spend on it).
+    count = torch.zeros(1, dtype=torch.int32, device=dev)
+    with torch.no_grad():
+        dgr.GaussianRasterizer(settings._replace(pair_count=count))(
+            leaves["means3D"], means2d, leaves["opacities"], shs=leaves["shs"], scales=leaves["scales"],
+            rotations=leaves["rotations"])
+    capacity = int(int(count) * 1.25)
+    fixed = dgr.GaussianRasterizer(settings._replace(pair_capacity=capacity, pair_count=count))
+
+    def raw_fixed() -> torch.Tensor:
+        return fixed(leaves["means3D"], means2d, leaves["opacities"], shs=leaves["shs"],
+                     scales=leaves["scales"], rotations=leaves["rotations"])[0]
+
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):
+            raw_fixed()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.no_grad(), torch.cuda.graph(graph):
+        raw_fixed()
+
     backends: list[tuple[str, Callable[[], torch.Tensor], int]] = [
-        ("cuda (raw API)", raw, args.iters), ("cuda (render_cuda)", adapter, args.iters)]
+        ("cuda (raw API)", raw, args.iters), ("cuda (render_cuda)", adapter, args.iters),
+        (f"cuda (capacity {capacity})", raw_fixed, args.iters)]
     if not args.skip_torch:
         from gaussian_renderer.torch_backend import render_torch
 
@@ -130,6 +156,10 @@ def main() -> None:
         fb_ms, fb_mb = time_cuda(fwd_bwd, iters, args.warmup, drop_grads)
         rows.append({"backend": name, "forward_ms": f_ms, "forward_backward_ms": fb_ms,
                      "forward_peak_mib": f_mb, "forward_backward_peak_mib": fb_mb, "iters": iters})
+    g_ms, g_mb = time_cuda(graph.replay, args.iters, args.warmup)
+    rows.insert(3, {"backend": "cuda graph (capacity)", "forward_ms": g_ms, "forward_backward_ms": None,
+                    "forward_peak_mib": g_mb, "forward_backward_peak_mib": None, "iters": args.iters,
+                    "pair_capacity": capacity, "pairs": int(count)})
 
     device = torch.cuda.get_device_name(dev)
     print(f"device: {device}; torch {torch.__version__}; scene: {d['means3D'].shape[0]} Gaussians, {W}x{H}, "
@@ -137,9 +167,12 @@ def main() -> None:
     header = f"{'backend':<22}{'fwd ms':>10}{'fwd+bwd ms':>12}{'fwd peak MiB':>14}{'f+b peak MiB':>14}"
     print(header)
     print("-" * len(header))
+    def cell(value: float | None, width: int, digits: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
     for r in rows:
-        print(f"{r['backend']:<22}{r['forward_ms']:>10.3f}{r['forward_backward_ms']:>12.3f}"
-              f"{r['forward_peak_mib']:>14.1f}{r['forward_backward_peak_mib']:>14.1f}")
+        print(f"{r['backend']:<22}{cell(r['forward_ms'], 10, 3)}{cell(r['forward_backward_ms'], 12, 3)}"
+              f"{cell(r['forward_peak_mib'], 14, 1)}{cell(r['forward_backward_peak_mib'], 14, 1)}")
     print(f"{'original (SPEC, H100)':<22}{0.45:>10.3f}{1.86:>12.3f}")
     if args.json:
         out = Path(args.json)
