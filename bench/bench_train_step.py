@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from gaussian_renderer import render  # noqa: E402
+from scene.frame_graph import FrameRenderGraph  # noqa: E402
 from scene.model.cuda_graphs import inference_graph  # noqa: E402
 from scene.trainer import Trainer  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
@@ -37,9 +38,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _profile(step, steps: int, device: torch.device) -> None:
+def _profile(step, steps: int, device: torch.device, top: int = 10, what: str = "step") -> None:
     """Print the device time of the kernels per step (what the step would cost with no host overhead),
-    the launches per step, and the ten costliest kernels."""
+    the launches per step, and the ``top`` costliest kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -54,44 +55,60 @@ def _profile(step, steps: int, device: torch.device) -> None:
         print("profile: no device kernels recorded (CPU run)")
         return
     total_us = sum(e.device_time for e in kernels)
-    print(f"profile: {len(kernels) / steps:.0f} kernels per step, {total_us / steps / 1e3:.3f} ms of kernel "
-          f"time per step")
+    print(f"profile ({what}): {len(kernels) / steps:.0f} kernels per {what}, "
+          f"{total_us / steps / 1e3:.3f} ms of kernel time per {what}")
     by_name: dict[str, list[float]] = {}
     for e in kernels:
         by_name.setdefault(e.name, []).append(e.device_time)
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:10]
-    for name, times in top:
+    for name, times in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
         print(f"  {sum(times) / steps / 1e3:8.3f} ms  {len(times) / steps:5.1f}x  {name[:90]}")
 
 
-def _inference_speed(trainer: Trainer, frames: int) -> dict[str, float]:
+def _inference_speed(trainer: Trainer, frames: int, profile_top: int = 0) -> dict[str, float]:
     """Frames per second of deformation + render without gradients, as render.py does it (the avatar in
-    eval mode with its inference precomputations), eager and with the inference graph where there is one;
-    one frame at a time, one sync at the end."""
+    eval mode with its inference precomputations): eager, with the deformation's CUDA graph, and with the
+    whole frame (deformation + rasterizer) as one CUDA graph where there are those; one frame at a time,
+    one sync at the end (the whole-frame graph also waits for each frame, as it checks its pair count)."""
     avatar, subject, dev = trainer.avatar, trainer.subject, trainer.device
+    backend, background = trainer.cfg.run.backend, trainer.background
     avatar.eval()
     avatar.freeze_for_inference()  # as render.py and the viewer (training is over by now)
-    modes = [("eager", avatar.deform)]
+
+    def deform_then_render(deform):
+        return lambda fr: render(fr.camera, deform(fr.condition, fr.camera)[0], background, backend=backend)
+
+    modes = [("eager", deform_then_render(avatar.deform))]
     if dev.type == "cuda":
-        modes.append(("CUDA graph", inference_graph(avatar)))
+        modes.append(("CUDA graph", deform_then_render(inference_graph(avatar))))
+        whole = FrameRenderGraph(avatar, background, backend)
+        modes.append(("whole-frame CUDA graph", lambda fr: whole(fr.condition, fr.camera)))
     idx = subject.train_indices[:frames]
     loaded = [subject.frame(i) for i in idx]
     result = {}
-    for name, deform in modes:
+    for name, fn in modes:
         with torch.no_grad():
             for _ in range(2):
                 for fr in loaded[:5]:
-                    render(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
-                                      backend=trainer.cfg.run.backend)
+                    fn(fr)
             _sync(dev)
             t0 = time.perf_counter()
             for fr in loaded:
-                render(fr.camera, deform(fr.condition, fr.camera)[0], trainer.background,
-                                  backend=trainer.cfg.run.backend)
+                fn(fr)
             _sync(dev)
         ms = (time.perf_counter() - t0) * 1e3 / len(loaded)
         print(f"inference ({name}): {ms:.3f} ms a frame, {1000 / ms:.0f} FPS over {len(loaded)} frames")
         result[name] = ms
+    if dev.type == "cuda":  # the GPU's own time for a frame: the floor of the whole-frame graph
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            whole.graph.replay()
+        end.record()
+        _sync(dev)
+        result["whole-frame replay, GPU time"] = start.elapsed_time(end) / 50
+        print(f"inference (whole-frame replay, GPU time): {result['whole-frame replay, GPU time']:.3f} ms")
+        if profile_top:
+            _profile(whole.graph.replay, 20, dev, profile_top, "frame")
     return result
 
 
@@ -99,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--profile", action="store_true",
-                    help="also profile --steps steps: kernel time and launches per step, top kernels")
+    ap.add_argument("--profile", type=int, nargs="?", const=10, default=0, metavar="TOP",
+                    help="also profile --steps steps and the whole-frame inference replay: kernel time and "
+                         "launches per step or frame, the TOP (10) costliest kernels")
     ap.add_argument("--json", type=Path, default=None,
                     help="also write the figures here (step ms, inference ms per mode, peak MiB)")
     ap.add_argument("--with_lpips", action="store_true",
@@ -145,13 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         mark("two optimiser steps", t)
 
     def whole_step() -> None:
-        """The training loop's own step: Trainer.loss (every term it would use), backward, Adam."""
-        terms, _ = trainer.loss(lpips_it or 1, subject.frame(trainer.sampler.next()))
-        terms.total.backward()
-        g_opt.step()
-        d_opt.step()
-        g_opt.zero_grad(set_to_none=True)
-        d_opt.zero_grad(set_to_none=True)
+        """The training loop's own step (Trainer.step: every loss term it would use, backward, Adam; one
+        CUDA-graph replay with --graph_scope step on CUDA)."""
+        trainer.step(lpips_it or 1, subject.frame(trainer.sampler.next()))
 
     for _ in range(own.warmup):
         step(None)
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
 
     if own.profile:
-        _profile(whole_step, own.steps, dev)
+        _profile(whole_step, own.steps, dev, own.profile)
 
     threads = torch.get_num_threads()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
@@ -181,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
-          f"lpips={int(bool(own.with_lpips))}")
-    inference = _inference_speed(trainer, own.steps)
+          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope}")
+    inference = _inference_speed(trainer, own.steps, own.profile)
     if own.json:
         write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
+                              "graph_scope": cfg.run.graph_scope,
                               "lpips": bool(own.with_lpips), "gaussians": avatar.n_gaussians,
                               "step_ms": whole,
                               "parts_ms": {k: statistics.median(v) for k, v in parts.items()},

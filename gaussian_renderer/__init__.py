@@ -65,13 +65,17 @@ def resolve_backend(backend: str | None, on_cuda: bool) -> str:
 
 def render(camera: Any, gaussians: GaussianSet, background: Tensor, scaling_modifier: float = 1.0,
            override_color: Tensor | None = None, backend: str | None = None, return_depth: bool = False,
-           return_alpha: bool = False) -> RenderOutput:
+           return_alpha: bool = False, pair_capacity: int = 0,
+           pair_count: Tensor | None = None) -> RenderOutput:
     """Render ``gaussians`` seen by ``camera`` (a ``scene.data.cameras.Camera``) over ``background`` (3,).
 
     ``override_color`` (P, 3) replaces the SH / given colours (used as is: no +0.5, no clamp).
     ``backend``: "auto" | "torch" | "cuda" (None: ``GAUSSIAN_RENDERER_BACKEND``, default "auto").
     Returns a ``RenderOutput``: image (3, H, W), int radii, visibility filter, viewspace points whose
     gradient is the screen-space gradient in NDC units, and depth / alpha (1, H, W) when asked for.
+    ``pair_capacity`` / ``pair_count`` (CUDA backend; the torch one is always exact and ignores them): a
+    fixed-size (tile, Gaussian) pair list with no host sync, for CUDA-graph captures (see
+    ``diff_gaussian_rasterization.GaussianRasterizationSettings``).
     """
     if override_color is not None:
         gaussians = dataclasses.replace(gaussians, colors=override_color)
@@ -80,5 +84,6 @@ def render(camera: Any, gaussians: GaussianSet, background: Tensor, scaling_modi
     if which == "cuda":
         from gaussian_renderer.cuda_backend import render_cuda
 
-        return render_cuda(camera, gaussians, background, scaling_modifier, return_depth, return_alpha)
+        return render_cuda(camera, gaussians, background, scaling_modifier, return_depth, return_alpha,
+                           pair_capacity, pair_count)
     return render_torch(camera, gaussians, background, scaling_modifier, return_depth, return_alpha)

@@ -77,11 +77,14 @@ def _require_extension() -> ModuleType:
 
 
 def render_cuda(camera, gaussians: GaussianSet, background: Tensor, scaling_modifier: float = 1.0,
-                return_depth: bool = False, return_alpha: bool = False) -> RenderOutput:
+                return_depth: bool = False, return_alpha: bool = False, pair_capacity: int = 0,
+                pair_count: Tensor | None = None) -> RenderOutput:
     """Rasterize ``gaussians`` seen by ``camera`` over ``background`` (3,) with the CUDA extension.
 
     Colour comes from ``gaussians.colors`` (P, 3) when set, else from ``gaussians.shs`` evaluated up to
     ``gaussians.sh_degree``. Inputs must be on a CUDA device (the camera's tensors are moved there).
+    ``pair_capacity`` N > 0: a pair list of N slots and no host sync (pairs past N dropped; the count the
+    frame needed is written to the int32 device tensor ``pair_count``); 0: exact, one sync.
     """
     dgr = _require_extension()
     means = gaussians.means
@@ -108,6 +111,8 @@ def render_cuda(camera, gaussians: GaussianSet, background: Tensor, scaling_modi
         debug=False,
         return_depth=return_depth,
         return_alpha=return_alpha,
+        pair_capacity=int(pair_capacity),
+        pair_count=pair_count,
     )
     means2d = torch.zeros(means.shape[0], 3, dtype=torch.float32, device=device,
                           requires_grad=torch.is_grad_enabled())

@@ -20,6 +20,7 @@ from gaussian_renderer import render
 from scene.assemble import build_avatar, open_subject
 from scene.data.novel_views import load_novel_views
 from scene.data.subject import SubjectDataError
+from scene.frame_graph import frame_renderer
 from scene.model.checkpoint import load_checkpoint, newest_checkpoint
 from scene.model.cuda_graphs import inference_deformer
 from scene.model.ply import write_ply
@@ -153,10 +154,24 @@ class Renderer:
             c = relative_condition(c, self.relative[0], self.relative[1])
         return c
 
-    def _render_frames(self, out: Path, deform, writer: ImageWriter, video: VideoStream | None) -> list[dict]:
-        """Render the plan into ``out``, queueing the PNGs on ``writer`` and the renders on ``video``; the
-        frames (their images decoded from disk) are read ahead on a thread pool. One record per frame."""
+    def _frame_functions(self) -> tuple:
+        """(deform, None) where the frames' Gaussians are needed (uncertainty colours, per-frame PLYs),
+        else (None, deformation + render in one), captured here (on CUDA) on the plan's first frame."""
         r = self.cfg.render
+        if r.uncertainty or r.export_ply_frames:
+            return inference_deformer(self.avatar, self.cfg.run.cuda_graphs), None
+        fast = self._frame_renderer()
+        i = self.plan[0][0]
+        fast(self.condition(i), self.source.camera(i))
+        return None, fast
+
+    def _render_frames(self, out: Path, functions: tuple, writer: ImageWriter,
+                       video: VideoStream | None) -> list[dict]:
+        """Render the plan into ``out`` with ``functions`` (:meth:`_frame_functions`), queueing the PNGs on
+        ``writer`` and the renders on ``video``; the frames (their images decoded from disk) are read
+        ahead on a thread pool. One record per frame."""
+        r = self.cfg.render
+        deform, fast = functions
         records: list[dict] = []
         # the frames' images are decoded only where they are written or compared (a turntable of one
         # held frame would otherwise decode the same PNGs rotate_frames times)
@@ -167,14 +182,18 @@ class Renderer:
                                                   desc=f"render {self.frames_dir.name}")):
             base = fr.camera if fr is not None else self.source.camera(i)
             cam = base.turned_about_y(angle) if r.rotate else base
-            gaussians, extras = deform(self.condition(i), cam)
-            colors = None
-            if r.uncertainty:
-                if extras.uncertainty is None:
-                    raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
-                colors = uncertainty_colors(extras.uncertainty)
-            img = render(cam, gaussians, self.background, override_color=colors,
-                         backend=self.cfg.run.backend).image
+            gaussians = None
+            if fast is not None:  # deformation and rasterizer in one replay
+                img = fast(self.condition(i), cam).image
+            else:
+                gaussians, extras = deform(self.condition(i), cam)
+                colors = None
+                if r.uncertainty:
+                    if extras.uncertainty is None:
+                        raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
+                    colors = uncertainty_colors(extras.uncertainty)
+                img = render(cam, gaussians, self.background, override_color=colors,
+                             backend=self.cfg.run.backend).image
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
             name = f"{k:05d}.png"
@@ -205,16 +224,21 @@ class Renderer:
             info["target_neutral_frame"] = int(self.relative[3])
         return info
 
-    def _render_novel_views(self, out: Path, deform, writer: ImageWriter) -> dict:
+    def _frame_renderer(self):
+        """deformation + render of one frame, one CUDA-graph replay where it can be."""
+        return frame_renderer(self.avatar, self.background.to(self.device), self.cfg.run.backend,
+                              self.cfg.run.cuda_graphs)
+
+    def _render_novel_views(self, out: Path, writer: ImageWriter) -> dict:
         """Every view of the novel-view split into ``out/<view>/{renders,gt,mask}``, each with its
         frame_map.json; returns the split's summary."""
         views = {}
+        fast = self._frame_renderer()
         for view in self.novel.views:
             records = []
             for k, (i, fid) in enumerate(zip(self.novel_indices, self.novel.frames)):
                 cam = self.target.camera(i).turned(view.yaw_deg, view.pitch_deg)
-                gaussians, _ = deform(self.target.condition(i), cam)
-                img = render(cam, gaussians, self.background, backend=self.cfg.run.backend).image
+                img = fast(self.target.condition(i), cam).image
                 raw, alpha, head = self.novel.ground_truth(view, fid)
                 alpha, head = (x.to(img.device).float() / 255.0 for x in (alpha, head))
                 if raw.shape[-2:] != img.shape[-2:]:
@@ -241,21 +265,20 @@ class Renderer:
         r = self.cfg.render
         written: list[Path] = []
         if self.novel is not None:
-            deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)
             with staged_dir(self.frames_dir) as out:
                 with ImageWriter() as writer:
-                    views = self._render_novel_views(out, deform, writer)
+                    views = self._render_novel_views(out, writer)
                 write_json(out / "frame_map.json", self.frame_map([]) | {"views": views})
             print(f"[render] novel views {', '.join(views)} ({len(self.novel.frames)} frames each) -> "
                   f"{self.frames_dir}/<view>/{{renders,gt,mask}}/NNNNN.png")
             written.append(self.frames_dir)
         if self.plan:
-            deform = inference_deformer(self.avatar, self.cfg.run.cuda_graphs)  # a CUDA graph on CUDA
+            functions = self._frame_functions()  # any capture happens before the timing
             t0 = time.perf_counter()
             with staged_dir(self.frames_dir) as out:
                 # PNG encoding (a thread pool) and the video (ffmpeg through a pipe) overlap rendering
                 with ImageWriter() as writer, _maybe_video(out / "renders.mp4", r) as video:
-                    records = self._render_frames(out, deform, writer, video)
+                    records = self._render_frames(out, functions, writer, video)
                 write_json(out / "frame_map.json", self.frame_map(records))
             seconds = time.perf_counter() - t0
             print(f"[render] {len(records)} frames rendered and written in {seconds:.2f} s "

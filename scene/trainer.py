@@ -20,17 +20,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gaussian_renderer import render
+from gaussian_renderer import render, resolve_backend
 from gaussian_renderer.types import GaussianSet
 from scene.assemble import build_avatar, ensure_subject, open_subject
 from scene.data.subject import FrameData
+from scene.frame_graph import PairBudget, frame_renderer
 from scene.model.checkpoint import list_checkpoints, load_checkpoint, newest_checkpoint, save_checkpoint
-from scene.model.cuda_graphs import Surface, inference_deformer, training_graph
+from scene.model.cuda_graphs import Surface, training_graph
 from scene.model.ema import ParameterEMA
+from scene.train_step_graph import TrainStepGraph
 from utils.device import resolve_device
 from utils.errors import InputError, NonFiniteError
 from utils.image_io import write_image
 from utils.losses import (
+    LossTerms,
     normal_offset_regulariser,
     normal_thickness_regulariser,
     offset_regulariser,
@@ -98,7 +101,8 @@ class Trainer:
         self._ema_state: dict | None = None   # a resumed run's average
         # per-frame deformations: eager until prepare() swaps in the CUDA-graphed ones on CUDA
         self.train_deform = self._eager_train_deform
-        self._eval_deform = self.avatar.deform
+        self._eval_render = None  # frame_renderer(...), made in prepare()
+        self.step_graph: TrainStepGraph | None = None  # made in prepare() (--graph_scope step on CUDA)
         if start is not None:
             self._resume(start)
         if cfg.train.overwrite:
@@ -171,7 +175,11 @@ class Trainer:
             if self._ema_state is not None:
                 self.ema.load_state_dict(self._ema_state)
         graphs = self.cfg.run.cuda_graphs and self.device.type == "cuda"
-        if graphs:
+        whole = graphs and self.cfg.run.graph_scope == "step" and resolve_backend(
+            self.cfg.run.backend, True) == "cuda"
+        if whole:  # the whole iteration is one replay (the deformation is captured inside it)
+            self.step_graph = TrainStepGraph(self)
+        elif graphs:
             try:
                 self.train_deform = training_graph(self.avatar, first.condition, first.camera,
                                                    with_surface=self.cfg.train.uses_surface)
@@ -183,33 +191,53 @@ class Trainer:
         if not graphs:
             self.train_deform = self._eager_train_deform
         if not self.cfg.train.skip_test:  # captured here, so that no evaluation's FPS counts the capture
-            self._eval_deform = inference_deformer(self.avatar, graphs)
+            self._eval_render = frame_renderer(self.avatar, self.background, self.cfg.run.backend, graphs)
+            with torch.no_grad():
+                self._eval_render(first.condition, first.camera)
 
     def _eager_train_deform(self, condition: torch.Tensor, camera) -> tuple[GaussianSet, Surface | None]:
         gaussians, extras = self.avatar.deform(condition, camera)
         return gaussians, self.avatar.surface_of(extras) if self.cfg.train.uses_surface else None
 
     def render_frame(self, frame) -> torch.Tensor:
-        """Render one frame without gradients (evaluation): the inference graph on CUDA after prepare()."""
-        gaussians, _ = self._eval_deform(frame.condition, frame.camera)
-        return render(frame.camera, gaussians, self.background, backend=self.cfg.run.backend).image
+        """Render one frame without gradients (evaluation): a CUDA-graph replay on CUDA after prepare()."""
+        if self._eval_render is None:
+            self._eval_render = frame_renderer(self.avatar, self.background, self.cfg.run.backend, False)
+        return self._eval_render(frame.condition, frame.camera).image
 
-    def loss(self, it: int, frame):
-        """The docs/maths.md section 9 loss of one frame -> (terms, render)."""
+    def perceptual_active(self, it: int) -> bool:
+        """Whether iteration ``it``'s loss has the LPIPS term."""
         t = self.cfg.train
-        gaussians, surface = self.train_deform(frame.condition, frame.camera)
+        return self.lpips is not None and t.lambda_lpips > 0 and it > t.lpips_start
+
+    def loss(self, it: int, frame, pairs: PairBudget | None = None, exact: bool = False):
+        """The docs/maths.md section 9 loss of one frame -> (terms, render).
+
+        ``pairs``: for (and in) a whole-step capture (:mod:`scene.train_step_graph`): the deformation and
+        LPIPS run eagerly, to be captured with the rest, and the rasterizer writes the frame's pair count to
+        ``pairs.count`` with a pair list of ``pairs.capacity`` slots (an exact list when ``exact``)."""
+        t = self.cfg.train
+        if pairs is None:
+            gaussians, surface = self.train_deform(frame.condition, frame.camera)
+            perceptual = self.lpips
+            capacity, count = 0, None
+        else:
+            gaussians, surface = self._eager_train_deform(frame.condition, frame.camera)
+            perceptual = None if self.lpips is None else self.lpips.distance
+            capacity, count = (0 if exact else pairs.capacity), pairs.count
         gt, background = frame.image, self.background
         if t.random_background > 0:  # drawn on the device: no host sync
             draw = torch.rand(4, device=self.device, dtype=gt.dtype)
             background = torch.where(draw[0] < t.random_background, draw[1:], background)
             gt = over_background(gt, frame.coverage, self.background, background)
         self._train_background = background  # the training grid shows the render over it
-        out = render(frame.camera, gaussians, background, backend=self.cfg.run.backend)
+        out = render(frame.camera, gaussians, background, backend=self.cfg.run.backend,
+                     pair_capacity=capacity, pair_count=count)
         img = out.image
         terms = photometric_loss(img, gt, frame.mouth_mask)
         total = terms.total
-        if self.lpips is not None and t.lambda_lpips > 0 and it > t.lpips_start:
-            terms.perceptual = self.lpips(img * frame.head_mask, gt * frame.head_mask)
+        if self.perceptual_active(it):
+            terms.perceptual = perceptual(img * frame.head_mask, gt * frame.head_mask)
             total = total + t.lambda_lpips * terms.perceptual
         if t.lambda_opacity_reg > 0:
             terms.opacity = opacity_regulariser(gaussians.opacities)
@@ -227,6 +255,25 @@ class Trainer:
                 total = total + t.lambda_thickness * terms.thickness
         terms.total = total
         return terms, img
+
+    def eager_step(self, it: int, frame, pairs: PairBudget | None = None,
+                   exact: bool = False) -> tuple[LossTerms, torch.Tensor]:
+        """Iteration ``it`` on ``frame`` launched op by op: loss, backward, both Adam steps, gradients
+        cleared (``pairs``, ``exact``: as :meth:`loss`)."""
+        terms, img = self.loss(it, frame, pairs, exact)
+        terms.total.backward()
+        for opt in self.optimizers:
+            opt.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        return terms, img
+
+    def step(self, it: int, frame) -> tuple[LossTerms, torch.Tensor]:
+        """Training iteration ``it`` on ``frame``: one CUDA-graph replay when the whole step is captured
+        (``--graph_scope step`` on CUDA), else :meth:`eager_step`."""
+        if self.step_graph is not None:
+            return self.step_graph(it, frame)
+        return self.eager_step(it, frame)
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """The block sees the parameter average (--ema_decay) where there is one, else the raw weights."""
@@ -289,7 +336,6 @@ class Trainer:
 
     def _run(self) -> dict | None:
         t = self.cfg.train
-        g_opt, d_opt = self.optimizers
         fresh = self.iteration == 0
         self.prepare()
         if fresh and not t.skip_test and t.eval_every > 0:
@@ -310,12 +356,7 @@ class Trainer:
                     self.avatar.update_sh_degree(it)
                     index = self.sampler.next()
                     frame = self.subject.frame(index)
-                    terms, img = self.loss(it, frame)
-                    terms.total.backward()
-                    g_opt.step()
-                    d_opt.step()
-                    g_opt.zero_grad(set_to_none=True)
-                    d_opt.zero_grad(set_to_none=True)
+                    terms, img = self.step(it, frame)
                     if self.ema is not None:
                         self.ema.update()
                     self.iteration = it
@@ -324,6 +365,7 @@ class Trainer:
                     bad_index = torch.where(nonfinite, index, bad_index)
                     if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
                         self._check_loss(bad_it, bad_index)
+                        self._check_pairs(it)
                         self._log_losses(it, start, t0, terms, bar)
                     if t.grid_every and it % t.grid_every == 0:
                         self.write_grid(it, frame, img)
@@ -350,6 +392,20 @@ class Trainer:
             self.logger.record["peak_gpu_memory_mib"] = round(peak, 1)
             print(f"[train] peak GPU memory {peak:.0f} MiB (tensors allocated by torch)")
         return last_eval
+
+    def _check_pairs(self, it: int) -> None:
+        """At a logging step: a captured step whose frame needed more rasterizer pairs than the capture had
+        room for drew fewer Gaussians; grow the room (the next steps capture anew) and say so."""
+        if self.step_graph is None:
+            return
+        capacity = self.step_graph.budget.capacity
+        peak = self.step_graph.check_pairs()
+        if peak:
+            msg = (f"iteration {it}: a frame needed {peak} rasterizer pairs, more than the captured step's "
+                   f"{capacity}; some steps since the last log drew fewer Gaussians. Re-capturing with room "
+                   "for more")
+            self.logger.event(msg)
+            tqdm.write(f"[train] {msg}")
 
     def _check_loss(self, bad_it: torch.Tensor, bad_index: torch.Tensor) -> None:
         """At a logging step (a host sync anyway): stop when some step's loss was NaN/Inf."""

@@ -217,6 +217,11 @@ class RunOptions:
     cuda_graphs: bool = option(True, flag="--no_cuda_graphs", action="store_false",
                                help="run the deformation (and in training the LPIPS term) eagerly on CUDA "
                                     "instead of replaying captured CUDA graphs (slower; for debugging)")
+    graph_scope: str = option("step", choices=["step", "parts"],
+                              help="what one CUDA graph holds (with CUDA graphs on and the CUDA rasterizer): "
+                                   "step: a whole training iteration (loss, backward, Adam) and, in "
+                                   "evaluation, a whole frame (deformation and rasterizer); parts: the "
+                                   "deformation and the LPIPS term only, the rest launched op by op")
 
 
 @dataclass
