@@ -47,8 +47,10 @@ def _method_flags(method: str) -> list[str]:
 class Runner:
     """Runs the stages' commands from the repository root; logs go to ``<work>/logs``."""
 
-    def __init__(self, work: Path, out: Path, precision: str, device: str, commit: str) -> None:
+    def __init__(self, work: Path, out: Path, precision: str, device: str, commit: str,
+                 train_frames: int = 600) -> None:
         self.work, self.out, self.precision = work, out, precision
+        self.train_frames = train_frames
         self.stamp = {"device": device, "commit": commit}
         self.logs = work / "logs_speed"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -168,10 +170,11 @@ class Runner:
             self.save("memory", figures)
 
     def stage_train(self) -> None:
-        self.subject("s600", 600)
-        figures: dict = {"precision": self.precision, "vgg": self.lpips_home()["vgg"]}
+        n = self.train_frames
+        self.subject(f"s{n}", n)
+        figures: dict = {"precision": self.precision, "vgg": self.lpips_home()["vgg"], "frames": n}
         for method in METHODS:
-            _, wall = self.train(f"train30k_{method}", "s600", method, "--test_num", "500",
+            _, wall = self.train(f"train30k_{method}", f"s{n}", method, "--test_num", str(min(500, n // 4)),
                                  "--logname", f"full_{method}", "--iterations", "30000")
             figures[f"{method}_wall_s"] = wall
             self.save("train", figures)
@@ -311,11 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         help="folders with stage JSONs of earlier calls (the --out folder's own win)",
     )
     ap.add_argument("--table_only", action="store_true", help="run no stage: only gather and print")
+    ap.add_argument("--train_frames", type=int, default=600,
+                    help="frames of the train stage's subject (the per-iteration cost does not depend on it; "
+                         "16 reuses the steps stage's subject)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     device, commit = _device(), _commit()
     if not args.table_only:
-        runner = Runner(args.work, args.out, args.precision, device, commit)
+        runner = Runner(args.work, args.out, args.precision, device, commit, args.train_frames)
         for stage in args.stages:
             getattr(runner, f"stage_{stage}")()
     figures = gather([*args.merge, args.out])

@@ -118,8 +118,7 @@ class TrainStepGraph:
             self.budget.track_peak()
         # detached: the captured autograd graph (and its gradient accumulators, made on the capture's
         # stream) is not kept alive by the outputs, so later eager steps make their own
-        detached = LossTerms(**{k: None if v is None else v.detach() for k, v in vars(terms).items()})
-        self.graph, self.key, self.outputs = graph, key, (detached, img.detach())
+        self.graph, self.key, self.outputs = graph, key, (terms.detached(), img.detach())
         self.warm = 0
         self.captures += 1
 

@@ -266,7 +266,7 @@ class Trainer:
             opt.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        return terms, img
+        return terms.detached(), img.detach()  # the step's autograd graph goes now, not at the next step
 
     def step(self, it: int, frame) -> tuple[LossTerms, torch.Tensor]:
         """Training iteration ``it`` on ``frame``: one CUDA-graph replay when the whole step is captured

@@ -202,3 +202,31 @@ def test_frozen_avatar_renders_what_the_unfrozen_one_does():
         after, _ = avatar.deform(cond)
     for name in ("means", "scales", "rotations", "opacities"):
         torch.testing.assert_close(getattr(after, name), getattr(before, name), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_conditional_mean_and_gradients_match_the_cpu():
+    """On CUDA the per-Gaussian L21^T (z - mu_i) and the frozen A (z - mu_i) are broadcast products and
+    sums (not an einsum): the conditional mean and every gradient agree with the CPU's einsum path."""
+    torch.backends.cuda.matmul.allow_tf32 = False  # compare the float32 arithmetic itself
+    cpu = HyperGaussian(64, 32, (3, 4, 3)).double()
+    _randomize(cpu, 5)
+    gpu = HyperGaussian(64, 32, (3, 4, 3)).cuda()
+    gpu.load_state_dict({k: v.float() for k, v in cpu.state_dict().items()})
+    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    w = torch.randn(64, 10, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    outs = {}
+    for name, module, zz, ww in (("cpu", cpu, z, w), ("gpu", gpu, z.float().cuda(), w.float().cuda())):
+        zz = zz.clone().requires_grad_(True)
+        out = module.conditional_mean(zz)
+        (out * ww).sum().backward()
+        outs[name] = [out.detach().cpu().double(), zz.grad.cpu().double()] + \
+            [p.grad.cpu().double() for p in module.parameters()]
+    for k, (a, b) in enumerate(zip(outs["gpu"], outs["cpu"])):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), k
+    cpu.freeze()
+    gpu.freeze()
+    with torch.no_grad():
+        frozen = gpu.conditional_mean(z.float().cuda()).cpu().double()
+    assert torch.allclose(frozen, outs["cpu"][0], rtol=1e-4, atol=1e-4 * outs["cpu"][0].abs().max().item())

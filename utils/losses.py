@@ -71,6 +71,10 @@ class LossTerms:
     normal_offset: Tensor | None = None
     thickness: Tensor | None = None
 
+    def detached(self) -> LossTerms:
+        """The same values without their autograd graph."""
+        return LossTerms(**{k: None if v is None else v.detach() for k, v in vars(self).items()})
+
 
 def photometric_loss(render: Tensor, gt: Tensor, mouth_mask: Tensor, *, delta: float = HUBER_DELTA,
                      mouth_weight: float = MOUTH_WEIGHT) -> LossTerms:

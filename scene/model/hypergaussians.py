@@ -35,6 +35,19 @@ UNROLL_MAX_OUT = 4
 UNROLL_ON_CUDA = False
 
 
+def _per_gaussian_matvec(M: Tensor, v: Tensor, transpose: bool) -> Tensor:
+    """Per Gaussian and block, ``M v`` (M (N, G, n, m), v (N, G, m)) or with ``transpose`` ``M^T v``
+    (M (N, G, m, n)) -> (N, G, n). On CUDA as a broadcast product and a sum (two elementwise kernels each
+    way, ~0.03 ms forward + backward at N = 10.9k, m = 32): as an einsum it becomes tens of thousands of
+    1 x m matrix products, which cuBLAS runs as FP32 GEMV/FFMA kernels (~0.25 ms, H200, session 16);
+    on the CPU the einsum is the faster."""
+    if not M.is_cuda:
+        return torch.einsum("kgmn,kgm->kgn" if transpose else "kgnm,kgm->kgn", M, v)
+    if transpose:
+        return (M * v.unsqueeze(-1)).sum(dim=-2)
+    return (M * v.unsqueeze(-2)).sum(dim=-1)
+
+
 class HyperGaussian(nn.Module):
     """N Gaussians x G blocks of HyperGaussians with latent (input) size ``in_dim`` = m and output sizes
     ``out_dim`` (an int n for one block, or a sequence of block sizes).
@@ -114,11 +127,11 @@ class HyperGaussian(nn.Module):
         mu_o, mu_i = self.mean[..., :n], self.mean[..., n:]
         frozen = self._frozen
         if frozen is not None and not torch.is_grad_enabled() and frozen[1] == self._versions():
-            x = torch.einsum("kgnm,kgm->kgn", frozen[0], z.unsqueeze(1) - mu_i)
+            x = _per_gaussian_matvec(frozen[0], z.unsqueeze(1) - mu_i, transpose=False)
             out = (mu_o - x).reshape(self.n_gaussians, -1)
             return out.index_select(1, self._out_index) if self.padded else out
         # b = L21^T (z - mu_i): (N, G, n)
-        b = torch.einsum("kgmn,kgm->kgn", self.l21, z.unsqueeze(1) - mu_i)
+        b = _per_gaussian_matvec(self.l21, z.unsqueeze(1) - mu_i, transpose=True)
         if n <= UNROLL_MAX_OUT and (UNROLL_ON_CUDA or not b.is_cuda):
             x = self._back_substitute(b)
         else:
