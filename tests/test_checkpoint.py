@@ -82,6 +82,27 @@ def test_round_trip_restores_everything_and_resumes_exactly(trained):
         assert torch.equal(a, b), name
 
 
+def test_checkpoint_of_captured_steps_resumes_on_the_cpu(trained, tmp_path):
+    """A GPU run with whole-step CUDA graphs saves its Adam groups as capturable; resumed where the
+    parameters are not on CUDA they load as plain groups and step exactly as the original optimiser."""
+    avatar, opts, _ = trained
+    for o in opts:
+        for group in o.param_groups:
+            group["capturable"] = True  # as scene.train_step_graph leaves them
+    path = save_checkpoint(tmp_path / "ckpt" / "ckpt3.pth", avatar, opts, 3, extra={"sampler": [1, 2]})
+    for o in opts:
+        for group in o.param_groups:
+            group["capturable"] = False
+    fresh = _avatar()
+    fresh_opts = fresh.make_optimizers()
+    load_checkpoint(path, fresh, fresh_opts)
+    assert not any(g["capturable"] for o in fresh_opts for g in o.param_groups)
+    _train_steps(avatar, opts, 1, seed=50)
+    _train_steps(fresh, fresh_opts, 1, seed=50)  # a capturable CPU group would raise here
+    for (name, a), (_, b) in zip(avatar.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_checkpoint_loads_weights_only_and_without_optimizers(trained):
     avatar, _, path = trained
     raw = torch.load(path, weights_only=True)

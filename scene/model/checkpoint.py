@@ -229,6 +229,10 @@ def load_checkpoint(path: str | os.PathLike, avatar: Avatar,
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path}: optimiser state does not fit this model ({exc})"
                                   ) from exc
+        for opt in optimizers:  # a run with captured steps saved capturable groups; they need CUDA
+            for group in opt.param_groups:
+                on_cuda = all(p.is_cuda for p in group["params"])
+                group["capturable"] = bool(group.get("capturable")) and on_cuda
     if restore_rng:
         if not state.get("rng"):
             raise CheckpointError(f"checkpoint {path} holds no RNG state; exact resume is impossible")
