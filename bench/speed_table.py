@@ -177,6 +177,8 @@ class Runner:
             _, wall = self.train(f"train30k_{method}", f"s{n}", method, "--test_num", str(min(500, n // 4)),
                                  "--logname", f"full_{method}", "--iterations", "30000")
             figures[f"{method}_wall_s"] = wall
+            log = self.work / "logs" / f"s{n}_full_{method}" / "train_log.json"
+            figures[f"{method}_seconds"] = json.loads(log.read_text()).get("seconds")  # by phase
             self.save("train", figures)
 
 

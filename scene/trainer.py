@@ -45,7 +45,7 @@ from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
 from utils.precision import set_precision
 from utils.run_folder import RunFolder
-from utils.training import FrameSampler, RunLogger, evaluate_frames, seed_everything
+from utils.training import FrameSampler, PhaseClock, RunLogger, evaluate_frames, seed_everything
 from utils.visualize import error_map, image_grid
 
 
@@ -66,6 +66,7 @@ class Trainer:
     """Holds the run's objects; :meth:`run` trains from the current iteration to ``--iterations``."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        self._t_created = time.perf_counter()
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)  # DeviceError: a domain error, one line
         set_precision(cfg.run.precision, self.device)
@@ -350,9 +351,13 @@ class Trainer:
         bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
                    dynamic_ncols=True, mininterval=1.0, disable=t.quiet)
         t0 = time.perf_counter()
+        clock = PhaseClock(self.device, "steps_with_lpips" if self.perceptual_active(start + 1)
+                           else "steps_without_lpips")
         try:
             with stop:
                 for it in bar:
+                    if it == t.lpips_start + 1 and it > start + 1 and self.perceptual_active(it):
+                        clock.mark("steps_with_lpips")
                     self.avatar.update_sh_degree(it)
                     index = self.sampler.next()
                     frame = self.subject.frame(index)
@@ -368,16 +373,21 @@ class Trainer:
                         self._check_pairs(it)
                         self._log_losses(it, start, t0, terms, bar)
                     if t.grid_every and it % t.grid_every == 0:
-                        self.write_grid(it, frame, img)
+                        with clock.phase("grids"):
+                            self.write_grid(it, frame, img)
                     if not t.skip_test and t.eval_every and it % t.eval_every == 0:
-                        last_eval = self.evaluate(it)
+                        with clock.phase("evaluations"):
+                            last_eval = self.evaluate(it)
                     if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations or stop.raised:
                         self._check_loss(bad_it, bad_index)
-                        self.save(it)
+                        with clock.phase("checkpoints"):
+                            self.save(it)
                     if stop.raised:
                         break
         finally:
             bar.close()
+            # where the run's time went (steps by phase, grids, evaluations, checkpoints): bench/ reads it
+            self.logger.record["seconds"] = {"setup": round(t0 - self._t_created, 3), **clock.summary()}
         if stop.raised:
             msg = (f"interrupted at iteration {self.iteration}: checkpoint and train_log.json written; "
                    "continue with the same command plus --resume")

@@ -92,6 +92,10 @@ def test_both_methods_learn(trained, synthetic_subject, method):
     assert list(run.glob("events.out.tfevents.*"))
     losses = _log(run)["losses"]
     assert losses and all(np.isfinite(r["loss"]) for r in losses)
+    seconds = _log(run)["seconds"]  # where the run's time went; the phases add up to the loop's time
+    assert set(seconds) == {"setup", "steps_without_lpips", "grids", "evaluations", "checkpoints"}, seconds
+    loop = float(next(e for e in _log(run)["events"] if e.startswith("finished")).split(" in ")[1].split()[0])
+    assert min(seconds.values()) > 0 and abs(sum(seconds.values()) - seconds["setup"] - loop) < 0.05 * loop
     ckpt = torch.load(run / "ckpt" / f"ckpt{TRAIN_ITERS}.pth", weights_only=True)
     assert ckpt["method"] == method and ckpt["iteration"] == TRAIN_ITERS
     assert ckpt["active_sh_degree"] == 0  # one degree per 500 iterations

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -81,6 +83,45 @@ def quantize8(img):
 def _sync(device) -> None:
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PhaseClock:
+    """Wall seconds of a training run by phase: bookkeeping phases (``with clock.phase("grids"):``) and the
+    steps between them, split where :meth:`mark` is called (the LPIPS term starting). The device is
+    synchronised at each edge, so GPU work queued by the steps is charged to the steps, not to the next
+    phase that waits for it; the edges are rare (grids, checkpoints, evaluations), so this costs nothing
+    measurable. :meth:`summary` -> {phase: seconds}."""
+
+    def __init__(self, device, steps_name: str = "steps") -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._steps_name = steps_name
+        self._since = time.perf_counter()  # start of the current stretch of steps
+
+    def _close_steps(self) -> float:
+        _sync(self.device)
+        now = time.perf_counter()
+        self.seconds[self._steps_name] = self.seconds.get(self._steps_name, 0.0) + now - self._since
+        return now
+
+    def mark(self, steps_name: str) -> None:
+        """From here on, steps are counted under ``steps_name``."""
+        self._since = self._close_steps()
+        self._steps_name = steps_name
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = self._close_steps()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            self._since = time.perf_counter()
+            self.seconds[name] = self.seconds.get(name, 0.0) + self._since - start
+
+    def summary(self) -> dict[str, float]:
+        self._since = self._close_steps()
+        return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
 def evaluate_frames(render_fn, subject, indices: list[int], lpips_model=None,
