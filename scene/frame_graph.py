@@ -16,6 +16,7 @@ CUDA only; the torch backend and the CPU keep the eager path.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,7 @@ from scene.model.cuda_graphs import inference_deformer
 
 GROWTH = 1.5  # capacity = GROWTH x the pairs the measuring frame needed
 MIN_CAPACITY = 1 << 14
+MAX_KEYS = 16  # more camera sizes / fields of view than this (per-frame intrinsics): render eagerly
 
 
 class StaticCamera:
@@ -112,6 +114,8 @@ class FrameRenderGraph:
         self.key: tuple | None = None
         self.out: RenderOutput | None = None
         self.captures = 0
+        self.key_changes = 0  # captures for a new key (not for more pairs)
+        self.eager = False  # too many keys: deformation + render, launched op by op
 
     def _frame(self, capacity: int) -> RenderOutput:
         gaussians, _ = self.avatar.deform(self.condition, self.camera)
@@ -143,6 +147,16 @@ class FrameRenderGraph:
     @torch.no_grad()
     def __call__(self, condition: Tensor, camera) -> RenderOutput:
         key = StaticCamera.key(camera) + (self.avatar.gaussians.active_sh_degree,)
+        if key != self.key and not self.eager:
+            self.key_changes += 1
+            if self.key_changes > MAX_KEYS:  # a capture per camera would cost more than it saves
+                self.eager, self.graph, self.out = True, None, None
+                warnings.warn(f"FrameRenderGraph: the camera (size, field of view) or SH degree changed more "
+                              f"than {MAX_KEYS} times; rendering without a CUDA graph from here on",
+                              stacklevel=2)
+        if self.eager:
+            gaussians, _ = self.avatar.deform(condition, camera)
+            return render(camera, gaussians, self.background, backend=self.backend)
         inputs = [self.avatar.condition_on_device(condition).reshape(-1), *StaticCamera.values(camera)]
         torch.cat(inputs, out=self.packed)
         if key != self.key:

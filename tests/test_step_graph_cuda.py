@@ -77,13 +77,40 @@ def test_frame_graph_renders_exactly_what_the_eager_path_renders(synthetic_subje
         trainer.close()
 
 
+def test_frame_graph_goes_eager_when_what_it_fixes_keeps_changing(synthetic_subject, tmp_path, monkeypatch):
+    """Each new SH degree (or camera size / field of view) is a capture; past MAX_KEYS changes the frames
+    are rendered without a graph (with a warning), still equal to the eager render."""
+    monkeypatch.setattr(frame_graph, "MAX_KEYS", 2)
+    trainer = _trainer(synthetic_subject, tmp_path)
+    try:
+        trainer.prepare()
+        avatar, subject, bg = trainer.avatar, trainer.subject, trainer.background
+        graph = FrameRenderGraph(avatar, bg, "cuda")
+        frame = subject.frame(subject.train_indices[0])
+        with torch.no_grad():
+            for k, degree_at in enumerate((0, 500, 1000)):
+                avatar.update_sh_degree(degree_at)
+                want = render(frame.camera, avatar.deform(frame.condition, frame.camera)[0], bg,
+                              backend="cuda").image
+                if k < 2:
+                    got = graph(frame.condition, frame.camera).image
+                    assert graph.captures == k + 1 and not graph.eager
+                else:
+                    with pytest.warns(UserWarning, match="without a CUDA graph"):
+                        got = graph(frame.condition, frame.camera).image
+                    assert graph.eager and graph.captures == 2
+                assert torch.equal(got, want), degree_at
+    finally:
+        trainer.close()
+
+
 def _losses(trainer: Trainer, frames: list[int], sh_switch: int) -> list[float]:
     trainer.prepare()
     out = []
     for k, i in enumerate(frames, start=1):
         trainer.avatar.update_sh_degree(0 if k < sh_switch else 500)
         terms, _ = trainer.step(k, trainer.subject.frame(i))
-        out.append(float(terms.total))
+        out.append(float(terms.total.detach()))
     return out
 
 
