@@ -19,6 +19,7 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 RASTER_DIR = os.path.join("submodules", "diff-gaussian-rasterization")
 KNN_DIR = os.path.join("submodules", "simple-knn")
+HG_DIR = os.path.join("submodules", "hypergaussian-ops")
 
 
 def _say(msg: str) -> None:
@@ -53,13 +54,18 @@ def cuda_extensions() -> tuple[list, dict]:
         return [], {}
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "auto")
     _say(f"building the CUDA rasterizer for TORCH_CUDA_ARCH_LIST={arch}")
+    flags = {"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]}
     ext = CUDAExtension(
         name="diff_gaussian_rasterization._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, RASTER_DIR, "csrc")],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args=flags,
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    # HyperGaussians' fused conditional mean (submodules/hypergaussian-ops)
+    hg_sources = sorted(glob.glob(os.path.join(HG_DIR, "csrc", "*.cpp"))
+                        + glob.glob(os.path.join(HG_DIR, "csrc", "*.cu")))
+    hg = CUDAExtension(name="hypergaussian_ops._C", sources=hg_sources, extra_compile_args=flags)
+    return [ext, hg], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = cuda_extensions()
@@ -70,9 +76,10 @@ setup(
     description="Monocular-video Gaussian head avatars: FlashAvatar and HyperGaussians",
     python_requires=">=3.10",
     packages=["flame", "scene", "gaussian_renderer", "utils", "preprocessing",
-              "simple_knn", "diff_gaussian_rasterization"],
+              "simple_knn", "diff_gaussian_rasterization", "hypergaussian_ops"],
     package_dir={
         "simple_knn": os.path.join(KNN_DIR, "simple_knn"),
+        "hypergaussian_ops": os.path.join(HG_DIR, "hypergaussian_ops"),
         "diff_gaussian_rasterization": os.path.join(RASTER_DIR, "diff_gaussian_rasterization"),
     },
     install_requires=[

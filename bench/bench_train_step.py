@@ -123,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the figures here (step ms, inference ms per mode, peak MiB)")
     ap.add_argument("--with_lpips", action="store_true",
                     help="time steps after --lpips_start, with the LPIPS-VGG term (needs the VGG16 weights)")
+    ap.add_argument("--hg_fused", action="store_true",
+                    help="HyperGaussians through hypergaussian_ops' fused kernels (off by default)")
     own, rest = ap.parse_known_args(argv)
+    if own.hg_fused:
+        from scene.model import hypergaussians
+
+        hypergaussians.FUSED_ON_CUDA = True
     lpips_args = [] if own.with_lpips else ["--lambda_lpips", "0"]
     cfg = parse_train_args(rest + lpips_args + ["--skip_test", "--overwrite", "--log_root",
                                                 str(Path("/tmp") / "bench_train_step_logs")])
@@ -195,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
-          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope}")
+          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} hg_fused={int(own.hg_fused)}")
     inference = _inference_speed(trainer, own.steps, own.profile)
     if own.json:
         write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
-                              "graph_scope": cfg.run.graph_scope,
+                              "graph_scope": cfg.run.graph_scope, "hg_fused": own.hg_fused,
                               "lpips": bool(own.with_lpips), "gaussians": avatar.n_gaussians,
                               "step_ms": whole,
                               "parts_ms": {k: statistics.median(v) for k, v in parts.items()},

@@ -230,3 +230,40 @@ def test_cuda_conditional_mean_and_gradients_match_the_cpu():
     with torch.no_grad():
         frozen = gpu.conditional_mean(z.float().cuda()).cpu().double()
     assert torch.allclose(frozen, outs["cpu"][0], rtol=1e-4, atol=1e-4 * outs["cpu"][0].abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("blocks, m", [((3, 4, 3), 32), ((5,), 7), ((1, 2), 3)])
+def test_cuda_fused_kernels_match_the_torch_path(monkeypatch, blocks, m):
+    """hypergaussian_ops' fused forward and backward (FUSED_ON_CUDA) give the unfused CUDA path's conditional
+    mean and gradients, and exactly zero gradient on the padding entries of smaller blocks."""
+    ops = pytest.importorskip("hypergaussian_ops")
+    if not ops.available():
+        pytest.skip("hypergaussian_ops._C is not built")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = HyperGaussian(96, m, blocks)
+    _randomize(ref, 11)
+    z = torch.randn(96, m, generator=torch.Generator().manual_seed(12)).cuda()
+    w = torch.randn(96, sum(blocks), generator=torch.Generator().manual_seed(13)).cuda()
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(hgmod, "FUSED_ON_CUDA", fused)
+        hg = HyperGaussian(96, m, blocks).cuda()
+        hg.load_state_dict(ref.state_dict())
+        zz = z.clone().requires_grad_(True)
+        out = hg.conditional_mean(zz)
+        (out * w).sum().backward()
+        results[fused] = (out.detach(), zz.grad, {k: p.grad for k, p in hg.named_parameters()})
+    (out_t, gz_t, g_t), (out_f, gz_f, g_f) = results[False], results[True]
+    scale = out_t.abs().max()
+    assert (out_f - out_t).abs().max() <= 1e-5 * scale
+    assert (gz_f - gz_t).abs().max() <= 1e-4 * gz_t.abs().max()
+    for k in g_t:
+        assert (g_f[k] - g_t[k]).abs().max() <= 1e-4 * g_t[k].abs().max().clamp_min(1e-12), k
+    n = max(blocks)
+    for gi, size in enumerate(blocks):  # padding entries get exactly zero gradient, as in the torch path
+        assert not g_f["l21"][:, gi, :, size:].any() and not g_f["l11_log_diag"][:, gi, size:].any()
+        assert not g_f["mean"][:, gi, size:n].any()
+        for r in range(size, n):
+            assert not g_f["l11_lower"][:, gi, r * (r - 1) // 2:r * (r + 1) // 2].any()

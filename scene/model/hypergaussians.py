@@ -33,6 +33,19 @@ from torch import Tensor, nn
 # solver on CUDA (and for larger blocks).
 UNROLL_MAX_OUT = 4
 UNROLL_ON_CUDA = False
+# The fused CUDA kernels of submodules/hypergaussian-ops (one thread per Gaussian and block: contraction,
+# solve and their gradients in two kernels instead of ~0.25 ms of cuBLAS GEMV/TRSM/FFMA kernels a step).
+# Off until measured and checked on a GPU (tests/test_hypergaussians.py, bench_train_step.py --hg_fused).
+FUSED_ON_CUDA = False
+
+
+def _fused_ops():
+    """The hypergaussian_ops package when its kernels are built, else None."""
+    try:
+        import hypergaussian_ops
+    except ImportError:
+        return None
+    return hypergaussian_ops if hypergaussian_ops.available() else None
 
 
 def _per_gaussian_matvec(M: Tensor, v: Tensor, transpose: bool) -> Tensor:
@@ -129,6 +142,11 @@ class HyperGaussian(nn.Module):
         if frozen is not None and not torch.is_grad_enabled() and frozen[1] == self._versions():
             x = _per_gaussian_matvec(frozen[0], z.unsqueeze(1) - mu_i, transpose=False)
             out = (mu_o - x).reshape(self.n_gaussians, -1)
+            return out.index_select(1, self._out_index) if self.padded else out
+        ops = _fused_ops() if FUSED_ON_CUDA and z.is_cuda and z.dtype == torch.float32 else None
+        if ops is not None and n <= ops.MAX_BLOCK:
+            out = ops.conditional_mean(self.mean, self.l11_log_diag, self.l11_lower, self.l21, z)
+            out = out.reshape(self.n_gaussians, -1)
             return out.index_select(1, self._out_index) if self.padded else out
         # b = L21^T (z - mu_i): (N, G, n)
         b = _per_gaussian_matvec(self.l21, z.unsqueeze(1) - mu_i, transpose=True)

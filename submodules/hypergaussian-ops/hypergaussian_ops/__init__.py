@@ -1,0 +1,57 @@
+"""Fused CUDA kernels for HyperGaussians (docs/maths.md section 5), the project's own extension.
+
+:func:`conditional_mean` computes, for every Gaussian k and block g, ``mu_o - L11^{-T} L21^T (z_k - mu_i)``
+in one kernel, and its gradients in one more: what ``scene.model.hypergaussians.HyperGaussian`` otherwise
+does with an einsum, a batched triangular solve and their backward (several cuBLAS calls that run as
+FP32 GEMV / FFMA kernels on tiny matrices). float32 CUDA tensors, block size n <= 8, any latent size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _C = None
+    _WHY = (f"hypergaussian_ops._C is not built ({exc}); build it with `python setup.py build_ext --inplace` "
+            "or `pip install --no-build-isolation -e .` on a machine with a CUDA toolkit")
+else:
+    _WHY = ""
+
+MAX_BLOCK = 8
+
+__all__ = ["MAX_BLOCK", "available", "conditional_mean"]
+
+
+def available() -> bool:
+    """True when the compiled kernels are importable (a CUDA device is needed to run them)."""
+    return _C is not None
+
+
+class _ConditionalMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mean: Tensor, log_diag: Tensor, lower: Tensor, l21: Tensor, z: Tensor) -> Tensor:
+        ctx.save_for_backward(mean, log_diag, lower, l21, z)
+        return _C.conditional_mean_forward(mean, log_diag, lower, l21, z)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        mean, log_diag, lower, l21, z = ctx.saved_tensors
+        g_mean, g_log_diag, g_lower, g_l21 = _C.conditional_mean_backward(
+            grad_out.contiguous(), mean, log_diag, lower, l21, z)
+        n = log_diag.shape[-1]
+        g_z = -g_mean[..., n:].sum(dim=1) if ctx.needs_input_grad[4] else None
+        return g_mean, g_log_diag, g_lower, g_l21, g_z
+
+
+def conditional_mean(mean: Tensor, log_diag: Tensor, lower: Tensor, l21: Tensor, z: Tensor) -> Tensor:
+    """(N, G, n): per Gaussian and block, ``mean[..., :n] - L11^{-T} L21^T (z - mean[..., n:])`` with
+    ``L11`` built from ``log_diag`` (N, G, n; its exponentiated diagonal) and ``lower`` (N, G, n(n-1)/2;
+    the strictly lower entries row by row); ``l21`` (N, G, m, n), ``z`` (N, m). Differentiable in all
+    five inputs."""
+    if _C is None:
+        raise RuntimeError(_WHY)
+    tensors = [t.contiguous() for t in (mean, log_diag, lower, l21, z)]
+    return _ConditionalMean.apply(*tensors)
