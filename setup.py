@@ -1,7 +1,8 @@
-"""Install the avatar packages and, where a CUDA toolkit is present, build our rasterizer extension.
+"""Install the avatar packages and, where a CUDA toolkit is present, build our CUDA extensions (the
+rasterizer, and fused_ops: HyperGaussians' conditional mean and a one-launch Adam, opt-in).
 
-The Python packages need nothing at build time. The CUDA extension
-(``diff_gaussian_rasterization._C``) needs torch already installed, so install with
+The Python packages need nothing at build time. The CUDA extensions
+(``diff_gaussian_rasterization._C``, ``fused_ops._C``) need torch already installed, so install with
 ``--no-build-isolation`` (``install.sh`` does): an isolated build would download torch again.
 Without a CUDA toolkit the extension is skipped with a message and the torch backend is used.
 Set ``GAUSSIAN_SKIP_CUDA_BUILD=1`` to skip it on purpose; ``TORCH_CUDA_ARCH_LIST`` is honoured
@@ -19,7 +20,7 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 RASTER_DIR = os.path.join("submodules", "diff-gaussian-rasterization")
 KNN_DIR = os.path.join("submodules", "simple-knn")
-HG_DIR = os.path.join("submodules", "hypergaussian-ops")
+FUSED_DIR = os.path.join("submodules", "fused-ops")
 
 
 def _say(msg: str) -> None:
@@ -61,11 +62,11 @@ def cuda_extensions() -> tuple[list, dict]:
         include_dirs=[os.path.join(HERE, RASTER_DIR, "csrc")],
         extra_compile_args=flags,
     )
-    # HyperGaussians' fused conditional mean (submodules/hypergaussian-ops)
-    hg_sources = sorted(glob.glob(os.path.join(HG_DIR, "csrc", "*.cpp"))
-                        + glob.glob(os.path.join(HG_DIR, "csrc", "*.cu")))
-    hg = CUDAExtension(name="hypergaussian_ops._C", sources=hg_sources, extra_compile_args=flags)
-    return [ext, hg], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    # our other fused kernels (submodules/fused-ops): HyperGaussians' conditional mean, Adam in one launch
+    fused_sources = sorted(glob.glob(os.path.join(FUSED_DIR, "csrc", "*.cpp"))
+                        + glob.glob(os.path.join(FUSED_DIR, "csrc", "*.cu")))
+    fused = CUDAExtension(name="fused_ops._C", sources=fused_sources, extra_compile_args=flags)
+    return [ext, fused], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = cuda_extensions()
@@ -76,10 +77,10 @@ setup(
     description="Monocular-video Gaussian head avatars: FlashAvatar and HyperGaussians",
     python_requires=">=3.10",
     packages=["flame", "scene", "gaussian_renderer", "utils", "preprocessing",
-              "simple_knn", "diff_gaussian_rasterization", "hypergaussian_ops"],
+              "simple_knn", "diff_gaussian_rasterization", "fused_ops"],
     package_dir={
         "simple_knn": os.path.join(KNN_DIR, "simple_knn"),
-        "hypergaussian_ops": os.path.join(HG_DIR, "hypergaussian_ops"),
+        "fused_ops": os.path.join(FUSED_DIR, "fused_ops"),
         "diff_gaussian_rasterization": os.path.join(RASTER_DIR, "diff_gaussian_rasterization"),
     },
     install_requires=[

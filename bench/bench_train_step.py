@@ -124,12 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with_lpips", action="store_true",
                     help="time steps after --lpips_start, with the LPIPS-VGG term (needs the VGG16 weights)")
     ap.add_argument("--hg_fused", action="store_true",
-                    help="HyperGaussians through hypergaussian_ops' fused kernels (off by default)")
+                    help="HyperGaussians through fused_ops' fused kernels (off by default)")
+    ap.add_argument("--one_launch_adam", action="store_true",
+                    help="both optimisers as utils.optim.OneLaunchAdam (fused_ops; off by default)")
     own, rest = ap.parse_known_args(argv)
     if own.hg_fused:
         from scene.model import hypergaussians
 
         hypergaussians.FUSED_ON_CUDA = True
+    if own.one_launch_adam:
+        import utils.optim
+
+        utils.optim.ONE_LAUNCH_ADAM = True
     lpips_args = [] if own.with_lpips else ["--lambda_lpips", "0"]
     cfg = parse_train_args(rest + lpips_args + ["--skip_test", "--overwrite", "--log_root",
                                                 str(Path("/tmp") / "bench_train_step_logs")])
@@ -201,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
-          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} hg_fused={int(own.hg_fused)}")
+          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} hg_fused={int(own.hg_fused)} "
+          f"one_launch_adam={int(own.one_launch_adam)}")
     inference = _inference_speed(trainer, own.steps, own.profile)
     if own.json:
         write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
                               "graph_scope": cfg.run.graph_scope, "hg_fused": own.hg_fused,
+                              "one_launch_adam": own.one_launch_adam,
                               "lpips": bool(own.with_lpips), "gaussians": avatar.n_gaussians,
                               "step_ms": whole,
                               "parts_ms": {k: statistics.median(v) for k, v in parts.items()},

@@ -236,11 +236,11 @@ def test_cuda_conditional_mean_and_gradients_match_the_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("blocks, m", [((3, 4, 3), 32), ((5,), 7), ((1, 2), 3)])
 def test_cuda_fused_kernels_match_the_torch_path(monkeypatch, blocks, m):
-    """hypergaussian_ops' fused forward and backward (FUSED_ON_CUDA) give the unfused CUDA path's conditional
+    """fused_ops' fused forward and backward (FUSED_ON_CUDA) give the unfused CUDA path's conditional
     mean and gradients, and exactly zero gradient on the padding entries of smaller blocks."""
-    ops = pytest.importorskip("hypergaussian_ops")
+    ops = pytest.importorskip("fused_ops")
     if not ops.available():
-        pytest.skip("hypergaussian_ops._C is not built")
+        pytest.skip("fused_ops._C is not built")
     torch.backends.cuda.matmul.allow_tf32 = False
     ref = HyperGaussian(96, m, blocks)
     _randomize(ref, 11)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from flame.condition import CONDITION_DIM
 from scene.model.hypergaussians import HyperGaussian
-from utils.device import fused_adam_ok
+from utils.optim import make_adam
 
 ENCODING_DIM = 51
 GEOMETRY_DIMS = (3, 4, 3)  # d_xyz, d_rot, d_scale
@@ -208,6 +208,5 @@ class DeformationModel(nn.Module):
 
     def make_optimizer(self, lr: float = DEFORMATION_LR) -> torch.optim.Adam:
         """Adam over the trunk and the HyperGaussian modules: lr 1e-4, betas (0.9, 0.999), eps 1e-8;
-        fused on CUDA (one launch per step instead of several per tensor)."""
-        return torch.optim.Adam(self.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                fused=fused_adam_ok(self.parameters()))
+        fused on CUDA (utils.optim.make_adam)."""
+        return make_adam(self.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gaussian_renderer.types import GaussianSet
 from scene.model.deformation import DeformationOutput
-from utils.device import fused_adam_ok
+from utils.optim import make_adam
 from utils.rotations import quaternion_multiply
 
 # docs/maths.md section 6 learning rates of the Gaussian-parameter optimiser (eps 1e-15 for all groups).
@@ -126,7 +126,7 @@ class GaussianModel(nn.Module):
         ]
 
     def make_optimizer(self) -> torch.optim.Adam:
-        """Adam over the five groups, eps 1e-15 (betas default 0.9, 0.999); fused on CUDA."""
-        return torch.optim.Adam(self.param_groups(), lr=0.0, eps=GAUSSIAN_EPS,
-                                fused=fused_adam_ok(self.parameters()))
+        """Adam over the five groups, eps 1e-15 (betas default 0.9, 0.999); fused on CUDA
+        (utils.optim.make_adam)."""
+        return make_adam(self.param_groups(), lr=0.0, eps=GAUSSIAN_EPS)
 

@@ -33,19 +33,19 @@ from torch import Tensor, nn
 # solver on CUDA (and for larger blocks).
 UNROLL_MAX_OUT = 4
 UNROLL_ON_CUDA = False
-# The fused CUDA kernels of submodules/hypergaussian-ops (one thread per Gaussian and block: contraction,
+# The fused CUDA kernels of submodules/fused-ops (one thread per Gaussian and block: contraction,
 # solve and their gradients in two kernels instead of ~0.25 ms of cuBLAS GEMV/TRSM/FFMA kernels a step).
 # Off until measured and checked on a GPU (tests/test_hypergaussians.py, bench_train_step.py --hg_fused).
 FUSED_ON_CUDA = False
 
 
 def _fused_ops():
-    """The hypergaussian_ops package when its kernels are built, else None."""
+    """The fused_ops package when its kernels are built, else None."""
     try:
-        import hypergaussian_ops
+        import fused_ops
     except ImportError:
         return None
-    return hypergaussian_ops if hypergaussian_ops.available() else None
+    return fused_ops if fused_ops.available() else None
 
 
 def _per_gaussian_matvec(M: Tensor, v: Tensor, transpose: bool) -> Tensor:

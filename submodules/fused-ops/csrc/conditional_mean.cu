@@ -129,11 +129,11 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
 }
 
 void check(const torch::Tensor& t, const char* name, const torch::Device& device, std::vector<int64_t> shape) {
-  TORCH_CHECK(t.device() == device, "hypergaussian_ops: ", name, " is on ", t.device(), ", mean on ", device);
-  TORCH_CHECK(t.scalar_type() == torch::kFloat32, "hypergaussian_ops: ", name, " must be float32, got ",
+  TORCH_CHECK(t.device() == device, "fused_ops: ", name, " is on ", t.device(), ", mean on ", device);
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32, "fused_ops: ", name, " must be float32, got ",
               t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), "hypergaussian_ops: ", name, " must be contiguous");
-  TORCH_CHECK(t.sizes() == torch::IntArrayRef(shape), "hypergaussian_ops: ", name, " must have shape ",
+  TORCH_CHECK(t.is_contiguous(), "fused_ops: ", name, " must be contiguous");
+  TORCH_CHECK(t.sizes() == torch::IntArrayRef(shape), "fused_ops: ", name, " must have shape ",
               torch::IntArrayRef(shape), ", got ", t.sizes());
 }
 
@@ -143,11 +143,11 @@ struct Sizes {
 
 Sizes check_inputs(const torch::Tensor& mean, const torch::Tensor& log_diag, const torch::Tensor& lower,
                    const torch::Tensor& l21, const torch::Tensor& z) {
-  TORCH_CHECK(mean.is_cuda() && mean.dim() == 3, "hypergaussian_ops: mean must be a (N, G, n + m) CUDA tensor");
-  TORCH_CHECK(log_diag.dim() == 3 && z.dim() == 2, "hypergaussian_ops: log_diag must be (N, G, n), z (N, m)");
+  TORCH_CHECK(mean.is_cuda() && mean.dim() == 3, "fused_ops: mean must be a (N, G, n + m) CUDA tensor");
+  TORCH_CHECK(log_diag.dim() == 3 && z.dim() == 2, "fused_ops: log_diag must be (N, G, n), z (N, m)");
   const Sizes s{mean.size(0), mean.size(1), log_diag.size(2), z.size(1)};
-  TORCH_CHECK(s.n >= 1 && s.n <= MAX_N, "hypergaussian_ops: block size ", s.n, " is not in 1..", MAX_N);
-  TORCH_CHECK(s.N * s.G < (int64_t)1 << 31, "hypergaussian_ops: too many systems");
+  TORCH_CHECK(s.n >= 1 && s.n <= MAX_N, "fused_ops: block size ", s.n, " is not in 1..", MAX_N);
+  TORCH_CHECK(s.N * s.G < (int64_t)1 << 31, "fused_ops: too many systems");
   const auto device = mean.device();
   check(mean, "mean", device, {s.N, s.G, s.n + s.m});
   check(log_diag, "log_diag", device, {s.N, s.G, s.n});
@@ -159,7 +159,7 @@ Sizes check_inputs(const torch::Tensor& mean, const torch::Tensor& log_diag, con
 
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, "hypergaussian_ops: launch of ", what, " failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, "fused_ops: launch of ", what, " failed: ", cudaGetErrorString(err));
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Python bindings of hypergaussian_ops._C.
+// Python bindings of fused_ops._C: HyperGaussians' conditional mean, and Adam in one launch.
 #include <torch/extension.h>
 
 #include <vector>
@@ -9,7 +9,13 @@ std::vector<torch::Tensor> conditional_mean_backward(const torch::Tensor& grad_o
                                                      const torch::Tensor& log_diag, const torch::Tensor& lower,
                                                      const torch::Tensor& l21, const torch::Tensor& z);
 
+void adam_step(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
+               const std::vector<torch::Tensor>& exp_avgs, const std::vector<torch::Tensor>& exp_avg_sqs,
+               const std::vector<torch::Tensor>& steps, const std::vector<double>& lrs, double beta1, double beta2,
+               double eps);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("adam_step", &adam_step, "Adam over all given tensors in one launch (step counts already incremented)");
   m.def("conditional_mean_forward", &conditional_mean_forward,
         "HyperGaussians' conditional mean mu_o - L11^-T L21^T (z - mu_i), fused (docs/maths.md section 5)");
   m.def("conditional_mean_backward", &conditional_mean_backward,

@@ -1,9 +1,10 @@
-"""Fused CUDA kernels for HyperGaussians (docs/maths.md section 5), the project's own extension.
+"""The project's own fused CUDA kernels: HyperGaussians' conditional mean, and Adam in one launch.
 
 :func:`conditional_mean` computes, for every Gaussian k and block g, ``mu_o - L11^{-T} L21^T (z_k - mu_i)``
 in one kernel, and its gradients in one more: what ``scene.model.hypergaussians.HyperGaussian`` otherwise
 does with an einsum, a batched triangular solve and their backward (several cuBLAS calls that run as
 FP32 GEMV / FFMA kernels on tiny matrices). float32 CUDA tensors, block size n <= 8, any latent size.
+:func:`adam_step` updates all of an optimiser's tensors in one launch (``utils.optim.OneLaunchAdam``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ try:
     from . import _C
 except ImportError as exc:  # pragma: no cover - depends on the build
     _C = None
-    _WHY = (f"hypergaussian_ops._C is not built ({exc}); build it with `python setup.py build_ext --inplace` "
+    _WHY = (f"fused_ops._C is not built ({exc}); build it with `python setup.py build_ext --inplace` "
             "or `pip install --no-build-isolation -e .` on a machine with a CUDA toolkit")
 else:
     _WHY = ""
 
 MAX_BLOCK = 8
 
-__all__ = ["MAX_BLOCK", "available", "conditional_mean"]
+__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean"]
 
 
 def available() -> bool:
@@ -55,3 +56,14 @@ def conditional_mean(mean: Tensor, log_diag: Tensor, lower: Tensor, l21: Tensor,
         raise RuntimeError(_WHY)
     tensors = [t.contiguous() for t in (mean, log_diag, lower, l21, z)]
     return _ConditionalMean.apply(*tensors)
+
+
+def adam_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+              steps: list[Tensor], lrs: list[float], beta1: float, beta2: float, eps: float) -> None:
+    """One Adam update of every given tensor in one kernel launch (per 32 tensors), in place: torch's Adam
+    without weight decay, amsgrad or maximize. ``steps`` (one float32 device element per tensor) must
+    already count this step. Contiguous float32 CUDA tensors; gradients are made contiguous."""
+    if _C is None:
+        raise RuntimeError(_WHY)
+    _C.adam_step(params, [g.contiguous() for g in grads], exp_avgs, exp_avg_sqs, steps,
+                 [float(lr) for lr in lrs], float(beta1), float(beta2), float(eps))
