@@ -123,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile_mode", default="default",
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="torch.compile's mode for --compile (reduce-overhead adds CUDA graphs)")
+    ap.add_argument("--fused_distance", action="store_true",
+                    help="LPIPS' layer distances through fused_ops' one-pass kernel (off by default)")
     args = ap.parse_args(argv)
+    if args.fused_distance:
+        import utils.lpips_loader
+
+        utils.lpips_loader.FUSED_DISTANCE = True
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
         return 1
@@ -174,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profile_step(model, x, y)
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
-           "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16", "results": results}
+           "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16",
+           "fused_distance": args.fused_distance, "results": results}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -127,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="HyperGaussians through fused_ops' fused kernels (off by default)")
     ap.add_argument("--one_launch_adam", action="store_true",
                     help="both optimisers as utils.optim.OneLaunchAdam (fused_ops; off by default)")
+    ap.add_argument("--fused_lpips", action="store_true",
+                    help="LPIPS' layer distances through fused_ops' one-pass kernel (off by default)")
     own, rest = ap.parse_known_args(argv)
+    if own.fused_lpips:
+        import utils.lpips_loader
+
+        utils.lpips_loader.FUSED_DISTANCE = True
     if own.hg_fused:
         from scene.model import hypergaussians
 
@@ -208,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
           f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} hg_fused={int(own.hg_fused)} "
-          f"one_launch_adam={int(own.one_launch_adam)}")
+          f"one_launch_adam={int(own.one_launch_adam)} fused_lpips={int(own.fused_lpips)}")
     inference = _inference_speed(trainer, own.steps, own.profile)
     if own.json:
         write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
                               "graph_scope": cfg.run.graph_scope, "hg_fused": own.hg_fused,
-                              "one_launch_adam": own.one_launch_adam,
+                              "one_launch_adam": own.one_launch_adam, "fused_lpips": own.fused_lpips,
                               "lpips": bool(own.with_lpips), "gaussians": avatar.n_gaussians,
                               "step_ms": whole,
                               "parts_ms": {k: statistics.median(v) for k, v in parts.items()},

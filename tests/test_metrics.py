@@ -443,6 +443,62 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
         assert torch.allclose(graphed(x, y), eager(x, y))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fused_lpips_distance_equals_the_unfused_one(vgg_torch_home, monkeypatch):
+    """utils.lpips_loader.FUSED_DISTANCE (fused_ops' one-pass layer distance) gives the unfused LPIPS value
+    and image gradient in fp32 on bench_lpips.py's pair, for the training call (gradient to the render) and
+    the evaluation call; the layer kernel alone matches the formula on random channels-last maps, including
+    a pixel whose features are all zero."""
+    import sys
+
+    import fused_ops
+
+    import utils.lpips_loader as lpips_mod
+
+    if not fused_ops.available():
+        pytest.skip("fused_ops._C is not built")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    from utils.precision import set_precision
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    dev = torch.device("cuda")
+    set_precision("fp32", dev)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(2, 64, 9, 7, device=dev, generator=gen).relu().to(memory_format=torch.channels_last)
+    b = torch.randn(2, 64, 9, 7, device=dev, generator=gen).relu().to(memory_format=torch.channels_last)
+    a[0, :, 3, 2] = 0.0  # an all-zero feature vector
+    w = torch.rand(64, device=dev, generator=gen)
+    ar, ap = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    want = (((lpips_mod._unit(ar) - lpips_mod._unit(b)) ** 2) * w.view(1, -1, 1, 1)).sum(1)
+    got = fused_ops.lpips_layer_distance(ap, b, w)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    weights = torch.rand(want.shape, device=dev, generator=gen)
+    (got * weights).sum().backward()
+    mask = torch.ones_like(want, dtype=torch.bool)
+    mask[0, 3, 2] = False  # torch's gradient is NaN there (sqrt at 0); the kernel's is finite
+    (want * weights)[mask].sum().backward()
+    assert torch.isfinite(ap.grad).all()
+    ok = mask.unsqueeze(1).expand_as(ap.grad)
+    assert torch.allclose(ap.grad[ok], ar.grad[ok], rtol=1e-4, atol=1e-7)
+    x, y = image_pair(dev)
+    model = lpips_mod.load_lpips_vgg(dev, precision="fp32")
+    out = {}
+    for fused in (False, True):
+        monkeypatch.setattr(lpips_mod, "FUSED_DISTANCE", fused)
+        xr = x.clone().requires_grad_(True)
+        value = model(xr, y).sum()
+        value.backward()
+        with torch.no_grad():
+            evaluation = float(model(x, y).sum())
+        out[fused] = (float(value), xr.grad, evaluation)
+    (v0, g0, e0), (v1, g1, e1) = out[False], out[True]
+    assert abs(v1 - v0) <= 1e-5 * abs(v0) and abs(e1 - e0) <= 1e-5 * abs(e0)
+    assert float((g1 - g0).norm() / g0.norm()) <= 1e-4
+
+
 def test_lpips_bf16_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
     """--precision bf16 runs LPIPS' VGG trunk in bfloat16 autocast (GPU only); the CPU's bfloat16 autocast
     (float32 accumulation, as cuDNN's) shows what that costs on bench/bench_lpips.py's pair (a 256x256

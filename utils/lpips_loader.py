@@ -125,15 +125,39 @@ class LPIPSVGG(nn.Module):
             both = self._trunk(torch.cat([a, b]))
             fa, fb = [f[: len(a)] for f in both], [f[len(a):] for f in both]
         total = None
+        fused = _fused_ops() if FUSED_DISTANCE else None
         for head, u, v in zip(self.net.lins, fa, fb):
-            d = (_unit(u) - _unit(v)) ** 2
-            term = head(d).mean(dim=(2, 3))  # (B, 1)
+            if fused is not None and _fusable(u, v):  # the same distance in one pass (fused_ops)
+                term = fused.lpips_layer_distance(u, v, head.model[-1].weight).mean(dim=(1, 2)).unsqueeze(1)
+            else:
+                d = (_unit(u) - _unit(v)) ** 2
+                term = head(d).mean(dim=(2, 3))  # (B, 1)
             total = term if total is None else total + term
         out = total.flatten()
         return out[0] if single else out
 
     def train(self, mode: bool = True) -> LPIPSVGG:  # stays in eval mode: no dropout in the metric
         return super().train(False)
+
+
+# LPIPS' per-layer distance through fused_ops' one-pass kernel (channels-last float32 CUDA maps, the
+# ground truth's without gradient): off until measured and checked on a GPU (tests/test_metrics.py,
+# bench/bench_lpips.py --fused_distance).
+FUSED_DISTANCE = False
+
+
+def _fused_ops():
+    try:
+        import fused_ops
+    except ImportError:
+        return None
+    return fused_ops if fused_ops.available() else None
+
+
+def _fusable(u: Tensor, v: Tensor) -> bool:
+    cl = torch.channels_last
+    return (u.is_cuda and u.dtype == torch.float32 and v.dtype == torch.float32 and not v.requires_grad
+            and u.is_contiguous(memory_format=cl) and v.is_contiguous(memory_format=cl))
 
 
 def _unit(feat: Tensor, eps: float = 1e-10) -> Tensor:

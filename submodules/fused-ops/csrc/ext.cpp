@@ -1,4 +1,4 @@
-// Python bindings of fused_ops._C: HyperGaussians' conditional mean, and Adam in one launch.
+// Python bindings of fused_ops._C: HyperGaussians' conditional mean, Adam in one launch, LPIPS' distance.
 #include <torch/extension.h>
 
 #include <vector>
@@ -14,7 +14,14 @@ void adam_step(const std::vector<torch::Tensor>& params, const std::vector<torch
                const std::vector<torch::Tensor>& steps, const std::vector<double>& lrs, double beta1, double beta2,
                double eps);
 
+torch::Tensor lpips_distance_forward(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& w,
+                                     double eps);
+torch::Tensor lpips_distance_backward(const torch::Tensor& grad_d, const torch::Tensor& a, const torch::Tensor& b,
+                                      const torch::Tensor& w, double eps);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lpips_distance_forward", &lpips_distance_forward, "LPIPS' per-pixel layer distance, fused");
+  m.def("lpips_distance_backward", &lpips_distance_backward, "its gradient with respect to the first map");
   m.def("adam_step", &adam_step, "Adam over all given tensors in one launch (step counts already incremented)");
   m.def("conditional_mean_forward", &conditional_mean_forward,
         "HyperGaussians' conditional mean mu_o - L11^-T L21^T (z - mu_i), fused (docs/maths.md section 5)");

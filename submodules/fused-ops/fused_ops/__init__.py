@@ -1,10 +1,11 @@
-"""The project's own fused CUDA kernels: HyperGaussians' conditional mean, and Adam in one launch.
+"""The project's own fused CUDA kernels: HyperGaussians' conditional mean, Adam, LPIPS' layer distance.
 
 :func:`conditional_mean` computes, for every Gaussian k and block g, ``mu_o - L11^{-T} L21^T (z_k - mu_i)``
 in one kernel, and its gradients in one more: what ``scene.model.hypergaussians.HyperGaussian`` otherwise
 does with an einsum, a batched triangular solve and their backward (several cuBLAS calls that run as
 FP32 GEMV / FFMA kernels on tiny matrices). float32 CUDA tensors, block size n <= 8, any latent size.
-:func:`adam_step` updates all of an optimiser's tensors in one launch (``utils.optim.OneLaunchAdam``).
+:func:`adam_step` updates all of an optimiser's tensors in one launch (``utils.optim.OneLaunchAdam``);
+:func:`lpips_layer_distance` is LPIPS' per-layer distance in one pass (``utils.lpips_loader``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ else:
 
 MAX_BLOCK = 8
 
-__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean"]
+__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "lpips_layer_distance"]
 
 
 def available() -> bool:
@@ -67,3 +68,40 @@ def adam_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
         raise RuntimeError(_WHY)
     _C.adam_step(params, [g.contiguous() for g in grads], exp_avgs, exp_avg_sqs, steps,
                  [float(lr) for lr in lrs], float(beta1), float(beta2), float(eps))
+
+
+def _pixel_rows(t: Tensor) -> Tensor:
+    """(B, C, H, W) channels-last -> its (B*H*W, C) rows, a view."""
+    b, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(b * h * w, c)
+
+
+class _LayerDistance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, eps: float) -> Tensor:
+        ra, rb = _pixel_rows(a), _pixel_rows(b)
+        ctx.save_for_backward(ra, rb, weight)
+        ctx.eps, ctx.shape = eps, a.shape
+        n, _, h, w = a.shape
+        return _C.lpips_distance_forward(ra, rb, weight, eps).view(n, h, w)
+
+    @staticmethod
+    def backward(ctx, grad_d: Tensor):
+        ra, rb, weight = ctx.saved_tensors
+        grad = _C.lpips_distance_backward(grad_d.contiguous().view(-1), ra, rb, weight, ctx.eps)
+        n, c, h, w = ctx.shape
+        return grad.view(n, h, w, c).permute(0, 3, 1, 2), None, None, None
+
+
+def lpips_layer_distance(a: Tensor, b: Tensor, weight: Tensor, eps: float = 1e-10) -> Tensor:
+    """(B, H, W): per pixel, sum_c weight_c (a_c / (|a| + eps) - b_c / (|b| + eps))^2 over the channels of
+    two (B, C, H, W) feature maps in channels-last layout (float32, CUDA): LPIPS' distance of one layer
+    before its spatial mean. Differentiable in ``a`` only (``b`` must not need a gradient)."""
+    if _C is None:
+        raise RuntimeError(_WHY)
+    if b.requires_grad:
+        raise ValueError("fused_ops.lpips_layer_distance: only the first map can take a gradient")
+    channels_last = torch.channels_last
+    if not (a.is_contiguous(memory_format=channels_last) and b.is_contiguous(memory_format=channels_last)):
+        raise ValueError("fused_ops.lpips_layer_distance: the maps must be channels-last contiguous")
+    return _LayerDistance.apply(a, b, weight.reshape(-1).contiguous(), float(eps))
