@@ -52,6 +52,9 @@ class OneLaunchAdam(torch.optim.Adam):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif state["step"].device != p.device or state["step"].dtype != torch.float32:
+                    # a state from torch's unfused Adam keeps its count on the host
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
                 for out, item in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
                                              float(group["lr"]))):
                     out.append(item)
