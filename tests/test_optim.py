@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import utils.optim as optim_mod
+from utils.device import fused_kernels
 from utils.optim import OneLaunchAdam, make_adam
 
 
@@ -49,7 +50,7 @@ def test_one_launch_adam_off_cuda_is_torch_adam():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_one_launch_adam_matches_torch_fused_adam_and_is_capturable():
-    if optim_mod._fused_ops() is None:
+    if fused_kernels() is None:
         pytest.skip("fused_ops._C is not built")
     a, b = _groups("cuda"), _groups("cuda")
     opt_a, opt_b = OneLaunchAdam(a, eps=1e-15), torch.optim.Adam(b, eps=1e-15, fused=True)

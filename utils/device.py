@@ -30,3 +30,12 @@ def fused_adam_ok(params) -> bool | None:
     per step), else None (torch's default)."""
     params = list(params)
     return True if params and all(p.is_cuda and p.is_floating_point() for p in params) else None
+
+
+def fused_kernels():
+    """The ``fused_ops`` package (submodules/fused-ops) when its CUDA kernels are built, else None."""
+    try:
+        import fused_ops
+    except ImportError:
+        return None
+    return fused_ops if fused_ops.available() else None

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from utils.atomic import atomic_path
+from utils.device import fused_kernels
 from utils.errors import InputError
 from utils.precision import check_precision, trunk_autocast
 
@@ -125,7 +126,7 @@ class LPIPSVGG(nn.Module):
             both = self._trunk(torch.cat([a, b]))
             fa, fb = [f[: len(a)] for f in both], [f[len(a):] for f in both]
         total = None
-        fused = _fused_ops() if FUSED_DISTANCE else None
+        fused = fused_kernels() if FUSED_DISTANCE else None
         for head, u, v in zip(self.net.lins, fa, fb):
             if fused is not None and _fusable(u, v):  # the same distance in one pass (fused_ops)
                 term = fused.lpips_layer_distance(u, v, head.model[-1].weight).mean(dim=(1, 2)).unsqueeze(1)
@@ -144,14 +145,6 @@ class LPIPSVGG(nn.Module):
 # ground truth's without gradient): off until measured and checked on a GPU (tests/test_metrics.py,
 # bench/bench_lpips.py --fused_distance).
 FUSED_DISTANCE = False
-
-
-def _fused_ops():
-    try:
-        import fused_ops
-    except ImportError:
-        return None
-    return fused_ops if fused_ops.available() else None
 
 
 def _fusable(u: Tensor, v: Tensor) -> bool:

@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from utils.device import fused_adam_ok
+from utils.device import fused_adam_ok, fused_kernels
 
 ONE_LAUNCH_ADAM = False
-
-
-def _fused_ops():
-    try:
-        import fused_ops
-    except ImportError:
-        return None
-    return fused_ops if fused_ops.available() else None
 
 
 class OneLaunchAdam(torch.optim.Adam):
@@ -31,7 +23,7 @@ class OneLaunchAdam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        ops = _fused_ops()
+        ops = fused_kernels()
         plain = closure is None and ops is not None and all(
             not g["amsgrad"] and not g["maximize"] and g["weight_decay"] == 0 and not g["differentiable"]
             and not torch.is_tensor(g["lr"]) for g in self.param_groups)
@@ -73,6 +65,6 @@ def make_adam(params, **options) -> torch.optim.Adam:
     tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     fused = fused_adam_ok(tensors)
     float32 = all(p.dtype == torch.float32 for p in tensors)
-    if ONE_LAUNCH_ADAM and fused and float32 and _fused_ops() is not None:
+    if ONE_LAUNCH_ADAM and fused and float32 and fused_kernels() is not None:
         return OneLaunchAdam(params, **options)
     return torch.optim.Adam(params, fused=fused, **options)

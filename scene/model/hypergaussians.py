@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from utils.device import fused_kernels
+
 # How the small triangular solve is done, picked by measurement (H100 and its 16-core CPU, N = 14.5k,
 # m = 32, blocks (3, 4, 3); forward / forward+backward):
 #   CUDA: batched torch.linalg.solve_triangular 0.36 / 2.36 ms, unrolled back substitution 0.52 / 3.40 ms
@@ -37,15 +39,6 @@ UNROLL_ON_CUDA = False
 # solve and their gradients in two kernels instead of ~0.25 ms of cuBLAS GEMV/TRSM/FFMA kernels a step).
 # Off until measured and checked on a GPU (tests/test_hypergaussians.py, bench_train_step.py --hg_fused).
 FUSED_ON_CUDA = False
-
-
-def _fused_ops():
-    """The fused_ops package when its kernels are built, else None."""
-    try:
-        import fused_ops
-    except ImportError:
-        return None
-    return fused_ops if fused_ops.available() else None
 
 
 def _per_gaussian_matvec(M: Tensor, v: Tensor, transpose: bool) -> Tensor:
@@ -143,7 +136,7 @@ class HyperGaussian(nn.Module):
             x = _per_gaussian_matvec(frozen[0], z.unsqueeze(1) - mu_i, transpose=False)
             out = (mu_o - x).reshape(self.n_gaussians, -1)
             return out.index_select(1, self._out_index) if self.padded else out
-        ops = _fused_ops() if FUSED_ON_CUDA and z.is_cuda and z.dtype == torch.float32 else None
+        ops = fused_kernels() if FUSED_ON_CUDA and z.is_cuda and z.dtype == torch.float32 else None
         if ops is not None and n <= ops.MAX_BLOCK:
             out = ops.conditional_mean(self.mean, self.l11_log_diag, self.l11_lower, self.l21, z)
             out = out.reshape(self.n_gaussians, -1)
