@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from utils.fast_paths import set_fast_paths  # noqa: E402
 from utils.lpips_loader import VGG16_FILENAME, load_lpips_vgg  # noqa: E402
 from utils.precision import PRECISIONS, set_precision  # noqa: E402
 
@@ -123,13 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile_mode", default="default",
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="torch.compile's mode for --compile (reduce-overhead adds CUDA graphs)")
-    ap.add_argument("--fused_distance", action="store_true",
-                    help="LPIPS' layer distances through fused_ops' one-pass kernel (off by default)")
+    ap.add_argument("--fused_distance", type=int, choices=(0, 1), default=None,
+                    help="LPIPS' layer distances through fused_ops' one-pass kernel: 1 on, 0 off "
+                         "(default: the library's)")
+    ap.add_argument("--fused_conv_relu", type=int, choices=(0, 1), default=None,
+                    help="the trunk's convolutions and ReLUs as cuDNN's fused call: 1 on, 0 off")
     args = ap.parse_args(argv)
-    if args.fused_distance:
-        import utils.lpips_loader
-
-        utils.lpips_loader.FUSED_DISTANCE = True
+    switches = set_fast_paths(lpips_distance=args.fused_distance, conv_relu=args.fused_conv_relu)
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
         return 1
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             profile_step(model, x, y)
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16",
-           "fused_distance": args.fused_distance, "results": results}
+           "fused_distance": switches["lpips_distance"],
+           "fused_conv_relu": switches["conv_relu"], "results": results}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

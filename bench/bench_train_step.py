@@ -29,6 +29,7 @@ from scene.frame_graph import FrameRenderGraph  # noqa: E402
 from scene.model.cuda_graphs import inference_graph  # noqa: E402
 from scene.trainer import Trainer  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
+from utils.fast_paths import set_fast_paths  # noqa: E402
 from utils.losses import photometric_loss  # noqa: E402
 from utils.options import parse_train_args  # noqa: E402
 
@@ -123,25 +124,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the figures here (step ms, inference ms per mode, peak MiB)")
     ap.add_argument("--with_lpips", action="store_true",
                     help="time steps after --lpips_start, with the LPIPS-VGG term (needs the VGG16 weights)")
-    ap.add_argument("--hg_fused", action="store_true",
-                    help="HyperGaussians through fused_ops' fused kernels (off by default)")
-    ap.add_argument("--one_launch_adam", action="store_true",
-                    help="both optimisers as utils.optim.OneLaunchAdam (fused_ops; off by default)")
-    ap.add_argument("--fused_lpips", action="store_true",
-                    help="LPIPS' layer distances through fused_ops' one-pass kernel (off by default)")
+    for flag, what in (("--hg_fused", "HyperGaussians through fused_ops' kernels"),
+                       ("--one_launch_adam", "both optimisers as utils.optim.OneLaunchAdam (fused_ops)"),
+                       ("--fused_lpips", "LPIPS' layer distances through fused_ops' one-pass kernel"),
+                       ("--fused_conv_relu", "LPIPS' trunk with cuDNN's fused convolution + ReLU")):
+        ap.add_argument(flag, type=int, choices=(0, 1), default=None, help=f"{what}: 1 on, 0 off (default: "
+                        "the library's default)")
     own, rest = ap.parse_known_args(argv)
-    if own.fused_lpips:
-        import utils.lpips_loader
-
-        utils.lpips_loader.FUSED_DISTANCE = True
-    if own.hg_fused:
-        from scene.model import hypergaussians
-
-        hypergaussians.FUSED_ON_CUDA = True
-    if own.one_launch_adam:
-        import utils.optim
-
-        utils.optim.ONE_LAUNCH_ADAM = True
+    switches = set_fast_paths(own.hg_fused, own.one_launch_adam, own.fused_lpips, own.fused_conv_relu)
     lpips_args = [] if own.with_lpips else ["--lambda_lpips", "0"]
     cfg = parse_train_args(rest + lpips_args + ["--skip_test", "--overwrite", "--log_root",
                                                 str(Path("/tmp") / "bench_train_step_logs")])
@@ -213,13 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sum of parts':32s} {sum(statistics.median(v) for v in parts.values()):9.3f}")
     print(f"{'whole step (no inner syncs)':32s} {whole:9.3f}")
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
-          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} hg_fused={int(own.hg_fused)} "
-          f"one_launch_adam={int(own.one_launch_adam)} fused_lpips={int(own.fused_lpips)}")
+          f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} "
+          + " ".join(f"{k}={int(v)}" for k, v in switches.items()))
     inference = _inference_speed(trainer, own.steps, own.profile)
     if own.json:
         write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
-                              "graph_scope": cfg.run.graph_scope, "hg_fused": own.hg_fused,
-                              "one_launch_adam": own.one_launch_adam, "fused_lpips": own.fused_lpips,
+                              "graph_scope": cfg.run.graph_scope, "fast_paths": switches,
                               "lpips": bool(own.with_lpips), "gaussians": avatar.n_gaussians,
                               "step_ms": whole,
                               "parts_ms": {k: statistics.median(v) for k, v in parts.items()},

@@ -29,7 +29,7 @@ from utils.device import resolve_device
 from utils.errors import InputError
 from utils.image_io import ImageWriter
 from utils.options import RenderConfig, RenderOptions
-from utils.precision import set_precision
+from utils.precision import configure_arithmetic
 from utils.prefetch import prefetched
 from utils.video import VideoStream
 from utils.visualize import error_map, uncertainty_colors
@@ -105,7 +105,7 @@ class Renderer:
         self.iteration = int(state["iteration"])
         self.avatar.eval()
         self.avatar.freeze_for_inference()  # fixed weights from here on
-        set_precision(cfg.run.precision, self.device)
+        configure_arithmetic(cfg.run, self.device)
         self.background = self.target.background
         if cross:
             root = r.cross_data_root or p.data_root

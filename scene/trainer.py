@@ -43,7 +43,7 @@ from utils.losses import (
 )
 from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
-from utils.precision import set_precision
+from utils.precision import configure_arithmetic
 from utils.run_folder import RunFolder
 from utils.training import FrameSampler, PhaseClock, RunLogger, evaluate_frames, seed_everything
 from utils.visualize import error_map, image_grid
@@ -69,7 +69,7 @@ class Trainer:
         self._t_created = time.perf_counter()
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)  # DeviceError: a domain error, one line
-        set_precision(cfg.run.precision, self.device)
+        configure_arithmetic(cfg.run, self.device)
         self.run_dir = cfg.paths.model_dir
         self.folder = RunFolder(self.run_dir)
         self.folder.acquire()  # one writer per run folder; released by close() or on error here

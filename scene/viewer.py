@@ -33,7 +33,7 @@ from utils.device import resolve_device
 from utils.errors import InputError
 from utils.image_io import to_uint8
 from utils.options import ModelOptions, ViewConfig, read_run_record
-from utils.precision import set_precision
+from utils.precision import configure_arithmetic
 from utils.rotations import matrix_to_quaternion, quaternion_to_matrix
 from utils.visualize import caption_strip, error_map, uncertainty_colors
 
@@ -167,7 +167,7 @@ class ViewerModel:
         self.cfg = cfg
         v, p = cfg.view, cfg.paths
         self.device = resolve_device(cfg.run.device)  # DeviceError: a domain error, one line
-        set_precision(cfg.run.precision, self.device)
+        configure_arithmetic(cfg.run, self.device)
         self.run_dir = p.model_dir
         checkpoint = v.checkpoint or newest_checkpoint(self.run_dir)
         if checkpoint is None:

@@ -499,6 +499,80 @@ def test_cuda_fused_lpips_distance_equals_the_unfused_one(vgg_torch_home, monkey
     assert float((g1 - g0).norm() / g0.norm()) <= 1e-4
 
 
+def test_fused_conv_relu_backward_on_the_cpu(vgg_torch_home, monkeypatch):
+    """The fused trunk's hand-written backward (ReLU mask from the output, then the convolution's input
+    gradient) gives autograd's image gradient through the module trunk; cuDNN's fused forward is stood in
+    for by conv2d + relu on the CPU."""
+    import torch.nn.functional as F
+
+    import utils.lpips_loader as lpips_mod
+    from utils.lpips_trunk import fused_vgg_trunk
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setattr(torch, "cudnn_convolution_relu",
+                        lambda x, w, b, *geometry: F.conv2d(x, w, b, *geometry).relu())
+    vgg = lpips_mod.load_lpips_vgg("cpu", precision="fp32").net.net
+    x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(3), dtype=torch.float32) * 2 - 1
+    weights = [torch.rand(f.shape, generator=torch.Generator().manual_seed(k)) for k, f in enumerate(vgg(x))]
+    grads = []
+    for trunk in (vgg, lambda a: fused_vgg_trunk(vgg, a)):
+        xr = x.clone().requires_grad_(True)
+        sum((f * w).sum() for f, w in zip(trunk(xr), weights)).backward()
+        grads.append(xr.grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("graphed", [False, True])
+def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monkeypatch, graphed):
+    """utils.lpips_loader.FUSED_CONV_RELU (cuDNN's fused convolution + bias + ReLU, our backward) gives the
+    module trunk's five feature maps, LPIPS value and image gradient in fp32 on bench_lpips.py's pair, in the
+    training call (eager and captured) and the evaluation call; the ground truth's branch keeps no graph."""
+    import sys
+
+    import utils.lpips_loader as lpips_mod
+    from utils.lpips_trunk import fusable_trunk, fused_vgg_trunk
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    from utils.precision import set_precision
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    dev = torch.device("cuda")
+    set_precision("fp32", dev)
+    x, y = image_pair(dev)
+    model = lpips_mod.load_lpips_vgg(dev, precision="fp32", cuda_graph=graphed)
+    vgg = model.net.net
+    a = (x * 2 - 1).contiguous(memory_format=torch.channels_last)
+    assert fusable_trunk(vgg, a) and not fusable_trunk(vgg, a.cpu())
+    with torch.no_grad():
+        want, got = vgg(a), fused_vgg_trunk(vgg, a)
+    assert len(got) == 5
+    for w, g in zip(want, got):
+        assert g.shape == w.shape and bool((g >= 0).all())
+        assert float((g - w).norm() / w.norm()) <= 1e-5
+    with torch.no_grad():
+        gt = fused_vgg_trunk(vgg, a)
+    assert all(f.grad_fn is None for f in gt)
+    out = {}
+    for fused in (False, True):
+        monkeypatch.setattr(lpips_mod, "FUSED_CONV_RELU", fused)
+        model._graphed = None  # capture again with the switch as set
+        for _ in range(2):  # the graphed call captures at the first, replays at the second
+            xr = x.clone().requires_grad_(True)
+            value = model(xr, y).sum()
+            value.backward()
+        with torch.no_grad():
+            evaluation = float(model(x, y).sum())
+        out[fused] = (float(value), xr.grad, evaluation)
+    (v0, g0, e0), (v1, g1, e1) = out[False], out[True]
+    assert abs(v1 - v0) <= 1e-5 * abs(v0) and abs(e1 - e0) <= 1e-5 * abs(e0)
+    assert float((g1 - g0).norm() / g0.norm()) <= 1e-4
+
+
 def test_lpips_bf16_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
     """--precision bf16 runs LPIPS' VGG trunk in bfloat16 autocast (GPU only); the CPU's bfloat16 autocast
     (float32 accumulation, as cuDNN's) shows what that costs on bench/bench_lpips.py's pair (a 256x256

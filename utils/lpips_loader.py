@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from utils.atomic import atomic_path
 from utils.device import fused_kernels
 from utils.errors import InputError
+from utils.lpips_trunk import fusable_trunk, fused_vgg_trunk
 from utils.precision import check_precision, trunk_autocast
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -85,6 +86,8 @@ class LPIPSVGG(nn.Module):
         self._to_channels_last(device_type)
         if device_type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
+        if FUSED_CONV_RELU and self.precision != "bf16" and fusable_trunk(self.net.net, x):
+            return fused_vgg_trunk(self.net.net, x)
         with trunk_autocast(self.precision, device_type):
             feats = self.net.net(x)
         return [f.to(x.dtype) for f in feats]
@@ -142,9 +145,12 @@ class LPIPSVGG(nn.Module):
 
 
 # LPIPS' per-layer distance through fused_ops' one-pass kernel (channels-last float32 CUDA maps, the
-# ground truth's without gradient): off until measured and checked on a GPU (tests/test_metrics.py,
-# bench/bench_lpips.py --fused_distance).
-FUSED_DISTANCE = False
+# ground truth's without gradient; where fused_ops is not built, the unfused distance): checked against
+# the unfused one on the H200 (tests/test_metrics.py) and 1.5 ms faster a step (bench/NOTES.md, session 17).
+FUSED_DISTANCE = True
+# The trunk's convolutions and ReLUs as cuDNN's fused call (utils.lpips_trunk; fp32/tf32 on CUDA): off until
+# measured (bench/bench_lpips.py --fused_conv_relu).
+FUSED_CONV_RELU = False
 
 
 def _fusable(u: Tensor, v: Tensor) -> bool:

@@ -217,6 +217,10 @@ class RunOptions:
     cuda_graphs: bool = option(True, flag="--no_cuda_graphs", action="store_false",
                                help="run the deformation (and in training the LPIPS term) eagerly on CUDA "
                                     "instead of replaying captured CUDA graphs (slower; for debugging)")
+    fused_kernels: bool = option(True, flag="--no_fused_kernels", action="store_false",
+                                 help="run the plain PyTorch paths instead of our fused GPU kernels "
+                                      "(HyperGaussians' conditional mean, the one-launch Adam, LPIPS' layer "
+                                      "distance; utils/fast_paths.py): slower, the same results")
     graph_scope: str = option("step", choices=["step", "parts"],
                               help="what one CUDA graph holds (with CUDA graphs on and the CUDA rasterizer): "
                                    "step: a whole training iteration (loss, backward, Adam) and, in "

@@ -41,6 +41,15 @@ def set_precision(name: str, device: torch.device | str | None = None) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def configure_arithmetic(run, device: torch.device | str | None = None) -> None:
+    """Apply a run's ``--precision`` and ``--no_fused_kernels`` (``utils.options.RunOptions``)."""
+    set_precision(run.precision, device)
+    if not run.fused_kernels:
+        from utils.fast_paths import plain_paths
+
+        plain_paths()
+
+
 def trunk_autocast(name: str, device_type: str):
     """The context the LPIPS VGG trunk runs in: bfloat16 autocast for ``bf16`` on CUDA, else nothing."""
     if name == "bf16" and device_type == "cuda":

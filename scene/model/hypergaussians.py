@@ -36,9 +36,10 @@ from utils.device import fused_kernels
 UNROLL_MAX_OUT = 4
 UNROLL_ON_CUDA = False
 # The fused CUDA kernels of submodules/fused-ops (one thread per Gaussian and block: contraction,
-# solve and their gradients in two kernels instead of ~0.25 ms of cuBLAS GEMV/TRSM/FFMA kernels a step).
-# Off until measured and checked on a GPU (tests/test_hypergaussians.py, bench_train_step.py --hg_fused).
-FUSED_ON_CUDA = False
+# solve and their gradients in two kernels instead of cuBLAS TRSM/GEMV/FFMA kernels): equal to the torch
+# path on the H200 (tests/test_hypergaussians.py) and 0.1 ms faster a step (bench/NOTES.md, session 17).
+# Where fused_ops is not built, the torch path runs.
+FUSED_ON_CUDA = True
 
 
 def _per_gaussian_matvec(M: Tensor, v: Tensor, transpose: bool) -> Tensor:
