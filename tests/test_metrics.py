@@ -525,11 +525,10 @@ def test_fused_conv_relu_backward_on_the_cpu(vgg_torch_home, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("graphed", [False, True])
-def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monkeypatch, graphed):
-    """utils.lpips_loader.FUSED_CONV_RELU (cuDNN's fused convolution + bias + ReLU, our backward) gives the
-    module trunk's five feature maps, LPIPS value and image gradient in fp32 on bench_lpips.py's pair, in the
-    training call (eager and captured) and the evaluation call; the ground truth's branch keeps no graph."""
+def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monkeypatch):
+    """utils.lpips_loader.FUSED_CONV_RELU (cuDNN's fused convolution + bias + ReLU, our backward; used inside
+    CUDA-graph captures) gives the module trunk's five feature maps, and LPIPS value and image gradient in
+    fp32 on bench_lpips.py's pair in the captured training call; the ground truth's branch keeps no graph."""
     import sys
 
     import utils.lpips_loader as lpips_mod
@@ -544,7 +543,7 @@ def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monk
     dev = torch.device("cuda")
     set_precision("fp32", dev)
     x, y = image_pair(dev)
-    model = lpips_mod.load_lpips_vgg(dev, precision="fp32", cuda_graph=graphed)
+    model = lpips_mod.load_lpips_vgg(dev, precision="fp32", cuda_graph=True)
     vgg = model.net.net
     a = (x * 2 - 1).contiguous(memory_format=torch.channels_last)
     assert fusable_trunk(vgg, a) and not fusable_trunk(vgg, a.cpu())
@@ -561,7 +560,7 @@ def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monk
     for fused in (False, True):
         monkeypatch.setattr(lpips_mod, "FUSED_CONV_RELU", fused)
         model._graphed = None  # capture again with the switch as set
-        for _ in range(2):  # the graphed call captures at the first, replays at the second
+        for _ in range(2):  # captured at the first call, replayed at the second
             xr = x.clone().requires_grad_(True)
             value = model(xr, y).sum()
             value.backward()

@@ -86,7 +86,8 @@ class LPIPSVGG(nn.Module):
         self._to_channels_last(device_type)
         if device_type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        if FUSED_CONV_RELU and self.precision != "bf16" and fusable_trunk(self.net.net, x):
+        if (FUSED_CONV_RELU and self.precision != "bf16" and torch.cuda.is_current_stream_capturing()
+                and fusable_trunk(self.net.net, x)):
             return fused_vgg_trunk(self.net.net, x)
         with trunk_autocast(self.precision, device_type):
             feats = self.net.net(x)
@@ -148,9 +149,10 @@ class LPIPSVGG(nn.Module):
 # ground truth's without gradient; where fused_ops is not built, the unfused distance): checked against
 # the unfused one on the H200 (tests/test_metrics.py) and 1.5 ms faster a step (bench/NOTES.md, session 17).
 FUSED_DISTANCE = True
-# The trunk's convolutions and ReLUs as cuDNN's fused call (utils.lpips_trunk; fp32/tf32 on CUDA): off until
-# measured (bench/bench_lpips.py --fused_conv_relu).
-FUSED_CONV_RELU = False
+# The trunk's convolutions and ReLUs as cuDNN's fused call (utils.lpips_trunk; fp32/tf32 on CUDA), inside a
+# CUDA-graph capture only: its kernels are 0.7 ms faster a training step, but each call costs more host time
+# (4.4 -> 3.7 ms captured, 4.7 -> 6.6 ms eager; H200, bench/NOTES.md session 17).
+FUSED_CONV_RELU = True
 
 
 def _fusable(u: Tensor, v: Tensor) -> bool:

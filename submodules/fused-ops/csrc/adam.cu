@@ -32,20 +32,33 @@ struct AdamTensors {
 };
 
 __global__ void adam_kernel(const AdamTensors t, int64_t total, float beta1, float beta2, float eps) {
+  // A grid-stride loop over all elements; a thread's elements only increase, so it finds each one's tensor
+  // by walking forward from the last, and computes that tensor's bias corrections once.
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  int k = -1;
+  int64_t begin = 0, end = 0;
+  float step_size = 0.f, bc2_sqrt = 1.f;
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-    int k = 0;
-    while (k < t.count - 1 && e >= t.end[k]) k++;
-    const int64_t i = e - (k == 0 ? 0 : t.end[k - 1]);
-    const float step = *t.step[k];
-    const float bc1 = 1.f - powf(beta1, step);
-    const float bc2_sqrt = sqrtf(1.f - powf(beta2, step));
+    if (e >= end) {
+      do {
+        k++;
+        begin = end;
+        end = t.end[k];
+      } while (e >= end);
+      const double step = *t.step[k];
+      // the powers in double, rounded once: --use_fast_math's powf is an approximation whose error, after
+      // the cancellation in 1 - beta2^t (0.006 at t = 6), moved the update by ~1e-5 relative from torch's
+      const float bc1 = 1.f - (float)pow((double)beta1, step);
+      bc2_sqrt = sqrtf(1.f - (float)pow((double)beta2, step));
+      step_size = t.lr[k] / bc1;
+    }
+    const int64_t i = e - begin;
     const float g = t.grad[k][i];
     const float m = beta1 * t.exp_avg[k][i] + (1.f - beta1) * g;
     const float v = beta2 * t.exp_avg_sq[k][i] + (1.f - beta2) * g * g;
     t.exp_avg[k][i] = m;
     t.exp_avg_sq[k][i] = v;
-    t.param[k][i] -= (t.lr[k] / bc1) * m / (sqrtf(v) / bc2_sqrt + eps);
+    t.param[k][i] -= step_size * m / (sqrtf(v) / bc2_sqrt + eps);
   }
 }
 
@@ -95,7 +108,12 @@ void adam_step(const std::vector<torch::Tensor>& params, const std::vector<torch
       t.end[k] = total;
     }
     if (total == 0) continue;
-    const int64_t blocks = std::min<int64_t>((total + THREADS - 1) / THREADS, 65535);
+    // enough threads to fill the GPU, each over a few elements (bias corrections once per tensor and thread)
+    int sms = 0;
+    TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, params[0].get_device()) == cudaSuccess,
+                "fused_ops.adam: cannot read the GPU's multiprocessor count");
+    const int64_t fill = (int64_t)sms * 8;
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((total + THREADS - 1) / THREADS, fill));
     adam_kernel<<<(unsigned)blocks, THREADS, 0, stream>>>(t, total, (float)beta1, (float)beta2, (float)eps);
     const cudaError_t err = cudaGetLastError();
     TORCH_CHECK(err == cudaSuccess, "fused_ops.adam: launch failed: ", cudaGetErrorString(err));

@@ -1,4 +1,4 @@
-// HyperGaussians' conditional mean (docs/maths.md section 5), fused: one thread per (Gaussian, block) system
+// HyperGaussians' conditional mean (docs/maths.md section 5), fused: one warp per (Gaussian, block) system
 // computes b = L21^T (z - mu_i), solves L11^T x = b by back substitution and writes mu_o - x; the backward
 // recomputes x, solves L11 gb = -dL/dout by forward substitution and writes every parameter's gradient.
 // Unfused, this is an einsum (tens of thousands of 1 x m products, which cuBLAS runs as FP32 GEMV kernels),
@@ -17,25 +17,38 @@
 namespace {
 
 constexpr int MAX_N = 8;
-constexpr int THREADS = 128;
+constexpr int WARP = 32;
+constexpr int THREADS = 128;  // four systems per block, one warp each
 
 // Position of L11's entry (r, c), r > c, in the row-major strictly-lower storage.
 __device__ __forceinline__ int lower_at(int r, int c) { return r * (r - 1) / 2 + c; }
 
-// b = L21^T (z - mu_i), then x = L11^{-T} b (back substitution). Padding entries beyond n stay 0.
-__device__ __forceinline__ void solve_mean(int n, int m, const float* __restrict__ mu, const float* __restrict__ ld,
-                                           const float* __restrict__ lo, const float* __restrict__ L21,
-                                           const float* __restrict__ zk, float (&x)[MAX_N]) {
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = WARP / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One warp per system, lanes over the latent dimensions j (so that the warp reads L21's rows, and writes
+// their gradients, as contiguous memory): b = L21^T (z - mu_i) summed over the warp, then x = L11^{-T} b by
+// back substitution in every lane (n <= 8). Entries beyond n stay 0.
+__device__ __forceinline__ void solve_mean(int lane, int n, int m, const float* __restrict__ mu,
+                                           const float* __restrict__ ld, const float* __restrict__ lo,
+                                           const float* __restrict__ L21, const float* __restrict__ zk,
+                                           float (&x)[MAX_N]) {
   float b[MAX_N];
 #pragma unroll
   for (int i = 0; i < MAX_N; i++) b[i] = 0.f;
-  for (int j = 0; j < m; j++) {
+  for (int j = lane; j < m; j += WARP) {
     const float d = zk[j] - mu[n + j];
-    const float* row = L21 + j * n;
+    const float* row = L21 + (size_t)j * n;
 #pragma unroll
     for (int i = 0; i < MAX_N; i++)
       if (i < n) b[i] = fmaf(row[i], d, b[i]);
   }
+#pragma unroll
+  for (int i = 0; i < MAX_N; i++)
+    if (i < n) b[i] = warp_sum(b[i]);  // n is the same in every lane: the shuffles stay convergent
 #pragma unroll
   for (int i = MAX_N - 1; i >= 0; i--) {
     float acc = 0.f;
@@ -54,17 +67,18 @@ __global__ void conditional_mean_forward_kernel(int S, int G, int n, int m, cons
                                                 const float* __restrict__ log_diag, const float* __restrict__ lower,
                                                 const float* __restrict__ l21, const float* __restrict__ z,
                                                 float* __restrict__ out) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= S) return;
+  const int s = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP);
+  const int lane = threadIdx.x % WARP;
+  if (s >= S) return;  // the whole warp
   const int nl = n * (n - 1) / 2;
   const float* mu = mean + (size_t)s * (n + m);
   float x[MAX_N];
-  solve_mean(n, m, mu, log_diag + (size_t)s * n, lower + (size_t)s * nl, l21 + (size_t)s * m * n,
+  solve_mean(lane, n, m, mu, log_diag + (size_t)s * n, lower + (size_t)s * nl, l21 + (size_t)s * m * n,
              z + (size_t)(s / G) * m, x);
   float* o = out + (size_t)s * n;
 #pragma unroll
   for (int i = 0; i < MAX_N; i++)
-    if (i < n) o[i] = mu[i] - x[i];
+    if (i < n && lane == i) o[i] = mu[i] - x[i];
 }
 
 // With gb = L11^{-1} (-dL/dout) (the gradient of b): dL/dL21[j][i] = gb_i d_j, dL/dmu_i[j] = -sum_i L21[j][i]
@@ -76,8 +90,9 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
                                                  const float* __restrict__ z, float* __restrict__ g_mean,
                                                  float* __restrict__ g_log_diag, float* __restrict__ g_lower,
                                                  float* __restrict__ g_l21) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= S) return;
+  const int s = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP);
+  const int lane = threadIdx.x % WARP;
+  if (s >= S) return;  // the whole warp
   const int nl = n * (n - 1) / 2;
   const float* mu = mean + (size_t)s * (n + m);
   const float* ld = log_diag + (size_t)s * n;
@@ -86,10 +101,10 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
   const float* zk = z + (size_t)(s / G) * m;
   const float* go = grad_out + (size_t)s * n;
   float x[MAX_N];
-  solve_mean(n, m, mu, ld, lo, L21, zk, x);
+  solve_mean(lane, n, m, mu, ld, lo, L21, zk, x);
   float gb[MAX_N];
 #pragma unroll
-  for (int i = 0; i < MAX_N; i++) {  // forward substitution: L11 gb = -grad_out
+  for (int i = 0; i < MAX_N; i++) {  // forward substitution: L11 gb = -grad_out (every lane)
     float acc = 0.f;
     if (i < n) {
       acc = -go[i];
@@ -100,22 +115,20 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
     gb[i] = acc;
   }
   float* gm = g_mean + (size_t)s * (n + m);
-  float* gld = g_log_diag + (size_t)s * n;
-  float* glo = g_lower + (size_t)s * nl;
   float* gl21 = g_l21 + (size_t)s * m * n;
 #pragma unroll
-  for (int i = 0; i < MAX_N; i++) {
-    if (i < n) {
+  for (int i = 0; i < MAX_N; i++) {  // the block's own entries, one lane each
+    if (i < n && lane == i) {
       gm[i] = go[i];
-      gld[i] = -gb[i] * x[i] * expf(ld[i]);
+      g_log_diag[(size_t)s * n + i] = -gb[i] * x[i] * expf(ld[i]);
 #pragma unroll
-      for (int c = 0; c < i; c++) glo[lower_at(i, c)] = -gb[c] * x[i];
+      for (int c = 0; c < i; c++) g_lower[(size_t)s * nl + lower_at(i, c)] = -gb[c] * x[i];
     }
   }
-  for (int j = 0; j < m; j++) {
+  for (int j = lane; j < m; j += WARP) {
     const float d = zk[j] - mu[n + j];
-    const float* row = L21 + j * n;
-    float* grow = gl21 + j * n;
+    const float* row = L21 + (size_t)j * n;
+    float* grow = gl21 + (size_t)j * n;
     float gd = 0.f;
 #pragma unroll
     for (int i = 0; i < MAX_N; i++) {
@@ -171,7 +184,7 @@ torch::Tensor conditional_mean_forward(const torch::Tensor& mean, const torch::T
   torch::Tensor out = torch::empty({s.N, s.G, s.n}, mean.options());
   const int S = (int)(s.N * s.G);
   if (S == 0) return out;
-  conditional_mean_forward_kernel<<<(S + THREADS - 1) / THREADS, THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  conditional_mean_forward_kernel<<<(unsigned)(((int64_t)S * WARP + THREADS - 1) / THREADS), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
       S, (int)s.G, (int)s.n, (int)s.m, mean.data_ptr<float>(), log_diag.data_ptr<float>(), lower.data_ptr<float>(),
       l21.data_ptr<float>(), z.data_ptr<float>(), out.data_ptr<float>());
   check_launch("conditional_mean_forward");
@@ -188,7 +201,7 @@ std::vector<torch::Tensor> conditional_mean_backward(const torch::Tensor& grad_o
   torch::Tensor g_lower = torch::empty_like(lower), g_l21 = torch::empty_like(l21);
   const int S = (int)(s.N * s.G);
   if (S > 0) {
-    conditional_mean_backward_kernel<<<(S + THREADS - 1) / THREADS, THREADS, 0,
+    conditional_mean_backward_kernel<<<(unsigned)(((int64_t)S * WARP + THREADS - 1) / THREADS), THREADS, 0,
                                        c10::cuda::getCurrentCUDAStream()>>>(
         S, (int)s.G, (int)s.n, (int)s.m, grad_out.data_ptr<float>(), mean.data_ptr<float>(),
         log_diag.data_ptr<float>(), lower.data_ptr<float>(), l21.data_ptr<float>(), z.data_ptr<float>(),
