@@ -105,3 +105,25 @@ def test_one_launch_adam_matches_torch_fused_adam_and_is_capturable():
     for p, want in zip(params, eager):
         assert torch.equal(p, want)
     assert not torch.equal(eager[0], before[params[0]][0])  # the step moved the parameters
+
+
+def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
+    """--no_fused_kernels (RunOptions.fused_kernels False) switches off all four fused paths; the default
+    leaves them as the library sets them (on)."""
+    import utils.lpips_loader as lpips_mod
+    from scene.model import hypergaussians as hg
+    from utils.fast_paths import set_fast_paths
+    from utils.options import parse_train_args
+    from utils.precision import configure_arithmetic
+
+    for module, name in ((hg, "FUSED_ON_CUDA"), (optim_mod, "ONE_LAUNCH_ADAM"),
+                         (lpips_mod, "FUSED_DISTANCE"), (lpips_mod, "FUSED_CONV_RELU")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    assert set_fast_paths() == {"hypergaussians": True, "adam": True, "lpips_distance": True,
+                                "conv_relu": True}
+    configure_arithmetic(parse_train_args(["--idname", "x"]).run, "cpu")
+    assert all(set_fast_paths().values())
+    configure_arithmetic(parse_train_args(["--idname", "x", "--no_fused_kernels"]).run, "cpu")
+    assert set_fast_paths() == {"hypergaussians": False, "adam": False, "lpips_distance": False,
+                                "conv_relu": False}
+    assert type(make_adam([torch.nn.Parameter(torch.zeros(3))])) is torch.optim.Adam
