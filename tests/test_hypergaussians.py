@@ -8,6 +8,7 @@ import torch
 
 import scene.model.hypergaussians as hgmod
 from scene.model.hypergaussians import HyperGaussian
+from utils import fast_paths
 
 
 def _randomize(hg: HyperGaussian, seed: int) -> None:
@@ -236,8 +237,8 @@ def test_cuda_conditional_mean_and_gradients_match_the_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("blocks, m", [((3, 4, 3), 32), ((5,), 7), ((1, 2), 3)])
 def test_cuda_fused_kernels_match_the_torch_path(monkeypatch, blocks, m):
-    """fused_ops' fused forward and backward (FUSED_ON_CUDA) give the unfused CUDA path's conditional
-    mean and gradients, and exactly zero gradient on the padding entries of smaller blocks."""
+    """fused_ops' fused forward and backward (the hypergaussians fast path) give the unfused CUDA path's
+    conditional mean and gradients, and exactly zero gradient on the padding entries of smaller blocks."""
     ops = pytest.importorskip("fused_ops")
     if not ops.available():
         pytest.skip("fused_ops._C is not built")
@@ -248,7 +249,7 @@ def test_cuda_fused_kernels_match_the_torch_path(monkeypatch, blocks, m):
     w = torch.randn(96, sum(blocks), generator=torch.Generator().manual_seed(13)).cuda()
     results = {}
     for fused in (False, True):
-        monkeypatch.setattr(hgmod, "FUSED_ON_CUDA", fused)
+        monkeypatch.setitem(fast_paths.ON, "hypergaussians", fused)
         hg = HyperGaussian(96, m, blocks).cuda()
         hg.load_state_dict(ref.state_dict())
         zz = z.clone().requires_grad_(True)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils import fast_paths
 from utils.image_io import read_image, read_mask, write_image
 from utils.image_metrics import gaussian_window, masked, psnr, ssim, ssim_map
 
@@ -446,7 +447,7 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fused_lpips_distance_equals_the_unfused_one(vgg_torch_home, monkeypatch):
-    """utils.lpips_loader.FUSED_DISTANCE (fused_ops' one-pass layer distance) gives the unfused LPIPS value
+    """The lpips_distance fast path (fused_ops' one-pass layer distance) gives the unfused LPIPS value
     and image gradient in fp32 on bench_lpips.py's pair, for the training call (gradient to the render) and
     the evaluation call; the layer kernel alone matches the formula on random channels-last maps, including
     a pixel whose features are all zero."""
@@ -487,7 +488,7 @@ def test_cuda_fused_lpips_distance_equals_the_unfused_one(vgg_torch_home, monkey
     model = lpips_mod.load_lpips_vgg(dev, precision="fp32")
     out = {}
     for fused in (False, True):
-        monkeypatch.setattr(lpips_mod, "FUSED_DISTANCE", fused)
+        monkeypatch.setitem(fast_paths.ON, "lpips_distance", fused)
         xr = x.clone().requires_grad_(True)
         value = model(xr, y).sum()
         value.backward()
@@ -526,7 +527,7 @@ def test_fused_conv_relu_backward_on_the_cpu(vgg_torch_home, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monkeypatch):
-    """utils.lpips_loader.FUSED_CONV_RELU (cuDNN's fused convolution + bias + ReLU, our backward; used inside
+    """The conv_relu fast path (cuDNN's fused convolution + bias + ReLU, our backward; used inside
     CUDA-graph captures) gives the module trunk's five feature maps, and LPIPS value and image gradient in
     fp32 on bench_lpips.py's pair in the captured training call; the ground truth's branch keeps no graph."""
     import sys
@@ -558,7 +559,7 @@ def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monk
     assert all(f.grad_fn is None for f in gt)
     out = {}
     for fused in (False, True):
-        monkeypatch.setattr(lpips_mod, "FUSED_CONV_RELU", fused)
+        monkeypatch.setitem(fast_paths.ON, "conv_relu", fused)
         model._graphed = None  # capture again with the switch as set
         for _ in range(2):  # captured at the first call, replayed at the second
             xr = x.clone().requires_grad_(True)

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-import utils.optim as optim_mod
+from utils import fast_paths
 from utils.device import fused_kernels
 from utils.optim import OneLaunchAdam, make_adam
 
@@ -33,7 +33,7 @@ def _steps(opt, groups, n: int, seed: int) -> None:
 
 
 def test_factory_keeps_torch_adam_where_one_launch_cannot_run(monkeypatch):
-    monkeypatch.setattr(optim_mod, "ONE_LAUNCH_ADAM", True)
+    monkeypatch.setitem(fast_paths.ON, "adam", True)
     opt = make_adam(_groups("cpu"), eps=1e-15)
     assert type(opt) is torch.optim.Adam and opt.defaults["eps"] == 1e-15
 
@@ -110,15 +110,11 @@ def test_one_launch_adam_matches_torch_fused_adam_and_is_capturable():
 def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
     """--no_fused_kernels (RunOptions.fused_kernels False) switches off all four fused paths; the default
     leaves them as the library sets them (on)."""
-    import utils.lpips_loader as lpips_mod
-    from scene.model import hypergaussians as hg
     from utils.fast_paths import set_fast_paths
     from utils.options import parse_train_args
     from utils.precision import configure_arithmetic
 
-    for module, name in ((hg, "FUSED_ON_CUDA"), (optim_mod, "ONE_LAUNCH_ADAM"),
-                         (lpips_mod, "FUSED_DISTANCE"), (lpips_mod, "FUSED_CONV_RELU")):
-        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    monkeypatch.setattr(fast_paths, "ON", dict(fast_paths.ON))  # restored after the test
     assert set_fast_paths() == {"hypergaussians": True, "adam": True, "lpips_distance": True,
                                 "conv_relu": True}
     configure_arithmetic(parse_train_args(["--idname", "x"]).run, "cpu")

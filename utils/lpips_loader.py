@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from utils import fast_paths
 from utils.atomic import atomic_path
 from utils.device import fused_kernels
 from utils.errors import InputError
@@ -86,8 +87,8 @@ class LPIPSVGG(nn.Module):
         self._to_channels_last(device_type)
         if device_type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        if (FUSED_CONV_RELU and self.precision != "bf16" and torch.cuda.is_current_stream_capturing()
-                and fusable_trunk(self.net.net, x)):
+        if (fast_paths.enabled("conv_relu") and self.precision != "bf16" and fusable_trunk(self.net.net, x)
+                and torch.cuda.is_current_stream_capturing()):  # (asks the CUDA runtime: CUDA input only)
             return fused_vgg_trunk(self.net.net, x)
         with trunk_autocast(self.precision, device_type):
             feats = self.net.net(x)
@@ -130,7 +131,7 @@ class LPIPSVGG(nn.Module):
             both = self._trunk(torch.cat([a, b]))
             fa, fb = [f[: len(a)] for f in both], [f[len(a):] for f in both]
         total = None
-        fused = fused_kernels() if FUSED_DISTANCE else None
+        fused = fused_kernels() if fast_paths.enabled("lpips_distance") else None
         for head, u, v in zip(self.net.lins, fa, fb):
             if fused is not None and _fusable(u, v):  # the same distance in one pass (fused_ops)
                 term = fused.lpips_layer_distance(u, v, head.model[-1].weight).mean(dim=(1, 2)).unsqueeze(1)
@@ -145,14 +146,6 @@ class LPIPSVGG(nn.Module):
         return super().train(False)
 
 
-# LPIPS' per-layer distance through fused_ops' one-pass kernel (channels-last float32 CUDA maps, the
-# ground truth's without gradient; where fused_ops is not built, the unfused distance): checked against
-# the unfused one on the H200 (tests/test_metrics.py) and 1.5 ms faster a step (bench/NOTES.md, session 17).
-FUSED_DISTANCE = True
-# The trunk's convolutions and ReLUs as cuDNN's fused call (utils.lpips_trunk; fp32/tf32 on CUDA), inside a
-# CUDA-graph capture only: its kernels are 0.7 ms faster a training step, but each call costs more host time
-# (4.4 -> 3.7 ms captured, 4.7 -> 6.6 ms eager; H200, bench/NOTES.md session 17).
-FUSED_CONV_RELU = True
 
 
 def _fusable(u: Tensor, v: Tensor) -> bool:

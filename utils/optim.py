@@ -4,7 +4,7 @@ torch's fused Adam spends ~30 us a launch on the avatar's tensors (few, large th
 once per parameter group: 0.19 ms of a 1.8 ms H200 training step (bench/NOTES.md, session 16).
 :class:`OneLaunchAdam` is the same optimiser (same state, interchangeable state dicts) whose CUDA step is
 one launch of ``fused_ops.adam_step`` over every tensor: 0.11-0.18 ms less a step on the H200
-(bench/NOTES.md, session 17; ``tests/test_optim.py`` checks it against torch's). :data:`ONE_LAUNCH_ADAM`
+(bench/NOTES.md, session 17; ``tests/test_optim.py`` checks it against torch's). ``utils.fast_paths`` ("adam")
 switches it; without the built kernels torch's fused Adam runs.
 """
 
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from utils import fast_paths
 from utils.device import fused_adam_ok, fused_kernels
-
-ONE_LAUNCH_ADAM = True
 
 
 class OneLaunchAdam(torch.optim.Adam):
@@ -60,12 +59,12 @@ class OneLaunchAdam(torch.optim.Adam):
 
 def make_adam(params, **options) -> torch.optim.Adam:
     """Adam over ``params`` (tensors or parameter groups): :class:`OneLaunchAdam` when
-    :data:`ONE_LAUNCH_ADAM` is set, the kernels are built and every parameter is a CUDA float32 tensor;
+    the "adam" fast path is on, the kernels are built and every parameter is a CUDA float32 tensor;
     else torch's, fused on CUDA."""
     params = list(params)
     tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     fused = fused_adam_ok(tensors)
     float32 = all(p.dtype == torch.float32 for p in tensors)
-    if ONE_LAUNCH_ADAM and fused and float32 and fused_kernels() is not None:
+    if fast_paths.enabled("adam") and fused and float32 and fused_kernels() is not None:
         return OneLaunchAdam(params, **options)
     return torch.optim.Adam(params, fused=fused, **options)

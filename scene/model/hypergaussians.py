@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from utils import fast_paths
 from utils.device import fused_kernels
 
 # How the small triangular solve is done, picked by measurement (H100 and its 16-core CPU, N = 14.5k,
@@ -35,11 +36,6 @@ from utils.device import fused_kernels
 # solver on CUDA (and for larger blocks).
 UNROLL_MAX_OUT = 4
 UNROLL_ON_CUDA = False
-# The fused CUDA kernels of submodules/fused-ops (one thread per Gaussian and block: contraction,
-# solve and their gradients in two kernels instead of cuBLAS TRSM/GEMV/FFMA kernels): equal to the torch
-# path on the H200 (tests/test_hypergaussians.py) and 0.1 ms faster a step (bench/NOTES.md, session 17).
-# Where fused_ops is not built, the torch path runs.
-FUSED_ON_CUDA = True
 
 
 def _per_gaussian_matvec(M: Tensor, v: Tensor, transpose: bool) -> Tensor:
@@ -137,7 +133,8 @@ class HyperGaussian(nn.Module):
             x = _per_gaussian_matvec(frozen[0], z.unsqueeze(1) - mu_i, transpose=False)
             out = (mu_o - x).reshape(self.n_gaussians, -1)
             return out.index_select(1, self._out_index) if self.padded else out
-        ops = fused_kernels() if FUSED_ON_CUDA and z.is_cuda and z.dtype == torch.float32 else None
+        fused = fast_paths.enabled("hypergaussians") and z.is_cuda and z.dtype == torch.float32
+        ops = fused_kernels() if fused else None
         if ops is not None and n <= ops.MAX_BLOCK:
             out = ops.conditional_mean(self.mean, self.l11_log_diag, self.l11_lower, self.l21, z)
             out = out.reshape(self.n_gaussians, -1)
