@@ -31,7 +31,6 @@ from scene.model.ema import ParameterEMA
 from scene.train_step_graph import TrainStepGraph
 from utils.device import resolve_device
 from utils.errors import InputError, NonFiniteError
-from utils.image_io import write_image
 from utils.losses import (
     LossTerms,
     normal_offset_regulariser,
@@ -148,10 +147,12 @@ class Trainer:
 
     def close(self) -> None:
         """Flush the log and give the run folder back (idempotent)."""
-        if self.logger is not None:
-            self.logger.close()
-            self.logger = None
-        self.folder.release()
+        try:
+            if self.logger is not None:
+                logger, self.logger = self.logger, None
+                logger.close()  # waits for the image writes: a failed one is raised here
+        finally:
+            self.folder.release()
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, self.avatar, self.optimizers, restore_rng=True)
@@ -322,8 +323,7 @@ class Trainer:
             err = error_map(img.detach(), gt, frame.head_mask, bg)
             grid = image_grid([img.detach().clamp(0, 1), gt, err],
                               labels=[f"render {it}", "ground truth", "error"])
-        self.logger.image(it, "train/render_gt_error", grid)
-        write_image(self.run_dir / "train" / f"{it:05d}.png", grid)
+        self.logger.image(it, "train/render_gt_error", grid, self.run_dir / "train" / f"{it:05d}.png")
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self) -> dict | None:
