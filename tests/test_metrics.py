@@ -444,6 +444,25 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
         assert torch.allclose(graphed(x, y), eager(x, y))
 
 
+def _assert_fast_path_keeps_lpips(model, x, y, path: str, monkeypatch, calls: int = 1) -> None:
+    """With fast path ``path`` off and on, the training call's LPIPS value and image gradient (after
+    ``calls`` calls: a graphed model captures at the first) and the evaluation call's value agree (fp32)."""
+    out = {}
+    for on in (False, True):
+        monkeypatch.setitem(fast_paths.ON, path, on)
+        model._graphed = None  # capture again with the switch as set
+        for _ in range(calls):
+            xr = x.clone().requires_grad_(True)
+            value = model(xr, y).sum()
+            value.backward()
+        with torch.no_grad():
+            evaluation = float(model(x, y).sum())
+        out[on] = (float(value), xr.grad, evaluation)
+    (v0, g0, e0), (v1, g1, e1) = out[False], out[True]
+    assert abs(v1 - v0) <= 1e-5 * abs(v0) and abs(e1 - e0) <= 1e-5 * abs(e0)
+    assert float((g1 - g0).norm() / g0.norm()) <= 1e-4
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fused_lpips_distance_equals_the_unfused_one(vgg_torch_home, monkeypatch):
@@ -486,18 +505,7 @@ def test_cuda_fused_lpips_distance_equals_the_unfused_one(vgg_torch_home, monkey
     assert torch.allclose(ap.grad[ok], ar.grad[ok], rtol=1e-4, atol=1e-7)
     x, y = image_pair(dev)
     model = lpips_mod.load_lpips_vgg(dev, precision="fp32")
-    out = {}
-    for fused in (False, True):
-        monkeypatch.setitem(fast_paths.ON, "lpips_distance", fused)
-        xr = x.clone().requires_grad_(True)
-        value = model(xr, y).sum()
-        value.backward()
-        with torch.no_grad():
-            evaluation = float(model(x, y).sum())
-        out[fused] = (float(value), xr.grad, evaluation)
-    (v0, g0, e0), (v1, g1, e1) = out[False], out[True]
-    assert abs(v1 - v0) <= 1e-5 * abs(v0) and abs(e1 - e0) <= 1e-5 * abs(e0)
-    assert float((g1 - g0).norm() / g0.norm()) <= 1e-4
+    _assert_fast_path_keeps_lpips(model, x, y, "lpips_distance", monkeypatch)
 
 
 def test_fused_conv_relu_backward_on_the_cpu(vgg_torch_home, monkeypatch):
@@ -557,20 +565,7 @@ def test_cuda_fused_conv_relu_trunk_equals_the_module_trunk(vgg_torch_home, monk
     with torch.no_grad():
         gt = fused_vgg_trunk(vgg, a)
     assert all(f.grad_fn is None for f in gt)
-    out = {}
-    for fused in (False, True):
-        monkeypatch.setitem(fast_paths.ON, "conv_relu", fused)
-        model._graphed = None  # capture again with the switch as set
-        for _ in range(2):  # captured at the first call, replayed at the second
-            xr = x.clone().requires_grad_(True)
-            value = model(xr, y).sum()
-            value.backward()
-        with torch.no_grad():
-            evaluation = float(model(x, y).sum())
-        out[fused] = (float(value), xr.grad, evaluation)
-    (v0, g0, e0), (v1, g1, e1) = out[False], out[True]
-    assert abs(v1 - v0) <= 1e-5 * abs(v0) and abs(e1 - e0) <= 1e-5 * abs(e0)
-    assert float((g1 - g0).norm() / g0.norm()) <= 1e-4
+    _assert_fast_path_keeps_lpips(model, x, y, "conv_relu", monkeypatch, calls=2)  # capture, then replay
 
 
 def test_lpips_bf16_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
