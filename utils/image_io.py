@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -142,12 +143,19 @@ def write_image(path: str | Path, array: np.ndarray | torch.Tensor) -> Path:
     return path
 
 
+def _write_then(path: Path, data: np.ndarray, then: Callable[[np.ndarray], None] | None) -> None:
+    write_image(path, data)
+    if then is not None:
+        then(data)
+
+
 class ImageWriter:
     """Writes PNGs on a small thread pool, so that encoding (zlib, which releases the GIL) overlaps the
     next frame's rendering. ``submit(path, array)`` converts to 8 bit at once on the calling thread (so a
     GPU tensor or a buffer that will be overwritten is read now) and queues the atomic write; at most
     ``max_pending`` writes wait at a time. Leaving the ``with`` block waits for every write and raises
-    the first error, naming the file. Same bytes as :func:`write_image`."""
+    the first error, naming the file. Same bytes as :func:`write_image`. ``then``, when given, runs on the
+    worker after the write, with the 8-bit image (another encoding of it: tensorboard's)."""
 
     def __init__(self, workers: int | None = None, max_pending: int | None = None) -> None:
         self.workers = workers or max(1, min(8, os.cpu_count() or 1))
@@ -155,14 +163,16 @@ class ImageWriter:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="png")
         self._pending: deque[Future] = deque()
 
-    def submit(self, path: str | Path, array: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Queue the write of ``array``; returns its 8-bit form (for a video of the same frames)."""
+    def submit(self, path: str | Path, array: np.ndarray | torch.Tensor,
+               then: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """Queue the write of ``array`` (then ``then(data)``); returns its 8-bit form (for a video of the
+        same frames)."""
         data = to_uint8(array)
         if data is array or not data.flags.owndata:  # a view of the caller's memory: snapshot it now
             data = data.copy()
         while len(self._pending) >= self.max_pending:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(write_image, Path(path), data))
+        self._pending.append(self._pool.submit(_write_then, Path(path), data, then))
         return data
 
     def close(self) -> None:

@@ -146,8 +146,6 @@ class LPIPSVGG(nn.Module):
         return super().train(False)
 
 
-
-
 def _fusable(u: Tensor, v: Tensor) -> bool:
     cl = torch.channels_last
     return (u.is_cuda and u.dtype == torch.float32 and v.dtype == torch.float32 and not v.requires_grad

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 from utils.atomic import write_json
-from utils.image_io import to_uint8, write_image
+from utils.image_io import ImageWriter
 from utils.image_metrics import masked, psnr, ssim
 
 
@@ -191,8 +189,7 @@ class RunLogger:
                 self.record["events"] = old.get("events", [])
             except (ValueError, KeyError, TypeError):
                 pass  # an unreadable old log is replaced, not trusted
-        self._images = ThreadPoolExecutor(1, thread_name_prefix="grid")
-        self._pending: deque[Future] = deque()
+        self._images = ImageWriter(workers=1, max_pending=2)  # grids come seconds apart: never pile up
         self.tb = None
         self.tb_reason = None
         try:
@@ -226,27 +223,15 @@ class RunLogger:
     def event(self, text: str) -> None:
         self.record["events"].append(text)
 
-    def image(self, step: int, tag: str, img, path: Path | None = None) -> None:
-        """Log image ``img`` ((3,H,W) or (H,W,3), float in [0, 1] or uint8) to tensorboard under ``tag``
-        and, with ``path``, as a PNG there (atomically); the encoding happens in the background."""
-        data = to_uint8(img)
-        if data is img or not data.flags.owndata:  # a view of the caller's memory: snapshot it now
-            data = data.copy()
-        while len(self._pending) >= 2:  # grids come seconds apart; never let them pile up
-            self._pending.popleft().result()
-        self._pending.append(self._images.submit(self._write_image, step, tag, data, path))
+    def image(self, step: int, tag: str, img, path: Path) -> None:
+        """Write image ``img`` ((3,H,W) or (H,W,3), float in [0, 1] or uint8) as a PNG at ``path``
+        (atomically) and log it to tensorboard under ``tag``; both encodings happen in the background."""
 
-    def _write_image(self, step: int, tag: str, data: np.ndarray, path: Path | None) -> None:
-        if path is not None:
-            write_image(path, data)
-        if self.tb is not None:
-            self.tb.add_image(tag, data, step, dataformats="HWC" if data.ndim == 3 else "HW")
+        def to_tensorboard(data: np.ndarray) -> None:
+            if self.tb is not None:
+                self.tb.add_image(tag, data, step, dataformats="HWC" if data.ndim == 3 else "HW")
 
-    def wait_images(self) -> None:
-        """Wait for the queued image writes; raise the first failure."""
-        pending, self._pending = self._pending, deque()
-        for fut in pending:
-            fut.result()
+        self._images.submit(path, img, then=to_tensorboard)
 
     def flush(self) -> None:
         write_json(self.json_path, self.record)
@@ -256,9 +241,8 @@ class RunLogger:
 
     def close(self) -> None:
         try:
-            self.wait_images()
+            self._images.close()  # waits for the image writes; raises the first failure
         finally:
-            self._images.shutdown(wait=True)
             self.flush()
             if self.tb is not None:
                 self.tb.close()
