@@ -157,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         graphed = load_lpips_vgg(dev, precision=name, cuda_graph=True)
         ms_graph = time_fwd_bwd(graphed, x, y, args.reps, args.warmup)
         xg = x.detach().requires_grad_(True)
-        graphed(xg, y).sum().backward()
+        value_graph = graphed(xg, y).sum()
+        value_graph.backward()
+        grad_graph = xg.grad.detach().double()
         row = {"fwd_bwd_ms": ms, "fwd_bwd_ms_cuda_graph": ms_graph, "graph_failure": graphed.graph_failure,
-               "cuda_graph_grad_max_diff": float((xg.grad.double() - grad).abs().max()),
+               "cuda_graph_grad_max_diff": float((grad_graph - grad).abs().max()),
                "value": float(value.detach()),
                "peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
                "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -169,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         row["value_rel_diff"] = abs(float(value) - reference[0]) / abs(reference[0])
         row["grad_rel_diff"] = float((grad - reference[1]).norm() / reference[1].norm())
         row["grad_cosine"] = float(F.cosine_similarity(grad.flatten(), reference[1].flatten(), dim=0))
+        # the captured call (the one training makes): tf32's runs the trunk's forward in float16
+        row["cuda_graph_value_rel_diff"] = abs(float(value_graph) - reference[0]) / abs(reference[0])
+        row["cuda_graph_grad_rel_diff"] = float((grad_graph - reference[1]).norm() / reference[1].norm())
+        row["cuda_graph_grad_cosine"] = float(
+            F.cosine_similarity(grad_graph.flatten(), reference[1].flatten(), dim=0))
         if args.compile:
             row.update(time_compiled(model, x, y, grad, args.reps, args.warmup, args.compile_mode))
         results[name] = row
@@ -176,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['cuda_graph_grad_max_diff']:.1e})  LPIPS {row['value']:.5f} "
               f"(rel diff {row['value_rel_diff']:.2e})  "
               f"grad rel diff {row['grad_rel_diff']:.2e}, cosine {row['grad_cosine']:.6f}, "
-              f"peak {row['peak_mib']:.0f} MiB (cudnn benchmark {row['cudnn_benchmark']}, workspace cap "
+              f"captured: grad rel diff {row['cuda_graph_grad_rel_diff']:.2e}, cosine "
+              f"{row['cuda_graph_grad_cosine']:.6f}; peak {row['peak_mib']:.0f} MiB "
+              f"(cudnn benchmark {row['cudnn_benchmark']}, workspace cap "
               f"{row['workspace_cap']})", flush=True)
         if args.profile:
             profile_step(model, x, y)
+            print(f"{name}, captured:")
+            profile_step(graphed, x, y)
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16",
            "fused_distance": switches["lpips_distance"],

@@ -107,7 +107,8 @@ class Runner:
         raw = self.work / "lpips_raw.json"
         self.run("lpips", ["bench/bench_lpips.py", "--json", str(raw)], {"TORCH_HOME": home["TORCH_HOME"]})
         res = json.loads(raw.read_text())["results"]
-        keep = ("fwd_bwd_ms", "fwd_bwd_ms_cuda_graph", "value_rel_diff", "grad_cosine")
+        keep = ("fwd_bwd_ms", "fwd_bwd_ms_cuda_graph", "value_rel_diff", "grad_cosine",
+                "cuda_graph_grad_rel_diff", "cuda_graph_grad_cosine")
         self.save("lpips", {"vgg": home["vgg"], **{p: {k: r[k] for k in keep} for p, r in res.items()}})
 
     def stage_steps(self) -> None:

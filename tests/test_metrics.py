@@ -415,8 +415,9 @@ def test_cuda_lpips_fast_precision_agrees_with_fp32(vgg_torch_home, monkeypatch,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision):
-    """The training call captured as CUDA graphs gives the eager value and image gradient (the same kernels),
-    on new inputs after the capture too, and an evaluation call (no gradient) still runs eagerly."""
+    """The training call captured as CUDA graphs gives the eager value and image gradient (the same kernels:
+    the conv_relu fast path, which the captures alone take, is off here and has its own tests), on new
+    inputs after the capture too, and an evaluation call (no gradient) still runs eagerly."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -426,6 +427,7 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
     from utils.precision import set_precision
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setitem(fast_paths.ON, "conv_relu", False)
     dev = torch.device("cuda")
     set_precision(precision, dev)
     eager = load_lpips_vgg(dev, precision=precision)
@@ -442,6 +444,54 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
         assert torch.allclose(xg.grad, xe.grad, rtol=1e-4, atol=1e-9)
     with torch.no_grad():
         assert torch.allclose(graphed(x, y), eager(x, y))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_captured_lpips_half_forward_trunk_agrees_with_fp32(vgg_torch_home, monkeypatch):
+    """Under --precision tf32 the captured training call runs the trunk's forward in float16 (one batch for
+    both images, cuDNN's fused convolution + ReLU) and its gradient in float32/TF32: on bench_lpips.py's
+    pair at 512x512 the value is within 0.1% of fp32 and the image gradient within TF32's bounds (cosine
+    >= 0.998, <= 7% relative L2), after the capture and on replays; --no_fused_kernels (conv_relu off)
+    does not take it."""
+    import sys
+
+    import utils.lpips_loader as lpips_loader
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    from utils.precision import set_precision
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    dev = torch.device("cuda")
+    calls = []
+    real = lpips_loader.half_forward_trunk
+    monkeypatch.setattr(lpips_loader, "half_forward_trunk", lambda *a: calls.append(1) or real(*a))
+    x, y = image_pair(dev)
+    set_precision("fp32", dev)
+    reference = lpips_loader.load_lpips_vgg(dev, precision="fp32")
+    set_precision("tf32", dev)
+    graphed = lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)
+    for step in range(3):  # capture, then replays on new data
+        xs = (x * (1.0 - 0.1 * step)).clamp(0, 1)
+        xr, xg = xs.clone().requires_grad_(True), xs.clone().requires_grad_(True)
+        set_precision("fp32", dev)
+        v32 = reference(xr, y).sum()
+        v32.backward()
+        set_precision("tf32", dev)
+        v = graphed(xg, y).sum()
+        v.backward()
+        assert graphed.graph_failure is None
+        assert abs(float(v) - float(v32)) <= 1e-3 * abs(float(v32))
+        g, g32 = xg.grad.double(), xr.grad.double()
+        assert float(torch.nn.functional.cosine_similarity(g.flatten(), g32.flatten(), dim=0)) >= 0.998
+        assert float((g - g32).norm() / g32.norm()) <= 0.07
+    assert len(calls) == 1  # traced once, at the capture
+    monkeypatch.setitem(fast_paths.ON, "conv_relu", False)
+    plain = lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)
+    plain(x.clone().requires_grad_(True), y).sum().backward()
+    assert len(calls) == 1
 
 
 def _assert_fast_path_keeps_lpips(model, x, y, path: str, monkeypatch, calls: int = 1) -> None:
@@ -530,6 +580,76 @@ def test_fused_conv_relu_backward_on_the_cpu(vgg_torch_home, monkeypatch):
         grads.append(xr.grad)
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def _rounding_conv_relu(x, w, b, *geometry):
+    """cuDNN's fused convolution + bias + ReLU on the CPU with its reduced-precision arithmetic: inputs and
+    weights in their (forward) dtype, products summed in float32, the output rounded to the input's dtype."""
+    import torch.nn.functional as F
+
+    return F.conv2d(x.float(), w.float(), b.float(), *geometry).relu().to(x.dtype)
+
+
+def test_half_forward_trunk_backward_and_second_image_on_the_cpu(vgg_torch_home, monkeypatch):
+    """half_forward_trunk's hand-written backward (ReLU masks and max-pool choices of the batched forward,
+    the convolutions' input gradients) gives autograd's gradient through the module trunk when the forward
+    runs in float32; the second image's features are the module's and carry no gradient."""
+    import utils.lpips_loader as lpips_mod
+    from utils.lpips_trunk import HalfTrunkWeights, half_forward_trunk
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", _rounding_conv_relu)
+    vgg = lpips_mod.load_lpips_vgg("cpu", precision="fp32").net.net
+    gen = torch.Generator().manual_seed(3)
+    x, y = (torch.rand(1, 3, 40, 36, generator=gen) * 2 - 1 for _ in range(2))
+    weights = [torch.rand(f.shape, generator=torch.Generator().manual_seed(k)) for k, f in enumerate(vgg(x))]
+    xr, xh = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    sum((f * w).sum() for f, w in zip(vgg(xr), weights)).backward()
+    fx, fy = half_forward_trunk(HalfTrunkWeights(vgg, torch.float32), xh, y)
+    sum((f * w).sum() for f, w in zip(fx, weights)).backward()
+    assert xr.grad.abs().max() > 0
+    torch.testing.assert_close(xh.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    for got, want in zip(fy, vgg(y)):
+        assert not got.requires_grad and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_half_forward_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
+    """--precision tf32's captured training call runs LPIPS' trunk forward in float16 (both images in one
+    batch) and its gradient in float32. With float16's rounding reproduced on the CPU, on bench_lpips.py's
+    pair (a 256x256 crop): the value within 0.01% of float32 and the image gradient as far from float32 as
+    TF32's on the H200 (measured 4.5e-5 and 5.6%, cosine 0.9985; TF32: 5.5%, cosine 0.9985): LPIPS' image
+    gradient is ill-conditioned (a float32 forward batched differently moves it by 0.2%), so any 10-bit
+    forward moves it this much. A bfloat16 forward moves it 16%."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    import utils.lpips_loader as lpips_loader
+    from utils.lpips_trunk import HalfTrunkWeights
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", _rounding_conv_relu)
+    x, y = (t[..., 128:384, 128:384].contiguous() for t in image_pair(torch.device("cpu")))
+    calls = []
+    real = lpips_loader.half_forward_trunk
+    monkeypatch.setattr(lpips_loader, "half_forward_trunk", lambda *a: calls.append(1) or real(*a))
+    out = {}
+    for name in ("fp32", "fp16"):
+        model = lpips_loader.load_lpips_vgg("cpu", precision="fp32")
+        if name == "fp16":  # the capture's path, on the CPU
+            model._half_weights = HalfTrunkWeights(model.net.net, torch.float16)
+            monkeypatch.setattr(model, "_half_trunk_ok", lambda a, b: True)
+        xr = x.clone().requires_grad_(True)
+        value = model(xr, y).sum()
+        value.backward()
+        out[name] = (float(value), xr.grad.double())
+    assert calls == [1]
+    (v32, g32), (v16, g16) = out["fp32"], out["fp16"]
+    assert abs(v16 - v32) <= 1e-4 * v32
+    assert float(torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)) >= 0.998
+    assert 1e-4 <= float((g16 - g32).norm() / g32.norm()) <= 0.07  # really float16, and no worse than TF32
 
 
 @pytest.mark.cuda

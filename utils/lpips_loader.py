@@ -24,8 +24,8 @@ from utils import fast_paths
 from utils.atomic import atomic_path
 from utils.device import fused_kernels
 from utils.errors import InputError
-from utils.lpips_trunk import fusable_trunk, fused_vgg_trunk
-from utils.precision import check_precision, trunk_autocast
+from utils.lpips_trunk import HalfTrunkWeights, fusable_trunk, fused_vgg_trunk, half_forward_trunk
+from utils.precision import check_precision, trunk_autocast, trunk_forward_dtype
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
@@ -73,6 +73,7 @@ class LPIPSVGG(nn.Module):
         self.cuda_graph = cuda_graph
         self._channels_last = False
         self._graphed: tuple[tuple, object] | None = None  # (input signature, graphed callable)
+        self._half_weights: HalfTrunkWeights | None = None  # the trunk's weights for half_forward_trunk
         self.graph_failure: str | None = None
 
     def _to_channels_last(self, device_type: str) -> None:
@@ -80,6 +81,16 @@ class LPIPSVGG(nn.Module):
         if device_type == "cuda" and not self._channels_last:
             self.net.net.to(memory_format=torch.channels_last)
             self._channels_last = True
+            dtype = trunk_forward_dtype(self.precision)
+            if dtype is not None:  # made here, eagerly: never inside a CUDA-graph capture
+                self._half_weights = HalfTrunkWeights(self.net.net, dtype)
+
+    def _half_trunk_ok(self, x: Tensor, y: Tensor) -> bool:
+        """Whether the training call (gradient to ``x`` only) runs :func:`half_forward_trunk`: in CUDA-graph
+        captures (as the conv_relu fast path, whose cuDNN call it uses), under a precision that has a
+        forward dtype for the trunk."""
+        return (self._half_weights is not None and fast_paths.enabled("conv_relu") and not y.requires_grad
+                and fusable_trunk(self.net.net, x) and torch.cuda.is_current_stream_capturing())
 
     def _trunk(self, x: Tensor) -> list[Tensor]:
         """The five VGG feature maps of scaled input ``x`` in ``x``'s dtype (float32 after bf16)."""
@@ -123,7 +134,11 @@ class LPIPSVGG(nn.Module):
             x, y = x.unsqueeze(0), y.unsqueeze(0)
         scale = self.net.scaling_layer
         a, b = scale(x * 2.0 - 1.0), scale(y * 2.0 - 1.0)
-        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        if torch.is_grad_enabled() and self._half_trunk_ok(a, b):
+            fmt = torch.channels_last
+            fa, fb = half_forward_trunk(self._half_weights, a.contiguous(memory_format=fmt),
+                                        b.contiguous(memory_format=fmt))
+        elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
             fa = self._trunk(a)
             with torch.set_grad_enabled(b.requires_grad):
                 fb = self._trunk(b)
@@ -204,10 +219,7 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
         raise _unavailable(reason, off_hint) from exc
     if not isinstance(state, dict):
         raise _unavailable(f"{path} does not hold a state dict", off_hint)
-    # pnet_rand=True: lpips builds an untrained trunk without touching the network; we fill it below.
-    with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' 'pretrained' argument
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    model = _empty_lpips_vgg(lpips, off_hint)
     trunk = {}
     for name, param in model.net.named_parameters():
         _slice, idx, kind = name.split(".")  # e.g. slice1.0.weight -> features.0.weight
@@ -220,6 +232,29 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
         trunk[name] = state[key]
     model.net.load_state_dict(trunk, strict=True)
     return LPIPSVGG(model, precision, cuda_graph=cuda_graph).to(device)
+
+
+def _empty_lpips_vgg(lpips, off_hint: str) -> nn.Module:
+    """lpips' VGG model with its calibrated linear heads loaded and its trunk's tensors allocated but not
+    filled (the caller loads them). Built on the meta device: lpips would otherwise build and randomly
+    initialise all of torchvision's VGG16, classifier included (~1.2 s of start-up) only to overwrite it."""
+    with warnings.catch_warnings(), torch.device("meta"):  # torchvision's notes on lpips' 'pretrained'
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+    model = model.to_empty(device="cpu")
+    model.scaling_layer = lpips.ScalingLayer()  # its constant buffers, made for real
+    heads = Path(lpips.__file__).resolve().parent / "weights" / "v0.1" / "vgg.pth"
+    try:
+        state = torch.load(heads, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise _unavailable(f"the lpips package's calibrated heads {heads} cannot be read "
+                           f"({type(exc).__name__}: {exc}); pip install --force-reinstall lpips",
+                           off_hint) from exc
+    wanted = {k for k in model.state_dict() if k.startswith("lin") and not k.startswith("lins.")}
+    if not wanted <= set(state):
+        raise _unavailable(f"{heads} lacks {sorted(wanted - set(state))[:3]}; reinstall lpips", off_hint)
+    model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    return model.eval()
 
 
 def try_load_lpips_vgg(device: torch.device | str = "cpu",

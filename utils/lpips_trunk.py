@@ -64,3 +64,108 @@ def fused_vgg_trunk(vgg: nn.Module, x: Tensor) -> list[Tensor]:
                 k += 1
         feats.append(h)
     return feats
+
+
+class HalfTrunkWeights:
+    """A frozen VGG trunk's layers as :func:`half_forward_trunk` runs them: per slice a list of
+    ("conv", conv, weight and bias in the forward dtype) or ("pool", pool) entries. The float16 copies are
+    made once (channels-last) and refreshed only if the module's weights are replaced."""
+
+    def __init__(self, vgg: nn.Module, dtype: torch.dtype = torch.float16) -> None:
+        self.dtype = dtype
+        self.slices: list[list[tuple]] = []
+        for index in range(1, vgg.N_slices + 1):
+            layers, ops, k = list(getattr(vgg, f"slice{index}")), [], 0
+            while k < len(layers):
+                layer = layers[k]
+                if isinstance(layer, nn.Conv2d):
+                    if not (k + 1 < len(layers) and isinstance(layers[k + 1], nn.ReLU)):
+                        raise ValueError("half_forward_trunk: every convolution must be followed by a ReLU")
+                    w = layer.weight.detach().to(dtype).contiguous(memory_format=_memory_format(layer.weight))
+                    b = layer.bias.detach().to(dtype)
+                    ops.append(("conv", layer, w, b))
+                    k += 2
+                elif isinstance(layer, nn.MaxPool2d):
+                    ops.append(("pool", layer))
+                    k += 1
+                else:
+                    raise ValueError(f"half_forward_trunk: unexpected layer {type(layer).__name__}")
+            self.slices.append(ops)
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format
+
+
+def _pool_args(pool: nn.MaxPool2d) -> tuple:
+    pair = torch.nn.modules.utils._pair
+    stride = pool.stride if pool.stride is not None else pool.kernel_size
+    return pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation), pool.ceil_mode
+
+
+class _HalfForwardTrunk(torch.autograd.Function):
+    """Both images' features from one forward batch in ``weights.dtype``; the gradient to the first image
+    only, in float32 (the ReLU masks and max-pool choices of the forward, the convolutions' input gradients
+    with the float32 weights: TF32 where the process allows it)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, weights: HalfTrunkWeights):  # type: ignore[override]
+        n = x.shape[0]
+        fmt = _memory_format(x)
+        h = torch.cat([x, y]).to(weights.dtype).contiguous(memory_format=fmt)
+        saved, feats = [], []
+        for ops in weights.slices:
+            for op in ops:
+                if op[0] == "conv":
+                    conv, shape = op[1], (n, *h.shape[1:])
+                    h = torch.cudnn_convolution_relu(h, op[2], op[3], conv.stride, conv.padding,
+                                                     conv.dilation, conv.groups)
+                    saved.append((shape, h[:n]))
+                else:
+                    shape = h[:n].shape
+                    h, idx = torch.ops.aten.max_pool2d_with_indices(h, *_pool_args(op[1]))
+                    saved.append((shape, idx[:n]))
+            feats.append(h)
+        ctx.weights, ctx.saved, ctx.fmt = weights, saved, fmt
+        first = tuple(f[:n].float() for f in feats)
+        second = tuple(f[n:].float() for f in feats)
+        ctx.mark_non_differentiable(*second)
+        return first + second
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        weights, saved, fmt = ctx.weights, ctx.saved, ctx.fmt
+        n_slices = len(weights.slices)
+        g = None
+        pos = len(saved)
+        for s in reversed(range(n_slices)):
+            gf = grads[s]
+            if gf is not None:
+                g = gf if g is None else g + gf
+            for op in reversed(weights.slices[s]):
+                pos -= 1
+                if g is None:
+                    continue
+                if op[0] == "conv":
+                    conv, (shape, out) = op[1], saved[pos]
+                    g = torch.where(out > 0, g, 0.0)  # the ReLU's mask from its (forward-dtype) output
+                    like = torch.empty(shape, dtype=g.dtype, device=g.device).contiguous(memory_format=fmt)
+                    g = torch.ops.aten.convolution_backward(
+                        g, like, conv.weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0],
+                        conv.groups, [True, False, False])[0]
+                else:
+                    shape, idx = saved[pos]
+                    like = torch.empty(shape, dtype=g.dtype, device=g.device).contiguous(memory_format=fmt)
+                    g = torch.ops.aten.max_pool2d_with_indices_backward(g, like, *_pool_args(op[1]), idx)
+        return g, None, None
+
+
+def half_forward_trunk(weights: HalfTrunkWeights, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """lpips' ``vgg16`` features of ``x`` and of ``y`` (float32), from one forward of both in
+    ``weights.dtype`` (float16: the same 10-bit mantissa as TF32, half the memory traffic and twice the
+    tensor-core rate), each convolution and its ReLU as one cuDNN call. The gradient flows to ``x`` only,
+    computed in float32 from the forward's ReLU masks and max-pool choices; ``y`` gets none."""
+    out = _HalfForwardTrunk.apply(x, y, weights)
+    k = len(weights.slices)
+    return list(out[:k]), list(out[k:])

@@ -50,6 +50,14 @@ def configure_arithmetic(run, device: torch.device | str | None = None) -> None:
         plain_paths()
 
 
+def trunk_forward_dtype(name: str) -> torch.dtype | None:
+    """The dtype LPIPS' VGG trunk runs its training forward in on CUDA (``utils.lpips_trunk.
+    half_forward_trunk``), or None for the plain trunk: float16 under ``tf32``. Float16 keeps TF32's 10-bit
+    mantissa, and VGG's activations on [-1, 1] images stay far inside its range; the gradient is computed
+    in float32 from that forward (TF32 convolutions), so only the forward's rounding is added."""
+    return torch.float16 if name == "tf32" else None
+
+
 def trunk_autocast(name: str, device_type: str):
     """The context the LPIPS VGG trunk runs in: bfloat16 autocast for ``bf16`` on CUDA, else nothing."""
     if name == "bf16" and device_type == "cuda":
