@@ -448,7 +448,7 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_captured_lpips_half_forward_trunk_agrees_with_fp32(vgg_torch_home, monkeypatch):
+def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeypatch):
     """Under --precision tf32 the captured training call runs the trunk's forward in float16 (one batch for
     both images, cuDNN's fused convolution + ReLU) and its gradient in float32/TF32: on bench_lpips.py's
     pair at 512x512 the value is within 0.1% of fp32 and the image gradient within TF32's bounds (cosine
@@ -466,8 +466,8 @@ def test_cuda_captured_lpips_half_forward_trunk_agrees_with_fp32(vgg_torch_home,
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     dev = torch.device("cuda")
     calls = []
-    real = lpips_loader.half_forward_trunk
-    monkeypatch.setattr(lpips_loader, "half_forward_trunk", lambda *a: calls.append(1) or real(*a))
+    real = lpips_loader.half_trunk
+    monkeypatch.setattr(lpips_loader, "half_trunk", lambda *a: calls.append(1) or real(*a))
     x, y = image_pair(dev)
     set_precision("fp32", dev)
     reference = lpips_loader.load_lpips_vgg(dev, precision="fp32")
@@ -590,22 +590,30 @@ def _rounding_conv_relu(x, w, b, *geometry):
     return F.conv2d(x.float(), w.float(), b.float(), *geometry).relu().to(x.dtype)
 
 
-def test_half_forward_trunk_backward_and_second_image_on_the_cpu(vgg_torch_home, monkeypatch):
-    """half_forward_trunk's hand-written backward (ReLU masks and max-pool choices of the batched forward,
-    the convolutions' input gradients) gives autograd's gradient through the module trunk when the forward
+def _rounding_conv_input_grad(grad, like, conv, weight):
+    """cuDNN's convolution input gradient on the CPU with its reduced-precision arithmetic (as above)."""
+    return torch.nn.grad.conv2d_input(like.shape, weight.float(), grad.float(), conv.stride, conv.padding,
+                                      conv.dilation, conv.groups).to(grad.dtype)
+
+
+def test_half_trunk_backward_and_second_image_on_the_cpu(vgg_torch_home, monkeypatch):
+    """half_trunk's hand-written backward (gradient scaling, ReLU masks and max-pool choices of the batched
+    forward, the convolutions' input gradients) gives autograd's gradient through the module trunk when it
     runs in float32; the second image's features are the module's and carry no gradient."""
     import utils.lpips_loader as lpips_mod
-    from utils.lpips_trunk import HalfTrunkWeights, half_forward_trunk
+    from utils import lpips_trunk
+    from utils.lpips_trunk import HalfTrunkWeights, half_trunk
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     monkeypatch.setattr(torch, "cudnn_convolution_relu", _rounding_conv_relu)
+    monkeypatch.setattr(lpips_trunk, "_conv_input_grad", _rounding_conv_input_grad)
     vgg = lpips_mod.load_lpips_vgg("cpu", precision="fp32").net.net
     gen = torch.Generator().manual_seed(3)
     x, y = (torch.rand(1, 3, 40, 36, generator=gen) * 2 - 1 for _ in range(2))
     weights = [torch.rand(f.shape, generator=torch.Generator().manual_seed(k)) for k, f in enumerate(vgg(x))]
     xr, xh = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     sum((f * w).sum() for f, w in zip(vgg(xr), weights)).backward()
-    fx, fy = half_forward_trunk(HalfTrunkWeights(vgg, torch.float32), xh, y)
+    fx, fy = half_trunk(HalfTrunkWeights(vgg, torch.float32), xh, y)
     sum((f * w).sum() for f, w in zip(fx, weights)).backward()
     assert xr.grad.abs().max() > 0
     torch.testing.assert_close(xh.grad, xr.grad, rtol=1e-4, atol=1e-6)
@@ -614,27 +622,30 @@ def test_half_forward_trunk_backward_and_second_image_on_the_cpu(vgg_torch_home,
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_lpips_half_forward_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
-    """--precision tf32's captured training call runs LPIPS' trunk forward in float16 (both images in one
-    batch) and its gradient in float32. With float16's rounding reproduced on the CPU, on bench_lpips.py's
-    pair (a 256x256 crop): the value within 0.01% of float32 and the image gradient as far from float32 as
-    TF32's on the H200 (measured 4.5e-5 and 5.6%, cosine 0.9985; TF32: 5.5%, cosine 0.9985): LPIPS' image
-    gradient is ill-conditioned (a float32 forward batched differently moves it by 0.2%), so any 10-bit
-    forward moves it this much. A bfloat16 forward moves it 16%."""
+def test_lpips_half_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
+    """--precision tf32's captured training call runs LPIPS' trunk in float16 (both images' forward in one
+    batch, the gradient scaled). With float16's rounding reproduced on the CPU, on bench_lpips.py's pair (a
+    256x256 crop): the value within 0.01% of float32 and the image gradient as far from float32 as TF32's
+    on the H200 (measured 4.5e-5 and 5.6%, cosine 0.9985; TF32: 5.5%, cosine 0.9985), all of it from the
+    forward (a float32 backward gives the same 5.6%): LPIPS' image gradient is ill-conditioned (a float32
+    forward batched differently moves it by 0.2%), so any 10-bit forward moves it this much. A bfloat16
+    forward moves it 16%."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from bench_lpips import image_pair
 
     import utils.lpips_loader as lpips_loader
+    from utils import lpips_trunk
     from utils.lpips_trunk import HalfTrunkWeights
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     monkeypatch.setattr(torch, "cudnn_convolution_relu", _rounding_conv_relu)
+    monkeypatch.setattr(lpips_trunk, "_conv_input_grad", _rounding_conv_input_grad)
     x, y = (t[..., 128:384, 128:384].contiguous() for t in image_pair(torch.device("cpu")))
     calls = []
-    real = lpips_loader.half_forward_trunk
-    monkeypatch.setattr(lpips_loader, "half_forward_trunk", lambda *a: calls.append(1) or real(*a))
+    real = lpips_loader.half_trunk
+    monkeypatch.setattr(lpips_loader, "half_trunk", lambda *a: calls.append(1) or real(*a))
     out = {}
     for name in ("fp32", "fp16"):
         model = lpips_loader.load_lpips_vgg("cpu", precision="fp32")

@@ -24,8 +24,8 @@ from utils import fast_paths
 from utils.atomic import atomic_path
 from utils.device import fused_kernels
 from utils.errors import InputError
-from utils.lpips_trunk import HalfTrunkWeights, fusable_trunk, fused_vgg_trunk, half_forward_trunk
-from utils.precision import check_precision, trunk_autocast, trunk_forward_dtype
+from utils.lpips_trunk import HalfTrunkWeights, fusable_trunk, fused_vgg_trunk, half_trunk
+from utils.precision import check_precision, trunk_autocast, trunk_half_dtype
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
@@ -73,7 +73,7 @@ class LPIPSVGG(nn.Module):
         self.cuda_graph = cuda_graph
         self._channels_last = False
         self._graphed: tuple[tuple, object] | None = None  # (input signature, graphed callable)
-        self._half_weights: HalfTrunkWeights | None = None  # the trunk's weights for half_forward_trunk
+        self._half_weights: HalfTrunkWeights | None = None  # the trunk's weights for half_trunk
         self.graph_failure: str | None = None
 
     def _to_channels_last(self, device_type: str) -> None:
@@ -81,14 +81,14 @@ class LPIPSVGG(nn.Module):
         if device_type == "cuda" and not self._channels_last:
             self.net.net.to(memory_format=torch.channels_last)
             self._channels_last = True
-            dtype = trunk_forward_dtype(self.precision)
+            dtype = trunk_half_dtype(self.precision)
             if dtype is not None:  # made here, eagerly: never inside a CUDA-graph capture
                 self._half_weights = HalfTrunkWeights(self.net.net, dtype)
 
     def _half_trunk_ok(self, x: Tensor, y: Tensor) -> bool:
-        """Whether the training call (gradient to ``x`` only) runs :func:`half_forward_trunk`: in CUDA-graph
-        captures (as the conv_relu fast path, whose cuDNN call it uses), under a precision that has a
-        forward dtype for the trunk."""
+        """Whether the training call (gradient to ``x`` only) runs :func:`half_trunk`: in CUDA-graph
+        captures (as the conv_relu fast path, whose cuDNN call it uses), under a precision that has a half
+        dtype for the trunk."""
         return (self._half_weights is not None and fast_paths.enabled("conv_relu") and not y.requires_grad
                 and fusable_trunk(self.net.net, x) and torch.cuda.is_current_stream_capturing())
 
@@ -136,7 +136,7 @@ class LPIPSVGG(nn.Module):
         a, b = scale(x * 2.0 - 1.0), scale(y * 2.0 - 1.0)
         if torch.is_grad_enabled() and self._half_trunk_ok(a, b):
             fmt = torch.channels_last
-            fa, fb = half_forward_trunk(self._half_weights, a.contiguous(memory_format=fmt),
+            fa, fb = half_trunk(self._half_weights, a.contiguous(memory_format=fmt),
                                         b.contiguous(memory_format=fmt))
         elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
             fa = self._trunk(a)

@@ -67,7 +67,7 @@ def fused_vgg_trunk(vgg: nn.Module, x: Tensor) -> list[Tensor]:
 
 
 class HalfTrunkWeights:
-    """A frozen VGG trunk's layers as :func:`half_forward_trunk` runs them: per slice a list of
+    """A frozen VGG trunk's layers as :func:`half_trunk` runs them: per slice a list of
     ("conv", conv, weight and bias in the forward dtype) or ("pool", pool) entries. The float16 copies are
     made once (channels-last) and refreshed only if the module's weights are replaced."""
 
@@ -80,7 +80,7 @@ class HalfTrunkWeights:
                 layer = layers[k]
                 if isinstance(layer, nn.Conv2d):
                     if not (k + 1 < len(layers) and isinstance(layers[k + 1], nn.ReLU)):
-                        raise ValueError("half_forward_trunk: every convolution must be followed by a ReLU")
+                        raise ValueError("half_trunk: every convolution must be followed by a ReLU")
                     w = layer.weight.detach().to(dtype).contiguous(memory_format=_memory_format(layer.weight))
                     b = layer.bias.detach().to(dtype)
                     ops.append(("conv", layer, w, b))
@@ -89,7 +89,7 @@ class HalfTrunkWeights:
                     ops.append(("pool", layer))
                     k += 1
                 else:
-                    raise ValueError(f"half_forward_trunk: unexpected layer {type(layer).__name__}")
+                    raise ValueError(f"half_trunk: unexpected layer {type(layer).__name__}")
             self.slices.append(ops)
 
 
@@ -104,10 +104,30 @@ def _pool_args(pool: nn.MaxPool2d) -> tuple:
     return pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation), pool.ceil_mode
 
 
-class _HalfForwardTrunk(torch.autograd.Function):
+GRAD_TARGET = 4096.0  # the largest scaled feature gradient (float16's largest finite value: 65504)
+
+
+def _gradient_scale(grads: list[Tensor]) -> Tensor:
+    """A power of two that brings the largest of ``grads`` to about :data:`GRAD_TARGET` (a device scalar:
+    no host sync, capturable). LPIPS' feature gradients are ~1e-5 and below (a mean over every pixel), where
+    float16 has no precision left; they only shrink through the trunk's backward (x0.4 on bench_lpips.py's
+    pair), so 16x headroom is plenty."""
+    amax = torch.stack(torch._foreach_norm(grads, float("inf"))).amax().float()
+    return torch.exp2(torch.floor(torch.log2(GRAD_TARGET / amax.clamp_min(1e-30))))
+
+
+def _conv_input_grad(grad: Tensor, like: Tensor, conv: nn.Conv2d, weight: Tensor) -> Tensor:
+    """The convolution's gradient with respect to its input (``like``'s shape, dtype and layout)."""
+    return torch.ops.aten.convolution_backward(
+        grad, like, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+        [True, False, False])[0]
+
+
+class _HalfTrunk(torch.autograd.Function):
     """Both images' features from one forward batch in ``weights.dtype``; the gradient to the first image
-    only, in float32 (the ReLU masks and max-pool choices of the forward, the convolutions' input gradients
-    with the float32 weights: TF32 where the process allows it)."""
+    only, in the same dtype: the feature gradients scaled by a power of two (:func:`_gradient_scale`), the
+    forward's ReLU masks and max-pool choices, the convolutions' input gradients (float32 accumulation in
+    cuDNN), unscaled at the end."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, weights: HalfTrunkWeights):  # type: ignore[override]
@@ -123,11 +143,11 @@ class _HalfForwardTrunk(torch.autograd.Function):
                                                      conv.dilation, conv.groups)
                     saved.append((shape, h[:n]))
                 else:
-                    shape = h[:n].shape
+                    shape = (n, *h.shape[1:])
                     h, idx = torch.ops.aten.max_pool2d_with_indices(h, *_pool_args(op[1]))
                     saved.append((shape, idx[:n]))
             feats.append(h)
-        ctx.weights, ctx.saved, ctx.fmt = weights, saved, fmt
+        ctx.weights, ctx.saved, ctx.fmt, ctx.in_dtype = weights, saved, fmt, x.dtype
         first = tuple(f[:n].float() for f in feats)
         second = tuple(f[n:].float() for f in feats)
         ctx.mark_non_differentiable(*second)
@@ -136,36 +156,37 @@ class _HalfForwardTrunk(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
         weights, saved, fmt = ctx.weights, ctx.saved, ctx.fmt
-        n_slices = len(weights.slices)
+        dtype = weights.dtype
+        k = len(weights.slices)
+        tops = [g for g in grads[:k] if g is not None]
+        if not tops:
+            return None, None, None
+        scale = _gradient_scale(tops)
         g = None
         pos = len(saved)
-        for s in reversed(range(n_slices)):
-            gf = grads[s]
-            if gf is not None:
-                g = gf if g is None else g + gf
+        for s in reversed(range(k)):
+            if grads[s] is not None:
+                gs = torch.mul(grads[s], scale, out=torch.empty_like(grads[s], dtype=dtype))  # one pass
+                g = gs if g is None else g + gs
             for op in reversed(weights.slices[s]):
                 pos -= 1
                 if g is None:
                     continue
+                shape, kept = saved[pos]
+                like = torch.empty(shape, dtype=dtype, device=g.device).contiguous(memory_format=fmt)
                 if op[0] == "conv":
-                    conv, (shape, out) = op[1], saved[pos]
-                    g = torch.where(out > 0, g, 0.0)  # the ReLU's mask from its (forward-dtype) output
-                    like = torch.empty(shape, dtype=g.dtype, device=g.device).contiguous(memory_format=fmt)
-                    g = torch.ops.aten.convolution_backward(
-                        g, like, conv.weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0],
-                        conv.groups, [True, False, False])[0]
+                    g = torch.ops.aten.threshold_backward(g, kept, 0.0)  # the ReLU's mask from its output
+                    g = _conv_input_grad(g, like, op[1], op[2])
                 else:
-                    shape, idx = saved[pos]
-                    like = torch.empty(shape, dtype=g.dtype, device=g.device).contiguous(memory_format=fmt)
-                    g = torch.ops.aten.max_pool2d_with_indices_backward(g, like, *_pool_args(op[1]), idx)
-        return g, None, None
+                    g = torch.ops.aten.max_pool2d_with_indices_backward(g, like, *_pool_args(op[1]), kept)
+        return (g.to(ctx.in_dtype) / scale).contiguous(memory_format=fmt), None, None
 
 
-def half_forward_trunk(weights: HalfTrunkWeights, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """lpips' ``vgg16`` features of ``x`` and of ``y`` (float32), from one forward of both in
-    ``weights.dtype`` (float16: the same 10-bit mantissa as TF32, half the memory traffic and twice the
-    tensor-core rate), each convolution and its ReLU as one cuDNN call. The gradient flows to ``x`` only,
-    computed in float32 from the forward's ReLU masks and max-pool choices; ``y`` gets none."""
-    out = _HalfForwardTrunk.apply(x, y, weights)
+def half_trunk(weights: HalfTrunkWeights, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """lpips' ``vgg16`` features of ``x`` and of ``y`` (float32) from one forward of both in
+    ``weights.dtype`` (float16: TF32's 10-bit mantissa, half the memory traffic and twice the tensor-core
+    rate of TF32), each convolution and its ReLU as one cuDNN call. The gradient flows to ``x`` only, in
+    the same dtype with the scaling float16's range needs (:func:`_gradient_scale`); ``y`` gets none."""
+    out = _HalfTrunk.apply(x, y, weights)
     k = len(weights.slices)
     return list(out[:k]), list(out[k:])

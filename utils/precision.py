@@ -2,7 +2,8 @@
 
 - ``fp32``: plain float32 everywhere (TF32 off for matrix products and convolutions): the reference.
 - ``tf32``: matrix products (the deformation MLP) and convolutions (LPIPS' VGG) on the tensor cores in
-  TF32 (10-bit mantissa products, float32 accumulation and storage).
+  TF32 (10-bit mantissa products, float32 accumulation and storage); the captured training step runs
+  LPIPS' VGG trunk in float16 (the same 10-bit mantissa, float32 accumulation; ``trunk_half_dtype``).
 - ``bf16``: as tf32, and the LPIPS VGG trunk runs in bfloat16 autocast, channels-last; its features are
   cast back to float32 before LPIPS' normalisation, differences and linear heads, so the distance itself
   is summed in float32. The value stays within 0.1% of float32, but the image gradient through thirteen
@@ -50,11 +51,11 @@ def configure_arithmetic(run, device: torch.device | str | None = None) -> None:
         plain_paths()
 
 
-def trunk_forward_dtype(name: str) -> torch.dtype | None:
-    """The dtype LPIPS' VGG trunk runs its training forward in on CUDA (``utils.lpips_trunk.
-    half_forward_trunk``), or None for the plain trunk: float16 under ``tf32``. Float16 keeps TF32's 10-bit
-    mantissa, and VGG's activations on [-1, 1] images stay far inside its range; the gradient is computed
-    in float32 from that forward (TF32 convolutions), so only the forward's rounding is added."""
+def trunk_half_dtype(name: str) -> torch.dtype | None:
+    """The dtype LPIPS' VGG trunk runs in for the captured training call on CUDA
+    (``utils.lpips_trunk.half_trunk``), or None for the float32 trunk: float16 under ``tf32``. Float16 has
+    TF32's 10-bit mantissa; VGG's activations on [-1, 1] images stay far inside its range, and the gradient
+    is scaled into it. Its image gradient is as far from fp32's as TF32's (tests/test_metrics.py)."""
     return torch.float16 if name == "tf32" else None
 
 
