@@ -449,10 +449,11 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeypatch):
-    """Under --precision tf32 the captured training call runs the trunk's forward in float16 (one batch for
-    both images, cuDNN's fused convolution + ReLU) and its gradient in float32/TF32: on bench_lpips.py's
-    pair at 512x512 the value is within 0.1% of fp32 and the image gradient within TF32's bounds (cosine
-    >= 0.998, <= 7% relative L2), after the capture and on replays; --no_fused_kernels (conv_relu off)
+    """Under --precision tf32 the captured training call runs the trunk in float16 (one forward batch for
+    both images, cuDNN's fused convolution + ReLU, the gradient scaled): on bench_lpips.py's pair at 512x512
+    and two darker copies, the value is within 0.1% of fp32 and the image gradient about as far from fp32's
+    as eager TF32's (H200: 6.1% against TF32's 5.5%, cosine 0.9982 against 0.9985; the bound is 1.25x TF32's
+    distance and cosine >= 0.997), after the capture and on replays; --no_fused_kernels (conv_relu off)
     does not take it."""
     import sys
 
@@ -469,24 +470,24 @@ def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeyp
     real = lpips_loader.half_trunk
     monkeypatch.setattr(lpips_loader, "half_trunk", lambda *a: calls.append(1) or real(*a))
     x, y = image_pair(dev)
-    set_precision("fp32", dev)
-    reference = lpips_loader.load_lpips_vgg(dev, precision="fp32")
-    set_precision("tf32", dev)
-    graphed = lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)
+    models = {"fp32": lpips_loader.load_lpips_vgg(dev, precision="fp32"),
+              "tf32": lpips_loader.load_lpips_vgg(dev, precision="tf32"),
+              "captured": lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)}
     for step in range(3):  # capture, then replays on new data
         xs = (x * (1.0 - 0.1 * step)).clamp(0, 1)
-        xr, xg = xs.clone().requires_grad_(True), xs.clone().requires_grad_(True)
-        set_precision("fp32", dev)
-        v32 = reference(xr, y).sum()
-        v32.backward()
-        set_precision("tf32", dev)
-        v = graphed(xg, y).sum()
-        v.backward()
-        assert graphed.graph_failure is None
-        assert abs(float(v) - float(v32)) <= 1e-3 * abs(float(v32))
-        g, g32 = xg.grad.double(), xr.grad.double()
-        assert float(torch.nn.functional.cosine_similarity(g.flatten(), g32.flatten(), dim=0)) >= 0.998
-        assert float((g - g32).norm() / g32.norm()) <= 0.07
+        out = {}
+        for name, model in models.items():
+            set_precision("fp32" if name == "fp32" else "tf32", dev)
+            xr = xs.clone().requires_grad_(True)
+            value = model(xr, y).sum()
+            value.backward()
+            out[name] = (float(value), xr.grad.double())
+        assert models["captured"].graph_failure is None
+        (v32, g32), (_, gtf), (v, g) = out["fp32"], out["tf32"], out["captured"]
+        assert abs(v - v32) <= 1e-3 * abs(v32)
+        assert float(torch.nn.functional.cosine_similarity(g.flatten(), g32.flatten(), dim=0)) >= 0.997
+        assert float((g - g32).norm()) <= 1.25 * float((gtf - g32).norm())
+        assert not torch.equal(g, gtf)  # the captured call really took another path
     assert len(calls) == 1  # traced once, at the capture
     monkeypatch.setitem(fast_paths.ON, "conv_relu", False)
     plain = lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)
