@@ -32,10 +32,14 @@ def _steps(opt, groups, n: int, seed: int) -> None:
         opt.step()
 
 
-def test_factory_keeps_torch_adam_where_one_launch_cannot_run(monkeypatch):
+def test_factory_picks_one_launch_adam_unless_switched_off_or_not_float32(monkeypatch):
     monkeypatch.setitem(fast_paths.ON, "adam", True)
     opt = make_adam(_groups("cpu"), eps=1e-15)
-    assert type(opt) is torch.optim.Adam and opt.defaults["eps"] == 1e-15
+    assert type(opt) is OneLaunchAdam and opt.defaults["eps"] == 1e-15
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 5e-2, 0.0] and opt.param_groups[0]["eps"] == 1e-15
+    assert type(make_adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))])) is torch.optim.Adam
+    monkeypatch.setitem(fast_paths.ON, "adam", False)
+    assert type(make_adam(_groups("cpu"), eps=1e-15)) is torch.optim.Adam
 
 
 def test_one_launch_adam_off_cuda_is_torch_adam():
@@ -47,6 +51,79 @@ def test_one_launch_adam_off_cuda_is_torch_adam():
     for ga, gb in zip(a, b):
         for p, q in zip(ga["params"], gb["params"]):
             assert torch.equal(p, q)
+
+
+def _copy_params(dst: list[dict], src: list[dict]) -> None:
+    with torch.no_grad():
+        for gd, gs in zip(dst, src):
+            for p, q in zip(gd["params"], gs["params"]):
+                p.copy_(q)
+
+
+def test_state_dicts_move_between_one_launch_adam_and_torch_adam():
+    """A checkpoint's optimiser state written by either optimiser continues in the other, bit for bit on the
+    CPU (so runs resume across machines and the --no_fused_kernels switch); the saved groups keep their
+    hyperparameters; a state dict of another model is refused."""
+    for first, second in ((OneLaunchAdam, torch.optim.Adam), (torch.optim.Adam, OneLaunchAdam)):
+        a = _groups("cpu")
+        opt_a = first(a, eps=1e-8)
+        _steps(opt_a, a, 2, seed=4)
+        saved = copy.deepcopy(opt_a.state_dict())
+        assert sorted(saved["state"]) == [0, 1, 2, 4]  # the unused parameter (index 3) has no state
+        assert [g["params"] for g in saved["param_groups"]] == [[0, 1], [2, 3], [4]]
+        b = _groups("cpu", seed=9)  # other values, overwritten below
+        _copy_params(b, a)
+        for g in b:
+            g["lr"] = 123.0  # the loaded groups' hyperparameters win, as in torch
+        opt_b = second(b, eps=1e-8)
+        opt_b.load_state_dict(saved)
+        assert [g["lr"] for g in opt_b.param_groups] == [1e-3, 5e-2, 0.0]
+        _steps(opt_a, a, 2, seed=5)
+        _steps(opt_b, b, 2, seed=5)
+        for ga, gb in zip(a, b):
+            for p, q in zip(ga["params"], gb["params"]):
+                assert torch.equal(p, q)
+    other = OneLaunchAdam([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="parameter groups"):
+        other.load_state_dict(saved)
+
+
+def test_one_launch_adam_refuses_what_it_does_not_do_and_zeroes_gradients():
+    p = torch.nn.Parameter(torch.ones(3))
+    for bad in ({"weight_decay": 0.1}, {"amsgrad": True}, {"maximize": True}, {"lr": torch.tensor(0.1)}):
+        with pytest.raises(ValueError, match="torch.optim.Adam"):
+            OneLaunchAdam([p], **bad)
+    with pytest.raises(TypeError, match="unknown"):
+        OneLaunchAdam([p], momentum=0.9)
+    with pytest.raises(ValueError, match="more than one group"):
+        OneLaunchAdam([{"params": [p]}, {"params": [p]}])
+    opt = OneLaunchAdam([p])
+    p.grad = torch.ones(3)
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_training_imports_no_torch_compiler(tmp_path):
+    """The avatar's optimisers are built, stepped, zeroed, saved and loaded without importing torch._dynamo
+    (torch's own optimisers import it: seconds of start-up and exit for every train.py run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, torch\n"
+        "from utils.optim import make_adam\n"
+        "p = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]\n"
+        "opt = make_adam([{'params': p[:1], 'lr': 1e-3}, {'params': p[1:], 'lr': 1e-2}], eps=1e-15)\n"
+        "(p[0].sum() + p[1].square().sum()).backward()\n"
+        "opt.step(); state = opt.state_dict(); opt.zero_grad(); opt.load_state_dict(state)\n"
+        "print(type(opt).__name__, 'torch._dynamo' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["OneLaunchAdam", "False"]
 
 
 @pytest.mark.cuda
@@ -122,4 +199,4 @@ def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
     configure_arithmetic(parse_train_args(["--idname", "x", "--no_fused_kernels"]).run, "cpu")
     assert set_fast_paths() == {"hypergaussians": False, "adam": False, "lpips_distance": False,
                                 "conv_relu": False}
-    assert type(make_adam([torch.nn.Parameter(torch.zeros(3))])) is torch.optim.Adam
+    assert type(make_adam([torch.nn.Parameter(torch.zeros(3))])) is torch.optim.Adam  # the switch is off
