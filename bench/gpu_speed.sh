@@ -3,7 +3,7 @@
 # come from bench/speed_table.py (stages raster lpips steps render memory train; it makes its own synthetic
 # subjects and writes $OUT/<stage>.json and $OUT/speed_table.json); this script adds the extension build,
 # the CUDA tests, the viewer timing and the fp32-vs-tf32 quality check.
-# Usage: OUT=/dir STAGES="build tests raster lpips steps render viewer memory train quality" bash bench/gpu_speed.sh
+# Usage: OUT=/dir STAGES="build tests startup raster lpips steps render viewer memory train quality" bash bench/gpu_speed.sh
 # LPIPS timing uses a seeded random VGG16 when the real weights are not in torch's hub cache (the cost does
 # not depend on the weights' values). render needs the imageio-ffmpeg binary and lpips the lpips package: on
 # an offline device carry them (bench/NOTES.md, session 5) and put them on PYTHONPATH.
@@ -12,7 +12,9 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; W=${WORK:-/tmp/gpu_speed}; mkdir -p "
 L=$W/run_logs; mkdir -p "$L"  # per-run logs stay here; $OUT gets the summaries
 STAGES=${STAGES:-"build tests raster lpips steps render memory"}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} GAUSSIAN_NO_DOWNLOAD=1
-export PYTHONPATH=$PWD:$PWD/submodules/simple-knn:$PWD/submodules/diff-gaussian-rasterization:${PYTHONPATH:-}
+export PYTHONPATH=$PWD:$PWD/submodules/simple-knn:$PWD/submodules/diff-gaussian-rasterization:$PWD/submodules/fused-ops:${PYTHONPATH:-}
+# the device image caches no bytecode for torch's modules: keep the compiled files between the processes
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$W/pycache}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 if has build; then
   python setup.py build_ext --inplace > "$L/build.log" 2>&1 || { tail -30 "$L/build.log"; exit 1; }
@@ -20,6 +22,12 @@ fi
 if has tests; then
   python -m pytest -q -m cuda -p no:cacheprovider tests ${TEST_K:+-k "$TEST_K"} > "$OUT/cuda_tests.log" 2>&1
   tail -3 "$OUT/cuda_tests.log"
+fi
+if has startup; then  # a train.py process outside its steps: imports, set-up, exit; torch._dynamo imported?
+  [ -f "$W/ds/s16/synthetic.json" ] || python -m preprocessing.synthetic_subject --idname s16 \
+    --data_root "$W/ds" --tracking_root "$W/tr" --frames 16 --size 512 > "$L/gen16.log" 2>&1
+  python bench/bench_startup.py --idname s16 --data_root "$W/ds" --tracking_root "$W/tr" --test_num 4 \
+    --lambda_lpips 0 --json "$OUT/startup.json" 2>&1 | tee "$OUT/startup.txt"
 fi
 TABLE=()
 for st in raster lpips steps render memory train; do has "$st" && TABLE+=("$st"); done

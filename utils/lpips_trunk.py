@@ -68,8 +68,8 @@ def fused_vgg_trunk(vgg: nn.Module, x: Tensor) -> list[Tensor]:
 
 class HalfTrunkWeights:
     """A frozen VGG trunk's layers as :func:`half_trunk` runs them: per slice a list of
-    ("conv", conv, weight and bias in the forward dtype) or ("pool", pool) entries. The float16 copies are
-    made once (channels-last) and refreshed only if the module's weights are replaced."""
+    ("conv", conv, weight and bias in ``dtype``) or ("pool", pool) entries. The copies are made once, in
+    the module weights' memory format (channels-last on CUDA): the trunk is frozen."""
 
     def __init__(self, vgg: nn.Module, dtype: torch.dtype = torch.float16) -> None:
         self.dtype = dtype
