@@ -13,8 +13,6 @@ Outputs under ``<log_root>/<idname>_<logname>/`` (see :mod:`scene.trainer`, whic
 
 from __future__ import annotations
 
-import sys
-
 from utils.options import parse_train_args
 
 
@@ -40,4 +38,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.errors import exit_without_teardown
+
+    exit_without_teardown(main())  # everything is written and closed when main() returns
