@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child":
         child(Path(argv[1]), argv[2:])
-        return 0
+        from utils.errors import exit_without_teardown
+
+        exit_without_teardown(0)  # as train.py ends
     json_out = None
     if "--json" in argv:
         k = argv.index("--json")
