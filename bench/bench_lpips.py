@@ -129,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the library's)")
     ap.add_argument("--fused_conv_relu", type=int, choices=(0, 1), default=None,
                     help="the trunk's convolutions and ReLUs as cuDNN's fused call: 1 on, 0 off")
+    ap.add_argument("--fused_pool", type=int, choices=(0, 1), default=None,
+                    help="the half trunk's max-pools through fused_ops (one-byte choices): 1 on, 0 off")
     args = ap.parse_args(argv)
-    switches = set_fast_paths(lpips_distance=args.fused_distance, conv_relu=args.fused_conv_relu)
+    switches = set_fast_paths(lpips_distance=args.fused_distance, conv_relu=args.fused_conv_relu,
+                              lpips_pool=args.fused_pool)
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
         return 1
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16",
            "fused_distance": switches["lpips_distance"],
-           "fused_conv_relu": switches["conv_relu"], "results": results}
+           "fused_conv_relu": switches["conv_relu"], "fused_pool": switches["lpips_pool"], "results": results}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -495,6 +495,84 @@ def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeyp
     assert len(calls) == 1
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_max_pool2x2_equals_torch(dtype):
+    """fused_ops.max_pool2x2 (the lpips_pool fast path) gives torch's max-pool values, its choices name
+    torch's argmax (ties and NaN included), and its backward gives torch's input gradient, for the kept
+    images only."""
+    import fused_ops
+
+    if not fused_ops.available():
+        pytest.skip("fused_ops._C is not built")
+    dev = torch.device("cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(3, 64, 10, 14, device=dev, generator=gen).to(dtype)
+    x = torch.round(x * 2) / 2  # many ties within the windows
+    x[0, 5, 2, 3] = float("nan")
+    x[1, 7, 4:6, 4:6] = float("nan")
+    x[2, 9, 0:2, 0:2] = float("-inf")
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert fused_ops.max_pool2x2_fits(x) and not fused_ops.max_pool2x2_fits(x[..., :9])
+    y, choice = fused_ops.max_pool2x2(x, keep=2)
+    want, idx = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(want))
+    assert choice.shape == (2, 5, 7, 64) and choice.dtype == torch.uint8
+    oy = torch.arange(5, device=dev).view(1, 1, 5, 1)
+    ox = torch.arange(7, device=dev).view(1, 1, 1, 7)
+    c = choice.permute(0, 3, 1, 2).long()
+    flat = (2 * oy + c // 2) * 14 + 2 * ox + c % 2  # torch's flat index within the image
+    assert torch.equal(flat, idx[:2])
+    grad = torch.randn(2, 64, 5, 7, device=dev, generator=gen).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    got = fused_ops.max_pool2x2_backward(grad, choice)
+    like = torch.empty(2, 64, 10, 14, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    ref = torch.ops.aten.max_pool2d_with_indices_backward(grad, like, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                          idx[:2])
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_half_trunk_with_fused_pool_equals_torch_pool(vgg_torch_home, monkeypatch):
+    """The lpips_pool fast path leaves the captured half-trunk LPIPS value and image gradient unchanged
+    bit for bit (pooling is exact; cuDNN made deterministic), and is really taken."""
+    import sys
+
+    import fused_ops
+
+    import utils.lpips_loader as lpips_loader
+
+    if not fused_ops.available():
+        pytest.skip("fused_ops._C is not built")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    from utils.precision import set_precision
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # bit-equal runs
+    dev = torch.device("cuda")
+    set_precision("tf32", dev)
+    x, y = image_pair(dev)
+    calls = []
+    real = fused_ops.max_pool2x2
+    monkeypatch.setattr(fused_ops, "max_pool2x2", lambda *a: calls.append(1) or real(*a))
+    out = {}
+    for on in (False, True):
+        monkeypatch.setitem(fast_paths.ON, "lpips_pool", on)
+        model = lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)
+        for _ in range(2):  # capture, replay
+            xr = x.clone().requires_grad_(True)
+            value = model(xr, y).sum()
+            value.backward()
+        out[on] = (float(value), xr.grad)
+    assert len(calls) == 4  # four pools, traced once at the capture
+    assert out[True][0] == out[False][0] and torch.equal(out[True][1], out[False][1])
+
+
 def _assert_fast_path_keeps_lpips(model, x, y, path: str, monkeypatch, calls: int = 1) -> None:
     """With fast path ``path`` off and on, the training call's LPIPS value and image gradient (after
     ``calls`` calls: a graphed model captures at the first) and the evaluation call's value agree (fp32)."""

@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from utils import fast_paths
+from utils.device import fused_kernels
+
 
 class _ConvReLU(torch.autograd.Function):
     """relu(conv2d(x, weight, bias)) through cuDNN's fused call; gradient to ``x`` only."""
@@ -104,6 +107,24 @@ def _pool_args(pool: nn.MaxPool2d) -> tuple:
     return pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation), pool.ceil_mode
 
 
+class _PoolChoice:
+    """A pool's one-byte choices from fused_ops.max_pool2x2 (told apart from torch's int64 indices)."""
+
+    def __init__(self, choice: Tensor) -> None:
+        self.choice = choice
+
+
+def _fused_pool(pool: nn.MaxPool2d, h: Tensor):
+    """fused_ops when the ``lpips_pool`` fast path takes this pool on ``h`` (2x2, stride 2), else None."""
+    if not fast_paths.enabled("lpips_pool"):
+        return None
+    ops = fused_kernels()
+    plain_2x2 = _pool_args(pool) == ((2, 2), (2, 2), (0, 0), (1, 1), False)
+    if ops is None or not plain_2x2 or not ops.max_pool2x2_fits(h):
+        return None
+    return ops
+
+
 GRAD_TARGET = 4096.0  # the largest scaled feature gradient (float16's largest finite value: 65504)
 
 
@@ -144,8 +165,13 @@ class _HalfTrunk(torch.autograd.Function):
                     saved.append((shape, h[:n]))
                 else:
                     shape = (n, *h.shape[1:])
-                    h, idx = torch.ops.aten.max_pool2d_with_indices(h, *_pool_args(op[1]))
-                    saved.append((shape, idx[:n]))
+                    fused = _fused_pool(op[1], h)
+                    if fused is not None:  # one-byte choices, of the first image(s) only
+                        h, choice = fused.max_pool2x2(h, n)
+                        saved.append((shape, _PoolChoice(choice)))
+                    else:
+                        h, idx = torch.ops.aten.max_pool2d_with_indices(h, *_pool_args(op[1]))
+                        saved.append((shape, idx[:n]))
             feats.append(h)
         ctx.weights, ctx.saved, ctx.fmt, ctx.in_dtype = weights, saved, fmt, x.dtype
         first = tuple(f[:n].float() for f in feats)
@@ -177,6 +203,8 @@ class _HalfTrunk(torch.autograd.Function):
                 if op[0] == "conv":
                     g = torch.ops.aten.threshold_backward(g, kept, 0.0)  # the ReLU's mask from its output
                     g = _conv_input_grad(g, like, op[1], op[2])
+                elif isinstance(kept, _PoolChoice):
+                    g = fused_kernels().max_pool2x2_backward(g, kept.choice)
                 else:
                     g = torch.ops.aten.max_pool2d_with_indices_backward(g, like, *_pool_args(op[1]), kept)
         return (g.to(ctx.in_dtype) / scale).contiguous(memory_format=fmt), None, None

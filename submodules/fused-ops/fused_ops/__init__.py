@@ -5,7 +5,8 @@ in one kernel, and its gradients in one more: what ``scene.model.hypergaussians.
 does with an einsum, a batched triangular solve and their backward (several cuBLAS calls that run as
 FP32 GEMV / FFMA kernels on tiny matrices). float32 CUDA tensors, block size n <= 8, any latent size.
 :func:`adam_step` updates all of an optimiser's tensors in one launch (``utils.optim.OneLaunchAdam``);
-:func:`lpips_layer_distance` is LPIPS' per-layer distance in one pass (``utils.lpips_loader``).
+:func:`lpips_layer_distance` is LPIPS' per-layer distance in one pass (``utils.lpips_loader``);
+:func:`max_pool2x2` is VGG's 2x2 max-pool with one-byte choices (``utils.lpips_trunk``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ else:
 
 MAX_BLOCK = 8
 
-__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "lpips_layer_distance"]
+__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "lpips_layer_distance", "max_pool2x2",
+           "max_pool2x2_backward", "max_pool2x2_fits"]
 
 
 def available() -> bool:
@@ -105,3 +107,30 @@ def lpips_layer_distance(a: Tensor, b: Tensor, weight: Tensor, eps: float = 1e-1
     if not (a.is_contiguous(memory_format=channels_last) and b.is_contiguous(memory_format=channels_last)):
         raise ValueError("fused_ops.lpips_layer_distance: the maps must be channels-last contiguous")
     return _LayerDistance.apply(a, b, weight.reshape(-1).contiguous(), float(eps))
+
+
+def max_pool2x2_fits(x: Tensor) -> bool:
+    """Whether :func:`max_pool2x2` takes ``x``: a channels-last (N, C, H, W) CUDA map of float16, bfloat16
+    or float32 with even H and W, its channels filling 16-byte vectors, 16-byte aligned."""
+    return (x.is_cuda and x.dim() == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and x.is_contiguous(memory_format=torch.channels_last) and x.shape[2] % 2 == 0
+            and x.shape[3] % 2 == 0 and x.shape[1] % (16 // x.element_size()) == 0 and x.data_ptr() % 16 == 0)
+
+
+def max_pool2x2(x: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """``torch.nn.functional.max_pool2d(x, 2, 2)`` of a map :func:`max_pool2x2_fits` takes, and each output
+    element's choice in one byte (0..3: row-major in its window) for the first ``keep`` images, (keep, H/2,
+    W/2, C) uint8 -- torch keeps an int64 flat index. Ties and NaN as torch. No autograd: the backward is
+    :func:`max_pool2x2_backward`."""
+    if _C is None:
+        raise RuntimeError(_WHY)
+    y, choice = _C.max_pool2x2_forward(x, int(keep))
+    return y, choice
+
+
+def max_pool2x2_backward(grad: Tensor, choice: Tensor) -> Tensor:
+    """The pool's input gradient, (K, C, 2h, 2w) channels-last, from the output gradient ``grad`` (K, C, h,
+    w) and the forward's ``choice`` for those K images."""
+    if _C is None:
+        raise RuntimeError(_WHY)
+    return _C.max_pool2x2_backward(grad.contiguous(memory_format=torch.channels_last), choice)
