@@ -41,13 +41,14 @@ union Choices {
   uint8_t b[kLanes<T>];
 };
 
-template <typename T>
-__global__ void max_pool2x2_forward_kernel(int64_t total, int64_t keep, int C, int Ho, int Wo,
-                                           const T* __restrict__ x, T* __restrict__ y,
-                                           uint8_t* __restrict__ choice) {
-  constexpr int V = kLanes<T>;
-  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= total) return;
+// Thread t's output pixel and channel group: its element offset in the output (and choices), the offsets of
+// its window's four inputs (row-major in the window), and its image.
+struct Window {
+  int64_t n, out, in[4];
+};
+
+template <int V>
+__device__ __forceinline__ Window window_of(int64_t t, int C, int Ho, int Wo) {
   const int groups = C / V;
   const int g = (int)(t % groups);
   int64_t r = t / groups;
@@ -57,9 +58,19 @@ __global__ void max_pool2x2_forward_kernel(int64_t total, int64_t keep, int C, i
   const int64_t n = r / Ho;
   const int64_t W = 2 * (int64_t)Wo;
   const int64_t first = ((n * 2 * Ho + 2 * oy) * W + 2 * ox) * C + (int64_t)g * V;
-  const int64_t offsets[4] = {first, first + C, first + W * C, first + W * C + C};
+  return {n, ((n * Ho + oy) * Wo + ox) * C + (int64_t)g * V, {first, first + C, first + W * C, first + W * C + C}};
+}
+
+template <typename T>
+__global__ void max_pool2x2_forward_kernel(int64_t total, int64_t keep, int C, int Ho, int Wo,
+                                           const T* __restrict__ x, T* __restrict__ y,
+                                           uint8_t* __restrict__ choice) {
+  constexpr int V = kLanes<T>;
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= total) return;
+  const Window w = window_of<V>(t, C, Ho, Wo);
   Vec16<T> best;
-  best.raw = *reinterpret_cast<const uint4*>(x + first);
+  best.raw = *reinterpret_cast<const uint4*>(x + w.in[0]);
   Choices<T> won;
   float value[V];
 #pragma unroll
@@ -70,7 +81,7 @@ __global__ void max_pool2x2_forward_kernel(int64_t total, int64_t keep, int C, i
 #pragma unroll
   for (int k = 1; k < 4; ++k) {
     Vec16<T> cur;
-    cur.raw = *reinterpret_cast<const uint4*>(x + offsets[k]);
+    cur.raw = *reinterpret_cast<const uint4*>(x + w.in[k]);
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const float v = static_cast<float>(cur.v[i]);
@@ -81,9 +92,8 @@ __global__ void max_pool2x2_forward_kernel(int64_t total, int64_t keep, int C, i
       }
     }
   }
-  const int64_t out = ((n * Ho + oy) * Wo + ox) * C + (int64_t)g * V;
-  *reinterpret_cast<uint4*>(y + out) = best.raw;
-  if (n < keep) *reinterpret_cast<decltype(won.raw)*>(choice + out) = won.raw;
+  *reinterpret_cast<uint4*>(y + w.out) = best.raw;
+  if (w.n < keep) *reinterpret_cast<decltype(won.raw)*>(choice + w.out) = won.raw;
 }
 
 template <typename T>
@@ -92,21 +102,11 @@ __global__ void max_pool2x2_backward_kernel(int64_t total, int C, int Ho, int Wo
   constexpr int V = kLanes<T>;
   const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= total) return;
-  const int groups = C / V;
-  const int g = (int)(t % groups);
-  int64_t r = t / groups;
-  const int ox = (int)(r % Wo);
-  r /= Wo;
-  const int oy = (int)(r % Ho);
-  const int64_t n = r / Ho;
-  const int64_t W = 2 * (int64_t)Wo;
-  const int64_t out = ((n * Ho + oy) * Wo + ox) * C + (int64_t)g * V;
+  const Window w = window_of<V>(t, C, Ho, Wo);
   Vec16<T> grad;
-  grad.raw = *reinterpret_cast<const uint4*>(grad_y + out);
+  grad.raw = *reinterpret_cast<const uint4*>(grad_y + w.out);
   Choices<T> won;
-  won.raw = *reinterpret_cast<const decltype(won.raw)*>(choice + out);
-  const int64_t first = ((n * 2 * Ho + 2 * oy) * W + 2 * ox) * C + (int64_t)g * V;
-  const int64_t offsets[4] = {first, first + C, first + W * C, first + W * C + C};
+  won.raw = *reinterpret_cast<const decltype(won.raw)*>(choice + w.out);
   Vec16<T> zeros;  // all-zero bits: +0 in every supported dtype, no float conversion in device code
   zeros.raw = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
@@ -114,7 +114,7 @@ __global__ void max_pool2x2_backward_kernel(int64_t total, int C, int Ho, int Wo
     Vec16<T> part;
 #pragma unroll
     for (int i = 0; i < V; ++i) part.v[i] = won.b[i] == k ? grad.v[i] : zeros.v[i];
-    *reinterpret_cast<uint4*>(grad_x + offsets[k]) = part.raw;
+    *reinterpret_cast<uint4*>(grad_x + w.in[k]) = part.raw;
   }
 }
 
