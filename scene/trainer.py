@@ -430,14 +430,13 @@ class Trainer:
             "weights, or check that frame's image and tracking")
 
     def _log_losses(self, it: int, start: int, t0: float, terms, bar) -> None:
-        values = {"loss": terms.total.item(), "huber": terms.image.item(), "mouth": terms.mouth.item()}
-        if terms.perceptual is not None:
-            values["lpips"] = terms.perceptual.item()
-        if terms.opacity is not None:
-            values["opacity_reg"] = terms.opacity.item()
-        for name in ("offset", "normal_offset", "thickness"):
-            if getattr(terms, name) is not None:
-                values[f"{name}_reg"] = getattr(terms, name).item()
+        named = {"loss": terms.total, "huber": terms.image, "mouth": terms.mouth, "lpips": terms.perceptual,
+                 "opacity_reg": terms.opacity, **{f"{k}_reg": getattr(terms, k)
+                                                  for k in ("offset", "normal_offset", "thickness")}}
+        named = {k: v for k, v in named.items() if v is not None}
+        # one copy to the host for all of them (a sync each with .item())
+        stacked = torch.stack([v.detach().float().reshape(()) for v in named.values()])
+        values = dict(zip(named, stacked.tolist()))
         values["its_per_s"] = (it - start) / max(time.perf_counter() - t0, 1e-9)
         self.logger.loss(it, values)
         bar.set_postfix(loss=f"{values['loss']:.5f}", sh=self.avatar.gaussians.active_sh_degree)

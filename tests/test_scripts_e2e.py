@@ -92,6 +92,9 @@ def test_both_methods_learn(trained, synthetic_subject, method):
     assert list(run.glob("events.out.tfevents.*"))
     losses = _log(run)["losses"]
     assert losses and all(np.isfinite(r["loss"]) for r in losses)
+    assert {"iteration", "loss", "huber", "mouth", "its_per_s"} <= set(losses[-1])  # one host copy per log
+    assert all(isinstance(v, (int, float)) and np.isfinite(v) for v in losses[-1].values())
+    assert losses[-1]["loss"] >= losses[-1]["huber"] > 0  # the total holds the photometric term
     seconds = _log(run)["seconds"]  # where the run's time went; the phases add up to the loop's time
     assert set(seconds) == {"setup", "steps_without_lpips", "grids", "evaluations", "checkpoints"}, seconds
     loop = float(next(e for e in _log(run)["events"] if e.startswith("finished")).split(" in ")[1].split()[0])
