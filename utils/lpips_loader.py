@@ -137,7 +137,7 @@ class LPIPSVGG(nn.Module):
         if torch.is_grad_enabled() and self._half_trunk_ok(a, b):
             fmt = torch.channels_last
             fa, fb = half_trunk(self._half_weights, a.contiguous(memory_format=fmt),
-                                        b.contiguous(memory_format=fmt))
+                                b.contiguous(memory_format=fmt))
         elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
             fa = self._trunk(a)
             with torch.set_grad_enabled(b.requires_grad):

@@ -199,12 +199,13 @@ class _HalfTrunk(torch.autograd.Function):
                 if g is None:
                     continue
                 shape, kept = saved[pos]
+                if isinstance(kept, _PoolChoice):  # fused_ops' pool needs no input-shaped template
+                    g = fused_kernels().max_pool2x2_backward(g, kept.choice)
+                    continue
                 like = torch.empty(shape, dtype=dtype, device=g.device).contiguous(memory_format=fmt)
                 if op[0] == "conv":
                     g = torch.ops.aten.threshold_backward(g, kept, 0.0)  # the ReLU's mask from its output
                     g = _conv_input_grad(g, like, op[1], op[2])
-                elif isinstance(kept, _PoolChoice):
-                    g = fused_kernels().max_pool2x2_backward(g, kept.choice)
                 else:
                     g = torch.ops.aten.max_pool2d_with_indices_backward(g, like, *_pool_args(op[1]), kept)
         return (g.to(ctx.in_dtype) / scale).contiguous(memory_format=fmt), None, None
