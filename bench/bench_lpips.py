@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import utils.lpips_loader as lpips_loader  # noqa: E402
 from utils.fast_paths import set_fast_paths  # noqa: E402
 from utils.lpips_loader import VGG16_FILENAME, load_lpips_vgg  # noqa: E402
 from utils.precision import PRECISIONS, set_precision  # noqa: E402
@@ -131,9 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the trunk's convolutions and ReLUs as cuDNN's fused call: 1 on, 0 off")
     ap.add_argument("--fused_pool", type=int, choices=(0, 1), default=None,
                     help="the half trunk's max-pools through fused_ops (one-byte choices): 1 on, 0 off")
+    ap.add_argument("--fused_half", type=int, choices=(0, 1), default=None,
+                    help="the captured float16 LPIPS as one function over fused_ops' kernels: 1 on, 0 off")
+    ap.add_argument("--first_conv_channels", type=int, default=None, choices=(3, 4, 8),
+                    help="--fused_half's first convolution input: the image's 3 channels or zero-padded")
     args = ap.parse_args(argv)
+    if args.first_conv_channels is not None:
+        lpips_loader.FIRST_CONV_CHANNELS = args.first_conv_channels
     switches = set_fast_paths(lpips_distance=args.fused_distance, conv_relu=args.fused_conv_relu,
-                              lpips_pool=args.fused_pool)
+                              lpips_pool=args.fused_pool, lpips_fused=args.fused_half)
     if not torch.cuda.is_available():
         print("bench_lpips: needs CUDA")
         return 1
@@ -197,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "weights": "random (seed 0)" if args.random_weights else "torchvision VGG16",
            "fused_distance": switches["lpips_distance"],
-           "fused_conv_relu": switches["conv_relu"], "fused_pool": switches["lpips_pool"], "results": results}
+           "fused_conv_relu": switches["conv_relu"], "fused_pool": switches["lpips_pool"],
+           "fused_half": switches["lpips_fused"], "first_conv_channels": lpips_loader.FIRST_CONV_CHANNELS,
+           "results": results}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

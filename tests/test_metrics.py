@@ -454,7 +454,7 @@ def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeyp
     and two darker copies, the value is within 0.1% of fp32 and the image gradient about as far from fp32's
     as eager TF32's (H200: 6.1% against TF32's 5.5%, cosine 0.9982 against 0.9985; the bound is 1.25x TF32's
     distance and cosine >= 0.997), after the capture and on replays; --no_fused_kernels (conv_relu off)
-    does not take it."""
+    does not take it. (lpips_fused off: it would run instead of half_trunk; its own test below.)"""
     import sys
 
     import utils.lpips_loader as lpips_loader
@@ -465,6 +465,7 @@ def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeyp
     from utils.precision import set_precision
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setitem(fast_paths.ON, "lpips_fused", False)
     dev = torch.device("cuda")
     calls = []
     real = lpips_loader.half_trunk
@@ -554,6 +555,7 @@ def test_cuda_half_trunk_with_fused_pool_equals_torch_pool(vgg_torch_home, monke
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # bit-equal runs
+    monkeypatch.setitem(fast_paths.ON, "lpips_fused", False)  # the half trunk, whose pools are switched
     dev = torch.device("cuda")
     set_precision("tf32", dev)
     x, y = image_pair(dev)
@@ -571,6 +573,137 @@ def test_cuda_half_trunk_with_fused_pool_equals_torch_pool(vgg_torch_home, monke
         out[on] = (float(value), xr.grad)
     assert len(calls) == 4  # four pools, traced once at the capture
     assert out[True][0] == out[False][0] and torch.equal(out[True][1], out[False][1])
+
+
+def _half_grad_scale(amax: float, gout: torch.Tensor) -> float:
+    """fused_ops.lpips_half_*'s power of two: 2^floor(log2(4096 / (amax max|gout|))), exactly."""
+    import math
+
+    _, e = math.frexp(4096.0 / max(amax * float(gout.abs().max()), 1e-30))
+    return 2.0 ** (e - 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_lpips_half_kernels_match_their_formulas():
+    """fused_ops' float16 LPIPS pieces against torch on small random maps (2 images, 6x10 pixels: warps
+    that end part-way, a zero feature vector): the scaled input bit for bit, the layer distance and the
+    largest ReLU-passed feature gradient against float64 autograd, the one-pass slice gradient against
+    autograd + torch's pool backward + the ReLU mask, the in-place mask and the image gradient against
+    torch's elementwise ops."""
+    import fused_ops
+
+    if not fused_ops.available():
+        pytest.skip("fused_ops._C is not built")
+    dev, cl = torch.device("cuda"), torch.channels_last
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n, C, H, W = 2, 16, 6, 10
+    shift = torch.tensor([-0.030, -0.088, -0.188], device=dev)
+    scale = torch.tensor([0.458, 0.448, 0.450], device=dev)
+    x, y = (torch.rand(n, 3, H, W, device=dev, generator=gen) for _ in range(2))
+    prep = fused_ops.lpips_half_prep(x, y, shift, scale, 8)
+    want = torch.cat([((x * 2.0 - 1.0) - shift.view(1, 3, 1, 1)) / scale.view(1, 3, 1, 1),
+                      ((y * 2.0 - 1.0) - shift.view(1, 3, 1, 1)) / scale.view(1, 3, 1, 1)]).half()
+    assert prep.shape == (2 * n, 8, H, W) and prep.is_contiguous(memory_format=cl)
+    assert torch.equal(prep[:, :3], want) and not prep[:, 3:].any()
+
+    feat = torch.randn(2 * n, C, H, W, device=dev, generator=gen).relu()
+    feat[0, :, 1, 1] = 0  # a vanishing render feature: its 1/eps gradient is masked away by the ReLU
+    feat = feat.half().contiguous(memory_format=cl)
+    w = torch.rand(C, device=dev, generator=gen)
+    d = torch.full((n, 5 + H * W + 3), float("nan"), device=dev)
+    amax = torch.zeros(1, device=dev)
+    fused_ops.lpips_half_distance(feat, w, d, 5, amax)
+    a = feat[:n].double().requires_grad_(True)
+    b = feat[n:].double()
+    eps = 1e-10
+    e = a / (a.pow(2).sum(1, keepdim=True).sqrt() + eps) - b / (b.pow(2).sum(1, keepdim=True).sqrt() + eps)
+    dist = (w.double().view(1, C, 1, 1) * e * e).sum(1) / (H * W)
+    (grad,) = torch.autograd.grad(dist.sum(), a)
+    passed = torch.where(a.detach() > 0, grad, 0.0)  # NaN (sqrt at 0) only where the mask drops it
+    assert torch.isnan(d[:, :5]).all() and torch.isnan(d[:, 5 + H * W:]).all()
+    assert torch.allclose(d[:, 5:5 + H * W].double(), dist.detach().flatten(1), rtol=1e-5, atol=1e-9)
+    assert math.isclose(float(amax), float(passed.abs().max()), rel_tol=1e-4)
+
+    gout = torch.tensor([0.7, -1.3], device=dev)
+    s = _half_grad_scale(float(amax), gout)
+    pooled, choice = fused_ops.max_pool2x2(feat, n)
+    g_next = (torch.randn(n, C, H // 2, W // 2, device=dev, generator=gen) * 1000).half().contiguous(
+        memory_format=cl)
+    _, idx = torch.ops.aten.max_pool2d_with_indices(feat[:n], [2, 2], [2, 2], [0, 0], [1, 1], False)
+    through_pool = torch.ops.aten.max_pool2d_with_indices_backward(
+        g_next.double(), feat[:n].double(), [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+    for nxt in (None, g_next):
+        got = fused_ops.lpips_half_backward(feat, w, gout, amax, nxt, None if nxt is None else choice)
+        expect = s * gout.double().view(n, 1, 1, 1) * grad + (0 if nxt is None else through_pool)
+        expect = torch.where(a.detach() > 0, expect, 0.0)
+        assert got.shape == (n, C, H, W) and got.dtype == torch.float16
+        assert got.is_contiguous(memory_format=cl)
+        assert float(expect.abs().max()) > 1000  # the scale brought the gradient into float16's range
+        assert torch.allclose(got.double(), expect, rtol=2e-3, atol=0.05)
+
+    g = torch.randn(n, C, H, W, device=dev, generator=gen).half().contiguous(memory_format=cl)
+    ref = feat.clone()
+    ref[1, 3, 2, 2] = float("nan")  # threshold_backward keeps the gradient where the output is NaN
+    masked = g.clone()
+    fused_ops.lpips_half_relu_mask(masked, ref)
+    assert torch.equal(masked, torch.ops.aten.threshold_backward(g, ref[:n], 0.0))
+
+    g8 = torch.randn(n, 8, H, W, device=dev, generator=gen).half().contiguous(memory_format=cl)
+    image_grad = fused_ops.lpips_half_prep_backward(g8, scale, amax, gout)
+    assert torch.equal(image_grad, g8[:, :3].float() / s / scale.view(1, 3, 1, 1) * 2.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("channels", [3, 8])
+def test_cuda_fused_half_lpips_equals_the_half_trunk(vgg_torch_home, monkeypatch, channels):
+    """The lpips_fused fast path (the captured float16 LPIPS as one function over fused_ops' kernels) gives
+    the half trunk's value and image gradient on bench_lpips.py's pair at 512x512 and two darker copies,
+    after the capture and on replays, with the first convolution's input as the image's 3 channels or
+    zero-padded to 8; against fp32 it keeps the half trunk's bound (1.25x eager TF32's distance)."""
+    import sys
+
+    import utils.lpips_loader as lpips_loader
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    from utils.precision import set_precision
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setattr(lpips_loader, "FIRST_CONV_CHANNELS", channels)
+    dev = torch.device("cuda")
+    calls = []
+    real = lpips_loader.fused_half_lpips
+    monkeypatch.setattr(lpips_loader, "fused_half_lpips", lambda *a: calls.append(1) or real(*a))
+    x, y = image_pair(dev)
+    models = {"fp32": lpips_loader.load_lpips_vgg(dev, precision="fp32"),
+              "tf32": lpips_loader.load_lpips_vgg(dev, precision="tf32")}
+    for on in (False, True):
+        monkeypatch.setitem(fast_paths.ON, "lpips_fused", on)
+        models[on] = lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)
+        models[on](x.clone().requires_grad_(True), y).sum().backward()  # capture with the switch as set
+    monkeypatch.setitem(fast_paths.ON, "lpips_fused", True)
+    for step in range(3):
+        xs = (x * (1.0 - 0.1 * step)).clamp(0, 1)
+        out = {}
+        for name, model in models.items():
+            set_precision("fp32" if name == "fp32" else "tf32", dev)
+            xr = xs.clone().requires_grad_(True)
+            value = model(xr, y).sum()
+            value.backward()
+            out[name] = (float(value), xr.grad.double())
+        (v32, g32), (_, gtf), (vh, gh), (v, g) = out["fp32"], out["tf32"], out[False], out[True]
+        assert abs(v - vh) <= 1e-5 * abs(vh)
+        assert float((g - gh).norm() / gh.norm()) <= 0.01
+        assert float(torch.nn.functional.cosine_similarity(g.flatten(), gh.flatten(), dim=0)) >= 0.9999
+        assert abs(v - v32) <= 1e-3 * abs(v32)
+        assert float((g - g32).norm()) <= 1.25 * float((gtf - g32).norm())
+    assert models[True].graph_failure is None and models[False].graph_failure is None
+    assert models[True]._fused_warm and not models[False]._fused_warm  # run eagerly once before capture
+    assert models["tf32"]._fused_warm  # an eager training call warms the path a capture would take
+    assert len(calls) == 3  # the graphed model's warm-up and capture trace, the eager tf32 model's warm-up
 
 
 def _assert_fast_path_keeps_lpips(model, x, y, path: str, monkeypatch, calls: int = 1) -> None:

@@ -186,14 +186,14 @@ def test_one_launch_adam_matches_torch_fused_adam_and_is_capturable():
 
 def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
     """--no_fused_kernels (RunOptions.fused_kernels False) switches off every fused path; the default
-    leaves them as the library sets them (all on but lpips_pool, not yet measured on a GPU)."""
+    leaves them as the library sets them (all on)."""
     from utils.fast_paths import set_fast_paths
     from utils.options import parse_train_args
     from utils.precision import configure_arithmetic
 
     monkeypatch.setattr(fast_paths, "ON", dict(fast_paths.ON))  # restored after the test
     defaults = {"hypergaussians": True, "adam": True, "lpips_distance": True, "conv_relu": True,
-                "lpips_pool": False}
+                "lpips_pool": True, "lpips_fused": True}
     assert set_fast_paths() == defaults
     configure_arithmetic(parse_train_args(["--idname", "x"]).run, "cpu")
     assert set_fast_paths() == defaults

@@ -1,8 +1,8 @@
 """The switches of the fused GPU fast paths, in one place (``--no_fused_kernels``, the benches, the tests).
 
 Each fast path computes what its plain path computes to float32 rounding (the CUDA tests compare them) and
-falls back to the plain path where it cannot run (no CUDA, ``fused_ops`` not built). All but the last are on
-by default; H200 figures in bench/NOTES.md, sessions 16-18:
+falls back to the plain path where it cannot run (no CUDA, ``fused_ops`` not built). All are on by default;
+H200 figures in bench/NOTES.md, sessions 16-19:
 
 - ``hypergaussians``: HyperGaussians' conditional mean and its gradients in fused_ops' two kernels
   (``scene.model.hypergaussians``) instead of cuBLAS TRSM/GEMV kernels: ~0.1 ms of a training step;
@@ -16,14 +16,17 @@ by default; H200 figures in bench/NOTES.md, sessions 16-18:
   in one batch, the gradient scaled; 3.23 -> 2.87 ms), which is a precision choice, not float32 rounding:
   its image gradient is 6.1% from fp32's where TF32's is 5.5% (``utils.precision.trunk_half_dtype``).
 - ``lpips_pool``: the half trunk's 2x2 max-pools through fused_ops' kernel, which keeps each output's choice
-  in one byte instead of torch's int64 index (exactly torch's values and gradients). Off by default: built
-  after session 18's device time was spent, not yet measured (torch's pools cost 0.33 ms of the 2.87).
+  in one byte instead of torch's int64 index (exactly torch's values and gradients): 2.89 -> 2.42 ms.
+- ``lpips_fused``: where the half trunk runs, LPIPS as one autograd function over fused_ops' float16 kernels
+  around cuDNN's convolutions (``utils.lpips_trunk.fused_half_lpips``: one prep pass, distances read from
+  the float16 batch, one pass per slice for feature gradient, pool and ReLU mask) -- the half trunk's
+  arithmetic, in fewer passes.
 """
 
 from __future__ import annotations
 
 ON: dict[str, bool] = {"hypergaussians": True, "adam": True, "lpips_distance": True, "conv_relu": True,
-                       "lpips_pool": False}
+                       "lpips_pool": True, "lpips_fused": True}
 
 
 def enabled(name: str) -> bool:
@@ -33,11 +36,11 @@ def enabled(name: str) -> bool:
 
 def set_fast_paths(hypergaussians: bool | None = None, adam: bool | None = None,
                    lpips_distance: bool | None = None, conv_relu: bool | None = None,
-                   lpips_pool: bool | None = None) -> dict[str, bool]:
+                   lpips_pool: bool | None = None, lpips_fused: bool | None = None) -> dict[str, bool]:
     """Turn fast paths on (True) or off (False); None leaves a switch as it is. Returns all switches."""
     for name, value in (("hypergaussians", hypergaussians), ("adam", adam),
                         ("lpips_distance", lpips_distance), ("conv_relu", conv_relu),
-                        ("lpips_pool", lpips_pool)):
+                        ("lpips_pool", lpips_pool), ("lpips_fused", lpips_fused)):
         if value is not None:
             ON[name] = bool(value)
     return dict(ON)
@@ -45,4 +48,4 @@ def set_fast_paths(hypergaussians: bool | None = None, adam: bool | None = None,
 
 def plain_paths() -> dict[str, bool]:
     """Every fast path off (``--no_fused_kernels``): the reference the fast paths are checked against."""
-    return set_fast_paths(False, False, False, False, False)
+    return set_fast_paths(False, False, False, False, False, False)

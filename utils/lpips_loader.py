@@ -24,7 +24,15 @@ from utils import fast_paths
 from utils.atomic import atomic_path
 from utils.device import fused_kernels
 from utils.errors import InputError
-from utils.lpips_trunk import HalfTrunkWeights, fusable_trunk, fused_vgg_trunk, half_trunk
+from utils.lpips_trunk import (
+    FIRST_CONV_CHANNELS,
+    FusedHalfLPIPS,
+    HalfTrunkWeights,
+    fusable_trunk,
+    fused_half_lpips,
+    fused_vgg_trunk,
+    half_trunk,
+)
 from utils.precision import check_precision, trunk_autocast, trunk_half_dtype
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -74,6 +82,8 @@ class LPIPSVGG(nn.Module):
         self._channels_last = False
         self._graphed: tuple[tuple, object] | None = None  # (input signature, graphed callable)
         self._half_weights: HalfTrunkWeights | None = None  # the trunk's weights for half_trunk
+        self._fused_half: FusedHalfLPIPS | None = None  # the same, for fused_half_lpips (fused_ops built)
+        self._fused_warm: set[tuple] = set()  # input shapes fused_half_lpips has run eagerly
         self.graph_failure: str | None = None
 
     def _to_channels_last(self, device_type: str) -> None:
@@ -84,6 +94,11 @@ class LPIPSVGG(nn.Module):
             dtype = trunk_half_dtype(self.precision)
             if dtype is not None:  # made here, eagerly: never inside a CUDA-graph capture
                 self._half_weights = HalfTrunkWeights(self.net.net, dtype)
+                if fused_kernels() is not None and dtype == torch.float16:
+                    scaling = self.net.scaling_layer
+                    heads = [head.model[-1].weight for head in self.net.lins]
+                    self._fused_half = FusedHalfLPIPS(self._half_weights, heads, scaling.shift, scaling.scale,
+                                                      FIRST_CONV_CHANNELS)
 
     def _half_trunk_ok(self, x: Tensor, y: Tensor) -> bool:
         """Whether the training call (gradient to ``x`` only) runs :func:`half_trunk`: in CUDA-graph
@@ -91,6 +106,30 @@ class LPIPSVGG(nn.Module):
         dtype for the trunk."""
         return (self._half_weights is not None and fast_paths.enabled("conv_relu") and not y.requires_grad
                 and fusable_trunk(self.net.net, x) and torch.cuda.is_current_stream_capturing())
+
+    def _fused_half_ok(self, x: Tensor, y: Tensor, capturing: bool = True) -> bool:
+        """Whether the training call runs :func:`fused_half_lpips` (fast path ``lpips_fused``): where
+        :func:`half_trunk` would run, on images it takes (:meth:`FusedHalfLPIPS.fits`). ``capturing=False``:
+        whether it would if this call were captured."""
+        if not (self._fused_half is not None and fast_paths.enabled("lpips_fused") and x.requires_grad
+                and self._fused_half.fits(x, y)):
+            return False
+        if capturing:
+            return self._half_trunk_ok(x, y)
+        return (fast_paths.enabled("conv_relu") and not y.requires_grad and fusable_trunk(self.net.net, x)
+                and not torch.cuda.is_current_stream_capturing())
+
+    def _warm_fused_half(self, x: Tensor, y: Tensor) -> None:
+        """Run :func:`fused_half_lpips` (forward and backward, results dropped) once per input shape
+        outside any capture, before the first capture that will take it: cuDNN builds its convolution plans
+        and CUDA loads the kernels here, which a capture would not permit (some plans failed to build in one).
+        The eager training calls (the captures' warm-up steps) come here."""
+        key = (tuple(x.shape), x.device)
+        if key in self._fused_warm or not self._fused_half_ok(x, y, capturing=False):
+            return
+        self._fused_warm.add(key)
+        probe = x.detach().clone().requires_grad_(True)
+        torch.autograd.grad(fused_half_lpips(self._fused_half, probe, y.detach()).sum(), probe)
 
     def _trunk(self, x: Tensor) -> list[Tensor]:
         """The five VGG feature maps of scaled input ``x`` in ``x``'s dtype (float32 after bf16)."""
@@ -132,6 +171,12 @@ class LPIPSVGG(nn.Module):
         single = x.dim() == 3
         if single:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
+        if torch.is_grad_enabled() and self._fused_half_ok(x, y):
+            out = fused_half_lpips(self._fused_half, x, y)
+            return out[0] if single else out
+        if torch.is_grad_enabled() and x.is_cuda:
+            self._to_channels_last("cuda")  # (makes the fused path's weights on the first call)
+            self._warm_fused_half(x, y)
         scale = self.net.scaling_layer
         a, b = scale(x * 2.0 - 1.0), scale(y * 2.0 - 1.0)
         if torch.is_grad_enabled() and self._half_trunk_ok(a, b):

@@ -125,6 +125,8 @@ def _fused_pool(pool: nn.MaxPool2d, h: Tensor):
     return ops
 
 
+FIRST_CONV_CHANNELS = 8  # fused_half_lpips' input channels (zero-padded beyond the image's three)
+
 GRAD_TARGET = 4096.0  # the largest scaled feature gradient (float16's largest finite value: 65504)
 
 
@@ -219,3 +221,117 @@ def half_trunk(weights: HalfTrunkWeights, x: Tensor, y: Tensor) -> tuple[list[Te
     out = _HalfTrunk.apply(x, y, weights)
     k = len(weights.slices)
     return list(out[:k]), list(out[k:])
+
+
+class FusedHalfLPIPS:
+    """What :func:`fused_half_lpips` runs, made once from the half trunk's weights, lpips' linear heads and
+    scaling layer: per slice whether it starts with VGG's 2x2 pool and its (conv, weight, bias) triples, the
+    first convolution's weight zero-padded to ``in_channels`` input channels (cuDNN's float16 kernels for
+    three input channels are several times slower per FLOP), each head's channel weights (float32) and the
+    scaling layer's constants. Raises ValueError for a trunk of another shape (the caller keeps
+    :func:`half_trunk`)."""
+
+    def __init__(self, half: HalfTrunkWeights, heads: list[Tensor], shift: Tensor, scale: Tensor,
+                 in_channels: int = 3) -> None:
+        if half.dtype != torch.float16:
+            raise ValueError("fused_half_lpips: float16 trunks only")
+        self.in_channels = in_channels
+        self.slices: list[tuple[bool, list[tuple]]] = []
+        for index, ops in enumerate(half.slices):
+            pooled = bool(ops) and ops[0][0] == "pool"
+            if pooled and _pool_args(ops[0][1]) != ((2, 2), (2, 2), (0, 0), (1, 1), False):
+                raise ValueError("fused_half_lpips: only 2x2 stride-2 pools")
+            convs = [op[1:] for op in ops[1 if pooled else 0:]]
+            rest = ops[1 if pooled else 0:]
+            if not convs or any(op[0] != "conv" for op in rest) or (pooled and index == 0):
+                raise ValueError("fused_half_lpips: each slice must be an optional pool, then convolutions")
+            if any(c.stride != (1, 1) or c.dilation != (1, 1) or c.groups != 1
+                   or 2 * c.padding[0] + 1 != c.kernel_size[0] or 2 * c.padding[1] + 1 != c.kernel_size[1]
+                   or c.out_channels % 8 for c, _, _ in convs):
+                raise ValueError("fused_half_lpips: only size-keeping convolutions, to multiples of 8 "
+                                 "channels")
+            self.slices.append((pooled, convs))
+        conv, w, b = self.slices[0][1][0]
+        if w.shape[1] != 3 or in_channels < 3:
+            raise ValueError("fused_half_lpips: the first convolution must take the 3-channel image")
+        padded = w.new_zeros((w.shape[0], in_channels, *w.shape[2:]))
+        padded[:, :3] = w
+        self.slices[0][1][0] = (conv, padded.contiguous(memory_format=_memory_format(w)), b)
+        self.heads = [h.detach().reshape(-1).float().contiguous() for h in heads]
+        if [len(h) for h in self.heads] != [s[1][-1][0].out_channels for s in self.slices]:
+            raise ValueError("fused_half_lpips: one head per slice, as wide as its features")
+        self.shift = shift.detach().reshape(3).float().contiguous()
+        self.scale = scale.detach().reshape(3).float().contiguous()
+        self.pools = sum(pooled for pooled, _ in self.slices)
+
+    def fits(self, x: Tensor, y: Tensor) -> bool:
+        """Whether :func:`fused_half_lpips` takes images ``x`` (with a gradient) and ``y``: CUDA float32
+        (n, 3, H, W) on the weights' device, H and W divisible by 2 for each pool."""
+        step = 2 ** self.pools
+        return (x.is_cuda and x.dtype == torch.float32 and y.dtype == torch.float32 and x.dim() == 4
+                and x.shape == y.shape and x.shape[1] == 3 and x.shape[2] % step == 0
+                and x.shape[3] % step == 0
+                and x.device == self.shift.device and not y.requires_grad)
+
+
+class _FusedHalfLPIPS(torch.autograd.Function):
+    """LPIPS of images ``x`` against ``y`` in float16 around cuDNN's convolutions (fused_ops.lpips_half_*);
+    the gradient to ``x`` only. The same arithmetic as :func:`half_trunk` with lpips_loader's fused layer
+    distance, in a third of the passes: one prep pass, the distances read the float16 batch, and each slice's
+    gradient starts with one kernel (feature gradient, pool, ReLU mask)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, net: FusedHalfLPIPS, eps: float) -> Tensor:  # type: ignore[override]
+        ops = fused_kernels()
+        n, _, height, width = x.shape
+        h = ops.lpips_half_prep(x.contiguous(), y.contiguous(), net.shift, net.scale, net.in_channels)
+        amax = torch.zeros(1, device=x.device, dtype=torch.float32)
+        sizes, pools = [], 0
+        for pooled, _ in net.slices:
+            pools += pooled
+            sizes.append((height >> pools) * (width >> pools))
+        d = torch.empty((n, sum(sizes)), device=x.device, dtype=torch.float32)
+        saved, offset = [], 0
+        for index, (pooled, convs) in enumerate(net.slices):
+            choice = None
+            if pooled:
+                h, choice = ops.max_pool2x2(h, n)
+            inputs, outputs = [], []
+            for conv, weight, bias in convs:
+                inputs.append((n, *h.shape[1:]))
+                h = torch.cudnn_convolution_relu(h, weight, bias, conv.stride, conv.padding, conv.dilation,
+                                                 conv.groups)
+                outputs.append(h)
+            ops.lpips_half_distance(h, net.heads[index], d, offset, amax, eps)
+            offset += sizes[index]
+            saved.append((choice, inputs, outputs))
+        ctx.net, ctx.saved, ctx.amax, ctx.eps = net, saved, amax, eps
+        return d.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        ops = fused_kernels()
+        net, saved, amax = ctx.net, ctx.saved, ctx.amax
+        gout = grad_out.float().contiguous()
+        cl = torch.channels_last
+        g, next_choice = None, None
+        for index in reversed(range(len(net.slices))):
+            choice, inputs, outputs = saved[index]
+            g = ops.lpips_half_backward(outputs[-1], net.heads[index], gout, amax, g, next_choice, ctx.eps)
+            convs = net.slices[index][1]
+            for k in reversed(range(len(convs))):
+                conv, weight, _ = convs[k]
+                like = torch.empty(inputs[k], dtype=torch.float16, device=g.device,
+                                   memory_format=cl)
+                g = _conv_input_grad(g, like, conv, weight).contiguous(memory_format=cl)
+                if k > 0:
+                    ops.lpips_half_relu_mask(g, outputs[k - 1])
+            next_choice = choice
+        return ops.lpips_half_prep_backward(g, net.scale, amax, gout), None, None, None
+
+
+def fused_half_lpips(net: FusedHalfLPIPS, x: Tensor, y: Tensor, eps: float = 1e-10) -> Tensor:
+    """LPIPS (n,) of images ``x`` against ``y`` ((n, 3, H, W) in [0, 1], :meth:`FusedHalfLPIPS.fits`) with
+    the trunk in float16 as :func:`half_trunk` runs it, the gradient to ``x`` scaled by a power of two
+    chosen on the device (from the forward's largest feature gradient), in fused_ops' kernels."""
+    return _FusedHalfLPIPS.apply(x, y, net, eps)

@@ -1,5 +1,5 @@
 // Python bindings of fused_ops._C: HyperGaussians' conditional mean, Adam in one launch, LPIPS' distance,
-// a 2x2 max-pool with one-byte choices.
+// a 2x2 max-pool with one-byte choices, LPIPS' float16 pieces around cuDNN's convolutions.
 #include <torch/extension.h>
 
 #include <vector>
@@ -23,12 +23,31 @@ torch::Tensor lpips_distance_backward(const torch::Tensor& grad_d, const torch::
 std::vector<torch::Tensor> max_pool2x2_forward(const torch::Tensor& x, int64_t keep);
 torch::Tensor max_pool2x2_backward(const torch::Tensor& grad_y, const torch::Tensor& choice);
 
+torch::Tensor lpips_half_prep(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& shift,
+                              const torch::Tensor& scale, int64_t channels);
+torch::Tensor lpips_half_prep_backward(const torch::Tensor& g, const torch::Tensor& scale, const torch::Tensor& amax,
+                                       const torch::Tensor& gout);
+void lpips_half_distance(const torch::Tensor& feat, const torch::Tensor& w, double eps, torch::Tensor& d,
+                         int64_t offset, torch::Tensor& amax);
+torch::Tensor lpips_half_backward(const torch::Tensor& feat, const torch::Tensor& w, double eps,
+                                  const torch::Tensor& gout, const torch::Tensor& amax,
+                                  const c10::optional<torch::Tensor>& g_next,
+                                  const c10::optional<torch::Tensor>& choice);
+void lpips_half_relu_mask(torch::Tensor& g, const torch::Tensor& y);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lpips_distance_forward", &lpips_distance_forward, "LPIPS' per-pixel layer distance, fused");
   m.def("lpips_distance_backward", &lpips_distance_backward, "its gradient with respect to the first map");
   m.def("max_pool2x2_forward", &max_pool2x2_forward,
         "2x2 stride-2 max-pool of a channels-last map, each output's choice in one byte (first `keep` images)");
   m.def("max_pool2x2_backward", &max_pool2x2_backward, "its gradient from the kept choices");
+  m.def("lpips_half_prep", &lpips_half_prep, "LPIPS' scaled input of both images, float16 channels-last");
+  m.def("lpips_half_prep_backward", &lpips_half_prep_backward, "the image gradient from the first conv's input");
+  m.def("lpips_half_distance", &lpips_half_distance,
+        "a layer's per-pixel distance from the float16 batch, and the largest feature gradient (amax)");
+  m.def("lpips_half_backward", &lpips_half_backward,
+        "a layer's scaled feature gradient plus the next slice's pooled gradient, ReLU-masked, in one pass");
+  m.def("lpips_half_relu_mask", &lpips_half_relu_mask, "g *= (y > 0) in place (float16 channels-last)");
   m.def("adam_step", &adam_step, "Adam over all given tensors in one launch (step counts already incremented)");
   m.def("conditional_mean_forward", &conditional_mean_forward,
         "HyperGaussians' conditional mean mu_o - L11^-T L21^T (z - mu_i), fused (docs/maths.md section 5)");

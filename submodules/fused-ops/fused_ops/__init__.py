@@ -6,7 +6,9 @@ does with an einsum, a batched triangular solve and their backward (several cuBL
 FP32 GEMV / FFMA kernels on tiny matrices). float32 CUDA tensors, block size n <= 8, any latent size.
 :func:`adam_step` updates all of an optimiser's tensors in one launch (``utils.optim.OneLaunchAdam``);
 :func:`lpips_layer_distance` is LPIPS' per-layer distance in one pass (``utils.lpips_loader``);
-:func:`max_pool2x2` is VGG's 2x2 max-pool with one-byte choices (``utils.lpips_trunk``).
+:func:`max_pool2x2` is VGG's 2x2 max-pool with one-byte choices (``utils.lpips_trunk``); the
+``lpips_half_*`` functions are the float16 LPIPS pieces around cuDNN's convolutions that
+``utils.lpips_trunk.fused_half_lpips`` strings together (csrc/lpips_half.cu).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ else:
 
 MAX_BLOCK = 8
 
-__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "lpips_layer_distance", "max_pool2x2",
-           "max_pool2x2_backward", "max_pool2x2_fits"]
+__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "lpips_half_backward",
+           "lpips_half_distance", "lpips_half_prep", "lpips_half_prep_backward", "lpips_half_relu_mask",
+           "lpips_layer_distance", "max_pool2x2", "max_pool2x2_backward", "max_pool2x2_fits"]
 
 
 def available() -> bool:
@@ -134,3 +137,46 @@ def max_pool2x2_backward(grad: Tensor, choice: Tensor) -> Tensor:
     if _C is None:
         raise RuntimeError(_WHY)
     return _C.max_pool2x2_backward(grad.contiguous(memory_format=torch.channels_last), choice)
+
+
+def _built():
+    if _C is None:
+        raise RuntimeError(_WHY)
+    return _C
+
+
+def lpips_half_prep(x: Tensor, y: Tensor, shift: Tensor, scale: Tensor, channels: int) -> Tensor:
+    """(2n, channels, H, W) float16 channels-last: lpips' scaled input ``((2 v - 1) - shift) / scale`` of the
+    images ``x`` then ``y`` ((n, 3, H, W) float32 in [0, 1], contiguous), zero in channels 3 and up."""
+    return _built().lpips_half_prep(x, y, shift, scale, int(channels))
+
+
+def lpips_half_prep_backward(g: Tensor, scale: Tensor, amax: Tensor, gout: Tensor) -> Tensor:
+    """(n, 3, H, W) float32: the images' gradient from the first convolution's scaled input gradient ``g``
+    ((n, CP, H, W) float16 channels-last), unscaled (the scale that ``amax`` and ``gout`` give) and taken
+    through the scaling layer."""
+    return _built().lpips_half_prep_backward(g, scale, amax, gout)
+
+
+def lpips_half_distance(feat: Tensor, weight: Tensor, d: Tensor, offset: int, amax: Tensor,
+                        eps: float = 1e-10) -> None:
+    """One LPIPS layer from ``feat``, the (2n, C, H, W) float16 channels-last batch of both images (renders
+    first): writes ``d[i, offset + pixel]`` = the pixel's distance / (H W) for render i, and raises ``amax``
+    to the largest element of the layer's feature gradient for a unit output gradient."""
+    _built().lpips_half_distance(feat, weight, float(eps), d, int(offset), amax)
+
+
+def lpips_half_backward(feat: Tensor, weight: Tensor, gout: Tensor, amax: Tensor,
+                        g_next: Tensor | None = None, choice: Tensor | None = None,
+                        eps: float = 1e-10) -> Tensor:
+    """The renders' scaled gradient at ``feat`` (its first n images), float16 channels-last: the layer
+    distance's gradient for output gradient ``gout`` (n,), plus ``g_next`` (the next slice's gradient at
+    its pool's output) routed through the pool's ``choice``, masked by the ReLU that produced ``feat``.
+    Scaled by the power of two that brings ``amax * max|gout|`` to 4096."""
+    return _built().lpips_half_backward(feat, weight, float(eps), gout, amax, g_next, choice)
+
+
+def lpips_half_relu_mask(g: Tensor, y: Tensor) -> None:
+    """``g`` (n, C, H, W) float16 channels-last becomes 0 where the ReLU output ``y`` (its first n images)
+    is <= 0, in place (``threshold_backward``'s rule)."""
+    _built().lpips_half_relu_mask(g, y)
