@@ -37,16 +37,19 @@ class StaticCamera:
 
     SIZE = 35  # floats: view (16), full projection (16), centre (3)
 
-    def __init__(self, camera, device: torch.device, storage: Tensor | None = None) -> None:
+    def __init__(self, camera, device: torch.device, storage: Tensor | None = None,
+                 load: bool = True) -> None:
         """``storage``: SIZE float32 device values to hold the buffers (a view of a larger packed input,
-        so that one copy loads a frame), else their own."""
+        so that one copy loads a frame), else their own. ``load=False``: ``storage`` already holds the
+        values (a row gathered inside a capture)."""
         self.image_width, self.image_height = int(camera.image_width), int(camera.image_height)
         self.tanfovx, self.tanfovy = float(camera.tanfovx), float(camera.tanfovy)
         self.storage = torch.zeros(self.SIZE, device=device) if storage is None else storage
         self.world_view_transform = self.storage[:16].view(4, 4)
         self.full_proj_transform = self.storage[16:32].view(4, 4)
         self.camera_center = self.storage[32:]
-        self.load(camera)
+        if load:
+            self.load(camera)
 
     @staticmethod
     def key(camera) -> tuple:

@@ -4,7 +4,10 @@ Captured pieces (the deformation, LPIPS) still left the host launching the raste
 optimisers and the glue between them, a few hundred launches a step, and the rasterizer's pair-count read
 made the host wait for the GPU once a step. With the rasterizer's fixed pair capacity
 (:class:`scene.frame_graph.PairBudget`) the whole iteration is captured: each step copies the frame into
-the capture's buffers and replays, and the host runs ahead of the GPU.
+the capture's buffers and replays, and the host runs ahead of the GPU. When the subject's frames are cached
+on the device the capture starts from the frame's index instead (a device scalar): picking the frame's
+uint8 image, masks, condition and camera and compositing the ground truth are part of the replay, so a step
+is one fill and one replay, with no frame built on the host (:meth:`TrainStepGraph.replay_index`).
 
 What a capture bakes in -- the SH degree, whether the LPIPS term is on, the camera's size and field of view,
 the image shape -- is its key; a step with another key runs eagerly (exactly as the uncaptured loop, with an
@@ -51,11 +54,34 @@ class TrainStepGraph:
         self.captures = 0
         self.disabled: str | None = None
         self.side = torch.cuda.Stream(self.device)
+        subject = trainer.subject
+        self.gathers = subject.frames_on_device()  # the capture picks its frame by a device index
+        if self.gathers:
+            self.index = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.camera_table = torch.stack([  # every frame's camera values, in StaticCamera's order
+                torch.cat(StaticCamera.values(subject.camera(i))).to(self.device, torch.float32)
+                for i in range(len(subject))])
 
     def key_of(self, it: int, frame: FrameData) -> tuple:
+        return self._key(it, frame.camera, tuple(frame.image.shape))
+
+    def _key(self, it: int, camera, image_shape: tuple) -> tuple:
         lpips_on = self.trainer.perceptual_active(it)
-        return StaticCamera.key(frame.camera) + (tuple(frame.image.shape),
-                                                 self.trainer.avatar.gaussians.active_sh_degree, lpips_on)
+        return StaticCamera.key(camera) + (image_shape, self.trainer.avatar.gaussians.active_sh_degree,
+                                           lpips_on)
+
+    def replay_index(self, it: int, index: int) -> tuple[LossTerms, torch.Tensor] | None:
+        """Iteration ``it`` on frame ``index`` as one fill and one replay, when the current capture picks
+        its frame by index and ``it``'s key matches it; else None (the caller builds the frame and calls
+        this object). No frame is built on the host."""
+        if self.disabled is not None or not self.gathers or self.graph is None:
+            return None
+        subject = self.trainer.subject
+        if self._key(it, subject.camera(index), (3, *subject.img_size)) != self.key:
+            return None
+        self.index.fill_(index)
+        self.graph.replay()
+        return self.outputs
 
     def __call__(self, it: int, frame: FrameData) -> tuple[LossTerms, torch.Tensor]:
         key = self.key_of(it, frame)
@@ -104,14 +130,19 @@ class TrainStepGraph:
         needed = max(int(self.budget.peak), int(self.budget.count))  # one sync, once per capture
         self.budget.size_for(needed)
         self.budget.reset_peak()
-        self.frame = FrameData(frame.index, frame.frame_id, frame.image.clone(), frame.head_mask.clone(),
-                               frame.mouth_mask.clone(), StaticCamera(frame.camera, self.device),
-                               self.trainer.avatar.condition_on_device(frame.condition).clone(),
-                               coverage=frame.coverage.clone())
+        if self.gathers:
+            self.frame = None
+            self.index.fill_(frame.index)
+        else:
+            self.frame = FrameData(frame.index, frame.frame_id, frame.image.clone(), frame.head_mask.clone(),
+                                   frame.mouth_mask.clone(), StaticCamera(frame.camera, self.device),
+                                   self.trainer.avatar.condition_on_device(frame.condition).clone(),
+                                   coverage=frame.coverage.clone())
         self._zero_grad()  # the capture's backward assigns the gradients (graph memory), never accumulates
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            terms, img = self.trainer.loss(it, self.frame, pairs=self.budget)
+            static = self.frame if self.frame is not None else self._gathered(frame)
+            terms, img = self.trainer.loss(it, static, pairs=self.budget)
             terms.total.backward()
             for opt in self.optimizers:
                 opt.step()
@@ -122,7 +153,17 @@ class TrainStepGraph:
         self.warm = 0
         self.captures += 1
 
+    def _gathered(self, frame: FrameData) -> FrameData:
+        """(In the capture) the frame :attr:`index` names, picked and composited on the device."""
+        row = self.camera_table.index_select(0, self.index)[0]
+        camera = StaticCamera(frame.camera, self.device, storage=row, load=False)
+        template = FrameData(frame.index, frame.frame_id, None, None, None, camera, frame.condition)
+        return self.trainer.subject.gather_frame(self.index, template)
+
     def _load(self, frame: FrameData) -> None:
+        if self.gathers:
+            self.index.fill_(frame.index)
+            return
         f = self.frame
         for dst, src in ((f.image, frame.image), (f.head_mask, frame.head_mask),
                          (f.mouth_mask, frame.mouth_mask), (f.coverage, frame.coverage)):

@@ -360,8 +360,13 @@ class Trainer:
                         clock.mark("steps_with_lpips")
                     self.avatar.update_sh_degree(it)
                     index = self.sampler.next()
-                    frame = self.subject.frame(index)
-                    terms, img = self.step(it, frame)
+                    frame, out = None, None
+                    if self.step_graph is not None:  # a replay that picks the frame on the device
+                        out = self.step_graph.replay_index(it, index)
+                    if out is None:
+                        frame = self.subject.frame(index)
+                        out = self.step(it, frame)
+                    terms, img = out
                     if self.ema is not None:
                         self.ema.update()
                     self.iteration = it
@@ -374,7 +379,8 @@ class Trainer:
                         self._log_losses(it, start, t0, terms, bar)
                     if t.grid_every and it % t.grid_every == 0:
                         with clock.phase("grids"):
-                            self.write_grid(it, frame, img)
+                            shown = frame if frame is not None else self.subject.frame(index)
+                            self.write_grid(it, shown, img)
                     if not t.skip_test and t.eval_every and it % t.eval_every == 0:
                         with clock.phase("evaluations"):
                             last_eval = self.evaluate(it)

@@ -661,7 +661,8 @@ def test_cuda_fused_half_lpips_equals_the_half_trunk(vgg_torch_home, monkeypatch
     """The lpips_fused fast path (the captured float16 LPIPS as one function over fused_ops' kernels) gives
     the half trunk's value and image gradient on bench_lpips.py's pair at 512x512 and two darker copies,
     after the capture and on replays, with the first convolution's input as the image's 3 channels or
-    zero-padded to 8; against fp32 it keeps the half trunk's bound (1.25x eager TF32's distance)."""
+    zero-padded to 8 (the default: other cuDNN kernels, so only as close as two float16 trunks get);
+    against fp32 it keeps the half trunk's bound (1.25x eager TF32's distance)."""
     import sys
 
     import utils.lpips_loader as lpips_loader
@@ -696,8 +697,12 @@ def test_cuda_fused_half_lpips_equals_the_half_trunk(vgg_torch_home, monkeypatch
             out[name] = (float(value), xr.grad.double())
         (v32, g32), (_, gtf), (vh, gh), (v, g) = out["fp32"], out["tf32"], out[False], out[True]
         assert abs(v - vh) <= 1e-5 * abs(vh)
-        assert float((g - gh).norm() / gh.norm()) <= 0.01
-        assert float(torch.nn.functional.cosine_similarity(g.flatten(), gh.flatten(), dim=0)) >= 0.9999
+        cosine = float(torch.nn.functional.cosine_similarity(g.flatten(), gh.flatten(), dim=0))
+        if channels == 3:  # the same cuDNN kernels: only the gradient's float16 roundings differ
+            assert float((g - gh).norm() / gh.norm()) <= 0.01 and cosine >= 0.9999
+        else:  # cuDNN's kernels for 8 input channels round otherwise: 2.6-4.8% through the random VGG
+            # (H200), as far apart as two valid evaluations get (eager TF32 is 5.5% from fp32)
+            assert float((g - gh).norm() / gh.norm()) <= 0.08 and cosine >= 0.998
         assert abs(v - v32) <= 1e-3 * abs(v32)
         assert float((g - g32).norm()) <= 1.25 * float((gtf - g32).norm())
     assert models[True].graph_failure is None and models[False].graph_failure is None

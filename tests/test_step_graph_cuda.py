@@ -104,12 +104,15 @@ def test_frame_graph_goes_eager_when_what_it_fixes_keeps_changing(synthetic_subj
         trainer.close()
 
 
-def _losses(trainer: Trainer, frames: list[int], sh_switch: int) -> list[float]:
+def _losses(trainer: Trainer, frames: list[int], sh_switch: int, by_index: bool = False) -> list[float]:
+    """The losses of steps on ``frames``; ``by_index``: as train.py's loop, a replay that picks the frame
+    on the device where the capture allows (TrainStepGraph.replay_index), else the frame's step."""
     trainer.prepare()
     out = []
     for k, i in enumerate(frames, start=1):
         trainer.avatar.update_sh_degree(0 if k < sh_switch else 500)
-        terms, _ = trainer.step(k, trainer.subject.frame(i))
+        got = trainer.step_graph.replay_index(k, i) if by_index else None
+        terms, _ = got if got is not None else trainer.step(k, trainer.subject.frame(i))
         out.append(float(terms.total.detach()))
     return out
 
@@ -118,15 +121,21 @@ def _losses(trainer: Trainer, frames: list[int], sh_switch: int) -> list[float]:
 def test_whole_step_graph_trains_as_the_eager_loop(synthetic_subject, tmp_path, ours):
     """The captured iteration (loss, backward, both Adam steps) gives the eager loop's losses and
     parameters up to float noise (the rasterizer's backward sums with atomics); a new SH degree is a new
-    capture after two eager warm-up steps."""
+    capture after two eager warm-up steps. The frames are cached on the device, so the capture picks its
+    frame by index, and train.py's replays by index alone give the same losses."""
     method = ["--ours"] if ours else []
     runs = {}
-    for name, scope in (("step", ["--graph_scope", "step"]), ("eager", ["--no_cuda_graphs"])):
+    for name, scope in (("step", ["--graph_scope", "step"]), ("index", ["--graph_scope", "step"]),
+                        ("eager", ["--no_cuda_graphs"])):
         trainer = _trainer(synthetic_subject, tmp_path / name, *method, *scope)  # seeds torch's RNGs
         frames = [trainer.subject.train_indices[k % len(trainer.subject.train_indices)] for k in range(40)]
-        runs[name] = (trainer, _losses(trainer, frames, sh_switch=20))
-    (whole, got), (eager, want) = runs["step"], runs["eager"]
+        runs[name] = (trainer, _losses(trainer, frames, sh_switch=20, by_index=name == "index"))
+    (whole, got), (eager, want), (indexed, by_index) = runs["step"], runs["eager"], runs["index"]
     try:
+        assert whole.step_graph.gathers and indexed.step_graph.gathers
+        assert indexed.step_graph.captures == 2
+        for k, (a, b) in enumerate(zip(by_index, want), start=1):
+            assert abs(a - b) <= 2e-3 * b + 1e-6, (k, a, b)
         graph = whole.step_graph
         assert graph is not None and graph.disabled is None and eager.step_graph is None
         assert graph.captures == 2  # SH degree 0, then 1; steps 1-2 and 20-21 ran eagerly
@@ -140,3 +149,4 @@ def test_whole_step_graph_trains_as_the_eager_loop(synthetic_subject, tmp_path, 
     finally:
         whole.close()
         eager.close()
+        indexed.close()

@@ -97,11 +97,18 @@ def test_ground_truth_compositing_and_masks(tmp_path: Path) -> None:
         np.testing.assert_allclose(fd.image.permute(1, 2, 0).numpy(), ref, atol=1e-6)
         np.testing.assert_allclose(fd.head_mask[0].numpy(), h[..., 0], atol=1e-7)
         assert fd.mouth_mask.sum().item() == 4.0
-    # preloading gives the very same tensors
+    # preloading gives the very same tensors, and so does picking the frame by a device index (what a
+    # whole-step CUDA graph replays), which keeps the template's host fields
     s2 = Subject(data, track, "s", test_num=1, background="green", preload="cpu")
+    assert not s2.frames_on_device() and not s.frames_on_device()  # (a CUDA device's cache only)
     for i in range(3):
         a, b = s.frame(i), s2.frame(i)
         assert torch.equal(a.image, b.image) and torch.equal(a.mouth_mask, b.mouth_mask)
+        template = s2.frame((i + 1) % 3)
+        g = s2.gather_frame(torch.tensor([i]), template)
+        assert g.index == template.index and g.camera is template.camera
+        for name in ("image", "head_mask", "mouth_mask", "coverage", "condition"):
+            assert torch.equal(getattr(g, name), getattr(a, name)), name
 
 
 def test_split_cameras_and_conditions(tmp_path: Path) -> None:
@@ -198,6 +205,7 @@ def test_device_preload_matches_cpu(tmp_path: Path) -> None:
     cpu = Subject(data, track, "s", test_num=1)
     gpu = Subject(data, track, "s", test_num=1, preload="device", device="cuda")
     assert gpu.conditions.is_cuda and gpu.camera(0).R.is_cuda and gpu.shape.is_cuda
+    assert gpu.frames_on_device() and not cpu.frames_on_device()
     for i in range(4):
         a, b = cpu.frame(i), gpu.frame(i)
         assert b.image.is_cuda and b.head_mask.is_cuda

@@ -361,12 +361,35 @@ class Subject:
         if not self.has_image(i):
             return FrameData(i, self.frame_ids[i], None, None, None, self._cameras[i], self.conditions[i])
         img_u8, masks_u8 = self._raw_tensors(i)
-        img = img_u8.to(self.device, non_blocking=True).float() / 255.0
-        masks = masks_u8.to(self.device, non_blocking=True).float() / 255.0
-        alpha, head, mouth = masks[0:1], masks[1:2], masks[2:3]
-        gt = self.composite(img, alpha, head)
+        gt, head, mouth, coverage = self._prepare(img_u8.to(self.device, non_blocking=True),
+                                                  masks_u8.to(self.device, non_blocking=True))
         return FrameData(i, self.frame_ids[i], gt, head, mouth, self._cameras[i], self.conditions[i],
-                         coverage=alpha * head)
+                         coverage=coverage)
+
+    def _prepare(self, img_u8: Tensor, masks_u8: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(ground truth, head, mouth, coverage) of a frame's uint8 image (3,H,W) and masks (alpha, head,
+        mouth)."""
+        img = img_u8.float() / 255.0
+        masks = masks_u8.float() / 255.0
+        alpha, head, mouth = masks[0:1], masks[1:2], masks[2:3]
+        return self.composite(img, alpha, head), head, mouth, alpha * head
+
+    def frames_on_device(self) -> bool:
+        """Whether every frame's image and masks are cached on the (CUDA) device, so that
+        :meth:`gather_frame` can pick one by a device index."""
+        return self._cache is not None and self.device.type == "cuda" and self._cache["images"].is_cuda
+
+    def gather_frame(self, index: Tensor, template: FrameData) -> FrameData:
+        """The frame whose index is the device value ``index`` (1,) int64 -- ground truth, masks and
+        condition from the device cache, no host value read (capturable: a CUDA graph replays it for
+        whatever index the buffer holds). ``template``: a frame of the same size, whose host fields (index,
+        camera) the result keeps; the caller supplies the camera's per-frame values."""
+        img_u8 = self._cache["images"].index_select(0, index)[0]
+        masks_u8 = self._cache["masks"].index_select(0, index)[0]
+        gt, head, mouth, coverage = self._prepare(img_u8, masks_u8)
+        condition = self.conditions.index_select(0, index)[0]
+        return FrameData(template.index, template.frame_id, gt, head, mouth, template.camera, condition,
+                         coverage=coverage)
 
     def __repr__(self) -> str:
         return (f"Subject({self.idname!r}, frames={len(self)}, train={len(self.train_indices)}, "
