@@ -44,7 +44,14 @@ from utils.lpips_loader import load_lpips_vgg, try_load_lpips_vgg
 from utils.options import TrainConfig
 from utils.precision import configure_arithmetic
 from utils.run_folder import RunFolder
-from utils.training import FrameSampler, PhaseClock, RunLogger, evaluate_frames, seed_everything
+from utils.training import (
+    FrameSampler,
+    NonFiniteWatch,
+    PhaseClock,
+    RunLogger,
+    evaluate_frames,
+    seed_everything,
+)
 from utils.visualize import error_map, image_grid
 
 
@@ -344,10 +351,8 @@ class Trainer:
         start = self.iteration
         last_eval = None
         stop = _InterruptFlag()
-        # the first non-finite loss (iteration, frame index), tracked on the device: no sync and no host
-        # copy per step (the two values go to torch.where as scalars, i.e. kernel arguments)
-        bad_it = torch.full((), -1, dtype=torch.long, device=self.device)
-        bad_index = torch.full((), -1, dtype=torch.long, device=self.device)
+        # the first non-finite loss (iteration, frame index): one device copy a step, read at logging steps
+        watch = NonFiniteWatch(t.log_every, self.device)
         bar = tqdm(range(start + 1, t.iterations + 1), initial=start, total=t.iterations, desc="train",
                    dynamic_ncols=True, mininterval=1.0, disable=t.quiet)
         t0 = time.perf_counter()
@@ -370,11 +375,9 @@ class Trainer:
                     if self.ema is not None:
                         self.ema.update()
                     self.iteration = it
-                    nonfinite = ~torch.isfinite(terms.total.detach()) & (bad_it < 0)
-                    bad_it = torch.where(nonfinite, it, bad_it)
-                    bad_index = torch.where(nonfinite, index, bad_index)
+                    watch.record(it, index, terms.total)
                     if it % t.log_every == 0 or it == t.iterations:  # the only host syncs of the loop
-                        self._check_loss(bad_it, bad_index)
+                        self._check_loss(watch)
                         self._check_pairs(it)
                         self._log_losses(it, start, t0, terms, bar)
                     if t.grid_every and it % t.grid_every == 0:
@@ -385,7 +388,7 @@ class Trainer:
                         with clock.phase("evaluations"):
                             last_eval = self.evaluate(it)
                     if (t.ckpt_every and it % t.ckpt_every == 0) or it == t.iterations or stop.raised:
-                        self._check_loss(bad_it, bad_index)
+                        self._check_loss(watch)
                         with clock.phase("checkpoints"):
                             self.save(it)
                     if stop.raised:
@@ -423,11 +426,12 @@ class Trainer:
             self.logger.event(msg)
             tqdm.write(f"[train] {msg}")
 
-    def _check_loss(self, bad_it: torch.Tensor, bad_index: torch.Tensor) -> None:
+    def _check_loss(self, watch: NonFiniteWatch) -> None:
         """At a logging step (a host sync anyway): stop when some step's loss was NaN/Inf."""
-        it, index = int(bad_it), int(bad_index)
-        if it < 0:
+        bad = watch.first_bad()
+        if bad is None:
             return
+        it, index = bad
         fr = self.subject.frame_ids[index]
         where = self.subject.image_path(index)
         raise NonFiniteError(

@@ -446,6 +446,21 @@ def test_cuda_graphed_lpips_equals_eager(vgg_torch_home, monkeypatch, precision)
         assert torch.allclose(graphed(x, y), eager(x, y))
 
 
+def _lpips_values_and_gradients(models: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per model: (LPIPS value, image gradient in float64) of ``x`` against ``y``, each under its precision
+    (the model named "fp32" under fp32, the others under tf32)."""
+    from utils.precision import set_precision
+
+    out = {}
+    for name, model in models.items():
+        set_precision("fp32" if name == "fp32" else "tf32", x.device)
+        xr = x.clone().requires_grad_(True)
+        value = model(xr, y).sum()
+        value.backward()
+        out[name] = (float(value), xr.grad.double())
+    return out
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeypatch):
@@ -462,7 +477,6 @@ def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeyp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from bench_lpips import image_pair
 
-    from utils.precision import set_precision
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     monkeypatch.setitem(fast_paths.ON, "lpips_fused", False)
@@ -475,14 +489,7 @@ def test_cuda_captured_lpips_half_trunk_agrees_with_fp32(vgg_torch_home, monkeyp
               "tf32": lpips_loader.load_lpips_vgg(dev, precision="tf32"),
               "captured": lpips_loader.load_lpips_vgg(dev, precision="tf32", cuda_graph=True)}
     for step in range(3):  # capture, then replays on new data
-        xs = (x * (1.0 - 0.1 * step)).clamp(0, 1)
-        out = {}
-        for name, model in models.items():
-            set_precision("fp32" if name == "fp32" else "tf32", dev)
-            xr = xs.clone().requires_grad_(True)
-            value = model(xr, y).sum()
-            value.backward()
-            out[name] = (float(value), xr.grad.double())
+        out = _lpips_values_and_gradients(models, (x * (1.0 - 0.1 * step)).clamp(0, 1), y)
         assert models["captured"].graph_failure is None
         (v32, g32), (_, gtf), (v, g) = out["fp32"], out["tf32"], out["captured"]
         assert abs(v - v32) <= 1e-3 * abs(v32)
@@ -670,7 +677,6 @@ def test_cuda_fused_half_lpips_equals_the_half_trunk(vgg_torch_home, monkeypatch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from bench_lpips import image_pair
 
-    from utils.precision import set_precision
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     monkeypatch.setattr(lpips_loader, "FIRST_CONV_CHANNELS", channels)
@@ -687,14 +693,7 @@ def test_cuda_fused_half_lpips_equals_the_half_trunk(vgg_torch_home, monkeypatch
         models[on](x.clone().requires_grad_(True), y).sum().backward()  # capture with the switch as set
     monkeypatch.setitem(fast_paths.ON, "lpips_fused", True)
     for step in range(3):
-        xs = (x * (1.0 - 0.1 * step)).clamp(0, 1)
-        out = {}
-        for name, model in models.items():
-            set_precision("fp32" if name == "fp32" else "tf32", dev)
-            xr = xs.clone().requires_grad_(True)
-            value = model(xr, y).sum()
-            value.backward()
-            out[name] = (float(value), xr.grad.double())
+        out = _lpips_values_and_gradients(models, (x * (1.0 - 0.1 * step)).clamp(0, 1), y)
         (v32, g32), (_, gtf), (vh, gh), (v, g) = out["fp32"], out["tf32"], out[False], out[True]
         assert abs(v - vh) <= 1e-5 * abs(vh)
         cosine = float(torch.nn.functional.cosine_similarity(g.flatten(), gh.flatten(), dim=0))

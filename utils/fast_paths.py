@@ -20,7 +20,7 @@ H200 figures in bench/NOTES.md, sessions 16-19:
 - ``lpips_fused``: where the half trunk runs, LPIPS as one autograd function over fused_ops' float16 kernels
   around cuDNN's convolutions (``utils.lpips_trunk.fused_half_lpips``: one prep pass, distances read from
   the float16 batch, one pass per slice for feature gradient, pool and ReLU mask) -- the half trunk's
-  arithmetic, in fewer passes.
+  arithmetic in a third of the passes: 2.42 -> 1.43 ms, a step with LPIPS 3.93 -> 3.01 ms (H200).
 """
 
 from __future__ import annotations

@@ -76,6 +76,36 @@ class FrameSampler:
 
 
 # ----------------------------------------------------------------------------- evaluation
+class NonFiniteWatch:
+    """The first training step whose loss was NaN/Inf, at one device copy a step and no sync: the losses of
+    the steps since the last check wait in a device buffer, their (iteration, frame index) on the host, and
+    :meth:`first_bad` reads the buffer once (at a logging step, which syncs anyway). A buffer that fills
+    before a check is read then (a sync, only when checks are further apart than ``capacity`` steps)."""
+
+    def __init__(self, capacity: int, device: torch.device | str) -> None:
+        self.values = torch.zeros(max(1, capacity), device=device)
+        self.steps: list[tuple[int, int]] = []
+        self.first: tuple[int, int] | None = None
+
+    def record(self, it: int, index: int, loss: torch.Tensor) -> None:
+        """Note step ``it`` on frame ``index`` with its (scalar, device) ``loss``."""
+        if len(self.steps) == self.values.numel():
+            self._scan()
+        self.values[len(self.steps)].copy_(loss.detach().reshape(()))
+        self.steps.append((it, index))
+
+    def _scan(self) -> None:
+        if self.first is None and self.steps:
+            finite = torch.isfinite(self.values[:len(self.steps)]).tolist()
+            self.first = next((s for s, ok in zip(self.steps, finite) if not ok), None)
+        self.steps.clear()
+
+    def first_bad(self) -> tuple[int, int] | None:
+        """(iteration, frame index) of the first step recorded with a NaN/Inf loss, or None."""
+        self._scan()
+        return self.first
+
+
 def quantize8(img):
     """Round to the nearest 8-bit level, as the saved PNGs are (so eval matches metrics.py)."""
 

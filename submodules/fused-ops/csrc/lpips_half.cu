@@ -76,6 +76,19 @@ __device__ __forceinline__ float grad_scale(const float* amax, const float* gout
   return ldexpf(1.f, e - 1);
 }
 
+// Channels 8c..8c+7 of a pixel's two feature vectors and of the head's weights, as floats.
+__device__ __forceinline__ void load_chunk(const uint4* ap, const uint4* bp, const float4* w, int c, float a[8],
+                                           float b[8], float wc[8]) {
+  unpack(ap[c], a);
+  unpack(bp[c], b);
+  weights8(w, c, wc);
+}
+
+// The distance's gradient for one channel: g2 w_k e_k / na - a_k radial, e_k = a_k ia - b_k ib.
+__device__ __forceinline__ float feature_grad(float a, float b, float w, float ia, float ib, float g2, float radial) {
+  return g2 * w * (a * ia - b * ib) * ia - a * radial;
+}
+
 // One pixel's channel-vector norms |a| and |b| (the group's lanes each hold both totals).
 struct PixelNorms {
   float r, rb;
@@ -138,9 +151,7 @@ __global__ void distance_kernel(int64_t P, int64_t HW, int64_t row, int64_t offs
   float acc = 0.f, dot = 0.f;
   for (int c = q; c < C8; c += GROUP) {
     float a[8], b[8], wc[8];
-    unpack(ap[c], a);
-    unpack(bp[c], b);
-    weights8(w, c, wc);
+    load_chunk(ap, bp, w, c, a, b, wc);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const float e = a[k] * ia - b[k] * ib;
@@ -155,13 +166,11 @@ __global__ void distance_kernel(int64_t P, int64_t HW, int64_t row, int64_t offs
   float m = 0.f;
   for (int c = q; c < C8; c += GROUP) {
     float a[8], b[8], wc[8];
-    unpack(ap[c], a);
-    unpack(bp[c], b);
-    weights8(w, c, wc);
+    load_chunk(ap, bp, w, c, a, b, wc);
 #pragma unroll
     for (int k = 0; k < 8; ++k)  // only where the ReLU lets the gradient through (a > 0): a vanishing feature
       if (a[k] > 0.f)            // vector's 1/eps gradient is masked away, and must not set the scale
-        m = fmaxf(m, fabsf(g2 * wc[k] * (a[k] * ia - b[k] * ib) * ia - a[k] * radial));
+        m = fmaxf(m, fabsf(feature_grad(a[k], b[k], wc[k], ia, ib, g2, radial)));
   }
   m = group_max(m);  // every lane shuffles; invalid ones then drop out
   m = valid ? m : 0.f;
@@ -195,9 +204,7 @@ __global__ void backward_kernel(int64_t P, int64_t HW, int W, int C8, const uint
   float dot = 0.f;
   for (int c = q; c < C8; c += GROUP) {
     float a[8], b[8], wc[8];
-    unpack(ap[c], a);
-    unpack(bp[c], b);
-    weights8(w, c, wc);
+    load_chunk(ap, bp, w, c, a, b, wc);
 #pragma unroll
     for (int k = 0; k < 8; ++k) dot = fmaf(a[k] * wc[k], a[k] * ia - b[k] * ib, dot);
   }
@@ -211,11 +218,9 @@ __global__ void backward_kernel(int64_t P, int64_t HW, int W, int C8, const uint
   const int sel = (yy & 1) * 2 + (xx & 1);
   for (int c = q; c < C8; c += GROUP) {
     float a[8], b[8], wc[8], out[8];
-    unpack(ap[c], a);
-    unpack(bp[c], b);
-    weights8(w, c, wc);
+    load_chunk(ap, bp, w, c, a, b, wc);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) out[k] = g2 * wc[k] * (a[k] * ia - b[k] * ib) * ia - a[k] * radial;
+    for (int k = 0; k < 8; ++k) out[k] = feature_grad(a[k], b[k], wc[k], ia, ib, g2, radial);
     if (g_next != nullptr) {
       float gn[8];
       unpack(g_next[pooled * C8 + c], gn);
