@@ -334,19 +334,30 @@ def test_vgg16_download_attempt(tmp_path, monkeypatch):
 
 
 def test_lpips_forward_matches_the_package_with_its_gradient(vgg_torch_home, monkeypatch):
-    """Our LPIPS forward (split trunk, float32 heads) gives the lpips package's own value and gradient;
-    the gradient-free path (both images in one trunk batch) gives the same value."""
+    """Our LPIPS (utils.lpips_net's modules, built without importing lpips; split trunk, float32 heads)
+    has the lpips package's own model's state dict keys and shapes, and with its state loaded into the
+    package's model gives the package's value and gradient; the gradient-free path (both images in one
+    trunk batch) gives the same value."""
+    import lpips
+
     from utils.lpips_loader import load_lpips_vgg
 
     monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
     model = load_lpips_vgg("cpu")
+    reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    ours_state, theirs = model.net.state_dict(), reference.state_dict()
+    assert {k: v.shape for k, v in ours_state.items()} == {k: v.shape for k, v in theirs.items()}
+    for k in theirs:  # the calibrated heads (and the scaling constants): as the package loads them
+        if not k.startswith("net."):
+            assert torch.equal(ours_state[k], theirs[k]), k
+    reference.load_state_dict(ours_state)  # the trunk: the checkpoint in vgg_torch_home
     torch.manual_seed(3)
     x, y = torch.rand(2, 3, 40, 40, dtype=torch.float64), torch.rand(2, 3, 40, 40, dtype=torch.float64)
-    model = model.double()
+    model, reference = model.double(), reference.double()
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ours = model(xa, y)
     ours.sum().backward()
-    package = model.net(xb * 2 - 1, y * 2 - 1).flatten()  # lpips.LPIPS.forward on [-1, 1] input
+    package = reference(xb * 2 - 1, y * 2 - 1).flatten()  # lpips.LPIPS.forward on [-1, 1] input
     package.sum().backward()
     assert torch.allclose(ours, package, rtol=1e-10, atol=1e-12)
     assert torch.allclose(xa.grad, xb.grad, rtol=1e-8, atol=1e-12)
@@ -360,6 +371,25 @@ def test_lpips_forward_matches_the_package_with_its_gradient(vgg_torch_home, mon
     with torch.no_grad():
         fd = (model(xp, y).sum() - model(xm, y).sum()) / (2 * eps)
     assert torch.allclose(xa.grad[0, 1, 20, 20], fd, rtol=1e-5, atol=1e-9)
+
+
+def test_lpips_loads_without_torchvision_or_the_compiler(vgg_torch_home):
+    """Building LPIPS-VGG imports neither the lpips package nor torchvision (which imports torch._dynamo:
+    seconds of every train.py start-up), and the model computes a distance."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from utils.lpips_loader import load_lpips_vgg\n"
+            "m = load_lpips_vgg('cpu')\n"
+            "d = m(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))\n"
+            "names = ('lpips', 'torchvision', 'torch._dynamo')\n"
+            "print(bool(d > 0), *(name in sys.modules for name in names))\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TORCH_HOME": str(vgg_torch_home), "GAUSSIAN_NO_DOWNLOAD": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                         env=env)
+    assert out.stdout.split() == ["True", "False", "False", "False"]
 
 
 def test_precision_names_and_switches():

@@ -24,6 +24,7 @@ from utils import fast_paths
 from utils.atomic import atomic_path
 from utils.device import fused_kernels
 from utils.errors import InputError
+from utils.lpips_net import LPIPSNetwork, ScalingLayer, lpips_heads_path
 from utils.lpips_trunk import (
     FIRST_CONV_CHANNELS,
     FusedHalfLPIPS,
@@ -252,11 +253,10 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
         failure = download_vgg16(path)
         if failure is not None:
             raise _unavailable(f"{path} does not exist ({failure})", off_hint)
-    try:
-        import lpips
-    except ImportError as exc:
-        raise LPIPSUnavailableError(f"LPIPS is unavailable: the 'lpips' package is not installed ({exc}); "
-                                    f"pip install lpips. {off_hint}") from exc
+    heads = lpips_heads_path()
+    if heads is None:
+        raise LPIPSUnavailableError("LPIPS is unavailable: the 'lpips' package (whose calibrated heads it "
+                                    f"reads) is not installed; pip install lpips. {off_hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated / not a checkpoint
@@ -264,7 +264,7 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
         raise _unavailable(reason, off_hint) from exc
     if not isinstance(state, dict):
         raise _unavailable(f"{path} does not hold a state dict", off_hint)
-    model = _empty_lpips_vgg(lpips, off_hint)
+    model = _empty_lpips_vgg(heads, off_hint)
     trunk = {}
     for name, param in model.net.named_parameters():
         _slice, idx, kind = name.split(".")  # e.g. slice1.0.weight -> features.0.weight
@@ -279,16 +279,14 @@ def load_lpips_vgg(device: torch.device | str = "cpu",
     return LPIPSVGG(model, precision, cuda_graph=cuda_graph).to(device)
 
 
-def _empty_lpips_vgg(lpips, off_hint: str) -> nn.Module:
-    """lpips' VGG model with its calibrated linear heads loaded and its trunk's tensors allocated but not
-    filled (the caller loads them). Built on the meta device: lpips would otherwise build and randomly
-    initialise all of torchvision's VGG16, classifier included (~1.2 s of start-up) only to overwrite it."""
-    with warnings.catch_warnings(), torch.device("meta"):  # torchvision's notes on lpips' 'pretrained'
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+def _empty_lpips_vgg(heads: Path, off_hint: str) -> LPIPSNetwork:
+    """LPIPS-VGG's modules (:mod:`utils.lpips_net`) with the calibrated linear heads from ``heads`` loaded
+    and the trunk's tensors allocated but not filled (the caller loads them). Built on the meta device: a
+    random initialisation of VGG16 would only be overwritten."""
+    with torch.device("meta"):
+        model = LPIPSNetwork()
     model = model.to_empty(device="cpu")
-    model.scaling_layer = lpips.ScalingLayer()  # its constant buffers, made for real
-    heads = Path(lpips.__file__).resolve().parent / "weights" / "v0.1" / "vgg.pth"
+    model.scaling_layer = ScalingLayer()  # its constant buffers, made for real
     try:
         state = torch.load(heads, map_location="cpu", weights_only=True)
     except Exception as exc:
