@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 
 from utils.errors import InputError
 
@@ -112,6 +111,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _NUMPY_ALLOWED:
             return _numpy_attr(module, name)
         if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_CLASSES:
+            import scipy.sparse  # here, not at import: scipy.sparse is 0.15 s of every train.py start-up
 
             return getattr(scipy.sparse, name)
         if module in ("builtins", "__builtin__") and name in _BUILTINS_ALLOWED:

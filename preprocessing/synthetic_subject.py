@@ -39,6 +39,7 @@ import torch
 from flame.assets import load_flame_assets
 from flame.model import FLAME
 from flame.synthetic import write_synthetic_flame
+from preprocessing import DEMO_IDNAME
 from preprocessing.mesh_renderer import box_downsample, rasterize_mesh, vertex_normals
 from scene.data.novel_views import NOVEL_DIR, NOVEL_INDEX
 from scene.data.tracking import save_tracked_frame
@@ -435,7 +436,6 @@ def read_marker(subject: Path) -> dict | None:
         return None
 
 
-DEMO_IDNAME = "demo"  # train.py --idname demo generates this subject when it is missing
 
 
 def ensure_demo_subject(data_root: str | Path, tracking_root: str | Path, idname: str = DEMO_IDNAME,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from flame.assets import load_flame_assets, resolve_flame_dir
-from preprocessing.synthetic_subject import DEMO_IDNAME, ensure_demo_subject
+from preprocessing import DEMO_IDNAME
 from scene.data.subject import Subject
 from scene.model.avatar import Avatar
 from utils.errors import InputError
@@ -28,6 +28,8 @@ def ensure_subject(paths: PathOptions) -> None:
         return
     print(f"[setup] demo subject not found under {paths.data_root / paths.idname}: generating the synthetic "
           "demo subject (no licensed data; takes a little while once)")
+    from preprocessing.synthetic_subject import ensure_demo_subject  # (its FLAME, scipy: only to generate)
+
     try:
         ensure_demo_subject(paths.data_root, paths.tracking_root, idname=paths.idname)
     except FileExistsError as exc:

@@ -42,3 +42,22 @@ def test_a_failed_image_write_is_raised_at_close_naming_the_file(tmp_path):
     with pytest.raises(OSError, match="file"):
         logger.close()
     assert (tmp_path / "run" / "train_log.json").is_file()  # the log is still flushed
+
+
+def test_tensorboard_gets_the_scalars_in_order_from_its_own_thread(tmp_path):
+    """The losses and evaluations reach tensorboard's event file (written on the logger's tensorboard
+    thread, in call order), all of them by close()."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = RunLogger(tmp_path / "run", {})
+    for step in range(1, 6):
+        logger.loss(step * 25, {"loss": 1.0 / step, "lpips": None})
+    logger.evaluation(125, {"PSNR": 30.5, "num_views": 4})
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss")] == \
+        [(25 * k, round(1.0 / k, 6)) for k in range(1, 6)]
+    assert [e.value for e in events.Scalars("eval/PSNR")] == [30.5]
+    assert "train/lpips" not in events.Tags()["scalars"] and "eval/num_views" not in events.Tags()["scalars"]
