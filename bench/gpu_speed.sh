@@ -26,8 +26,13 @@ fi
 if has startup; then  # a train.py process outside its steps: imports, set-up, exit; torch._dynamo imported?
   [ -f "$W/ds/s16/synthetic.json" ] || python -m preprocessing.synthetic_subject --idname s16 \
     --data_root "$W/ds" --tracking_root "$W/tr" --frames 16 --size 512 > "$L/gen16.log" 2>&1
-  python bench/bench_startup.py --idname s16 --data_root "$W/ds" --tracking_root "$W/tr" --test_num 4 \
-    --lambda_lpips 0 --json "$OUT/startup.json" 2>&1 | tee "$OUT/startup.txt"
+  export TORCH_HOME=${TORCH_HOME:-$W/vgg}  # LPIPS' VGG16: a seeded random one where the real one is absent
+  [ -f "$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth" ] || python -c "import sys; sys.path.insert(0, 'bench')
+from pathlib import Path; from bench_lpips import write_random_vgg; write_random_vgg(Path('$TORCH_HOME'))"
+  for lp in 0 0.05; do  # without and with the LPIPS term (its model is built at set-up)
+    python bench/bench_startup.py --idname s16 --data_root "$W/ds" --tracking_root "$W/tr" --test_num 4 \
+      --lambda_lpips $lp --json "$OUT/startup_lpips$lp.json" 2>&1 | tee "$OUT/startup_lpips$lp.txt"
+  done
 fi
 TABLE=()
 for st in raster lpips steps render memory train; do has "$st" && TABLE+=("$st"); done
