@@ -240,3 +240,68 @@ def test_preload_auto_follows_the_device_budget(tmp_path: Path) -> None:
             mp.setattr(torch.cuda, "get_device_properties", lambda device, props=props: props)
             budget = assemble.device_cache_budget(torch.device("cuda"))
         assert (subject_2000 <= budget) == on_device
+
+
+def test_parsed_tracking_is_cached_and_follows_the_files(tmp_path: Path, monkeypatch) -> None:
+    """The subject's parsed tracking is cached beside its .frame files: a second Subject reads the cache
+    (no .frame file parsed) and gets the same values; a rewritten frame (same size), a new frame, an
+    unreadable cache or a read-only folder fall back to parsing; a bad file still raises."""
+    import scene.data.tracking_cache as cache_mod
+
+    data, track = make_subject(tmp_path, range(4), range(4))
+    parsed: list[Path] = []
+    real = cache_mod.load_tracked_frame
+    monkeypatch.setattr(cache_mod, "load_tracked_frame", lambda p: parsed.append(p) or real(p))
+    cache = track / "s" / cache_mod.CACHE_NAME
+    first = Subject(data, track, "s", test_num=1)
+    assert len(parsed) == 4 and cache.is_file()
+    second = Subject(data, track, "s", test_num=1)
+    assert len(parsed) == 4  # all four from the cache
+    for a, b in zip(first._tracked, second._tracked):
+        assert a.frame_id == b.frame_id and a.img_size == b.img_size and a.path == b.path
+        for name in cache_mod.FIELDS:
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(first.conditions, second.conditions)
+    # frame 2 re-tracked: same file size, other values -> parsed again (all files), and seen
+    expr = np.zeros(100)
+    expr[0] = 42.0
+    frame2 = track / "s" / "checkpoint" / "00002.frame"
+    size = frame2.stat().st_size
+    save_tracked_frame(frame2, shape=np.full(300, 2.5), expression=expr, jaw=np.arange(6) + 2.0,
+                       eyes=np.arange(12) * 0.1, eyelids=[0.25, 0.2], R=np.eye(3), t=[0.0, 0.0, 3.0],
+                       K=np.array([[50.0, 0, 3.25], [0, 52.0, 2.5], [0, 0, 1]]), img_size=(H, W))
+    assert frame2.stat().st_size == size
+    third = Subject(data, track, "s", test_num=1)
+    assert len(parsed) == 8 and float(third._tracked[2].expression[0]) == 42.0
+    # an unreadable cache is ignored and replaced
+    cache.write_bytes(b"not a cache")
+    Subject(data, track, "s", test_num=1)
+    assert len(parsed) == 12
+    Subject(data, track, "s", test_num=1)
+    assert len(parsed) == 12  # rewritten by the previous load
+    # a read-only folder: no cache, still loads
+    def read_only(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_mod, "atomic_path", read_only)
+    cache.unlink()
+    assert len(Subject(data, track, "s", test_num=1)._tracked) == 4 and not cache.is_file()
+    # a damaged frame still raises its own error (nothing cached for it)
+    monkeypatch.undo()
+    frame2.write_bytes(b"garbage")
+    with pytest.raises(TrackingFileError, match="00002.frame"):
+        Subject(data, track, "s", test_num=1)
+
+
+def test_cached_tracking_repeats_the_parsing_warnings(tmp_path: Path) -> None:
+    """Frames from an older tracker (no jaw/eyes/eyelids) warn when parsed and again when cached."""
+    data, track = make_subject(tmp_path, range(3), range(3))
+    old = {"flame": {"exp": torch.ones(1, 100), "shape": torch.zeros(1, 300)},
+           "opencv": {"R": torch.eye(3)[None], "t": torch.tensor([[0.0, 0.0, 1.0]]),
+                      "K": torch.tensor([[[50.0, 0, 3.25], [0, 52.0, 2.5], [0, 0, 1]]])},
+           "img_size": torch.tensor([H, W]), "frame_id": 1}
+    torch.save(old, track / "s" / "checkpoint" / "00001.frame")
+    for _ in range(2):  # parsed, then from the cache
+        with pytest.warns(UserWarning, match=r"00001.frame: no flame\.jaw"):
+            s = Subject(data, track, "s", test_num=1)
+        assert s._tracked[1].eyelids.tolist() == [0, 0]

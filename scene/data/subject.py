@@ -24,7 +24,8 @@ from torch import Tensor
 
 from flame.condition import build_condition
 from scene.data.cameras import Camera
-from scene.data.tracking import TrackedFrame, TrackingFileError, load_tracked_frame
+from scene.data.tracking import TrackedFrame, TrackingFileError
+from scene.data.tracking_cache import CACHE_NAME, load_tracked_frames
 from utils.errors import InputError
 from utils.image_io import IMAGE_SUFFIXES, check_image, image_size, read_image_uint8, read_mask_uint8
 
@@ -152,7 +153,8 @@ class Subject:
 
         n = len(pairs)
         self._split(n, test_num, eval_num, max_train)
-        self._tracked: list[TrackedFrame] = [load_tracked_frame(p) for p in self._frame_paths]
+        self._tracked: list[TrackedFrame] = load_tracked_frames(self._frame_paths,
+                                                                self.tracking_dir.parent / CACHE_NAME)
         self._check_sizes()
         first = self._tracked[0]
         self.shape: Tensor = first.shape.to(self.device)
