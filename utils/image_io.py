@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -149,6 +149,15 @@ def _write_then(path: Path, data: np.ndarray, then: Callable[[np.ndarray], None]
         then(data)
 
 
+def finish(pending: Iterable[Future], pool: ThreadPoolExecutor) -> None:
+    """Wait for every one of ``pending`` (raising the first failure) and shut ``pool`` down either way."""
+    try:
+        for fut in pending:
+            fut.result()
+    finally:
+        pool.shutdown(wait=True)
+
+
 class ImageWriter:
     """Writes PNGs on a small thread pool, so that encoding (zlib, which releases the GIL) overlaps the
     next frame's rendering. ``submit(path, array)`` converts to 8 bit at once on the calling thread (so a
@@ -178,11 +187,7 @@ class ImageWriter:
     def close(self) -> None:
         """Wait for all writes; raise the first failure."""
         pending, self._pending = self._pending, deque()
-        try:
-            for fut in pending:
-                fut.result()
-        finally:
-            self._pool.shutdown(wait=True)
+        finish(pending, self._pool)
 
     def __enter__(self) -> ImageWriter:
         return self

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from utils.atomic import write_json
-from utils.image_io import ImageWriter
+from utils.image_io import ImageWriter, finish
 from utils.image_metrics import masked, psnr, ssim
 
 
@@ -245,11 +245,7 @@ class BackgroundTensorboard:
     def close(self) -> None:
         self._call("close")
         pending, self._pending = self._pending, deque()
-        try:
-            for fut in pending:
-                fut.result()
-        finally:
-            self._pool.shutdown(wait=True)
+        finish(pending, self._pool)
 
 
 class RunLogger:
