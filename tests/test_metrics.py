@@ -868,6 +868,112 @@ def test_half_trunk_backward_and_second_image_on_the_cpu(vgg_torch_home, monkeyp
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+class _TorchLPIPSHalfOps:
+    """fused_ops' float16 LPIPS kernels (csrc/lpips_half.cu) and byte-choice pool written in torch from their
+    documented formulas, for the CPU: float64 autograd for the distance's gradient, float16 results."""
+
+    @staticmethod
+    def lpips_half_prep(x, y, shift, scale, channels):
+        v = ((torch.cat([x, y]) * 2.0 - 1.0) - shift.view(1, 3, 1, 1)) / scale.view(1, 3, 1, 1)
+        v = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, channels - 3))
+        return v.half().contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def max_pool2x2_fits(h):
+        return False  # the half trunk (the reference here) keeps torch's pools and their int64 indices
+
+    @staticmethod
+    def max_pool2x2(h, keep):
+        out, idx = torch.ops.aten.max_pool2d_with_indices(h, [2, 2], [2, 2], [0, 0], [1, 1], False)
+        width = h.shape[3]
+        choice = (idx // width % 2) * 2 + idx % width % 2
+        return out, choice[:keep].permute(0, 2, 3, 1).to(torch.uint8).contiguous()
+
+    @staticmethod
+    def _distance_grad(feat, w, gout, eps):
+        """(render features a, per-pixel distance / (H W), its gradient for output gradient gout) in float64
+        (autograd runs inside the custom function's forward and backward too)."""
+        n = feat.shape[0] // 2
+        with torch.enable_grad():
+            a = feat[:n].double().requires_grad_(True)
+            b = feat[n:].double()
+            e = (a / (a.pow(2).sum(1, keepdim=True).sqrt() + eps)
+                 - b / (b.pow(2).sum(1, keepdim=True).sqrt() + eps))
+            dist = (w.double().view(1, -1, 1, 1) * e * e).sum(1) / (feat.shape[2] * feat.shape[3])
+            (g,) = torch.autograd.grad((dist * gout.double().view(n, 1, 1)).sum(), a)
+        return a.detach(), dist.detach(), g
+
+    @classmethod
+    def lpips_half_distance(cls, feat, w, d, offset, amax, eps=1e-10):
+        a, dist, g = cls._distance_grad(feat, w, torch.ones(feat.shape[0] // 2), eps)
+        d[:, offset:offset + dist[0].numel()] = dist.flatten(1).float()
+        amax.copy_(torch.maximum(amax, torch.where(a > 0, g, 0.0).abs().max().float()))
+
+    @classmethod
+    def lpips_half_backward(cls, feat, w, gout, amax, g_next=None, choice=None, eps=1e-10):
+        height, width = feat.shape[2:]
+        a, _, g = cls._distance_grad(feat, w, gout, eps)
+        out = _half_grad_scale(float(amax), gout) * g
+        if g_next is not None:
+            def up(t):
+                return t.repeat_interleave(2, 2).repeat_interleave(2, 3)
+            sel = (torch.arange(height) % 2 * 2).view(-1, 1) + torch.arange(width) % 2
+            out = out + torch.where(up(choice.permute(0, 3, 1, 2).long()) == sel, up(g_next.double()), 0.0)
+        return torch.where(a > 0, out, 0.0).half().contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def lpips_half_relu_mask(g, y):
+        g.copy_(torch.ops.aten.threshold_backward(g, y[: g.shape[0]], 0.0))
+
+    @staticmethod
+    def lpips_half_prep_backward(g, scale, amax, gout):
+        return g[:, :3].float() / _half_grad_scale(float(amax), gout) / scale.view(1, 3, 1, 1) * 2.0
+
+
+@pytest.mark.parametrize("channels", [3, 8])
+def test_fused_half_lpips_on_the_cpu_with_torch_kernels(vgg_torch_home, monkeypatch, channels):
+    """fused_half_lpips' orchestration (the slices, which pool's choices route which gradient, the scale,
+    the first convolution's padded input) with fused_ops' float16 kernels written in torch: the half
+    trunk's value and image gradient on the CPU (float16 rounding reproduced in both), on a 64x48 crop of
+    bench_lpips.py's pair."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_lpips import image_pair
+
+    import utils.lpips_loader as lpips_loader
+    from utils import lpips_trunk
+    from utils.lpips_trunk import FusedHalfLPIPS, HalfTrunkWeights, fused_half_lpips
+
+    monkeypatch.setenv("TORCH_HOME", str(vgg_torch_home))
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", _rounding_conv_relu)
+    monkeypatch.setattr(lpips_trunk, "_conv_input_grad", _rounding_conv_input_grad)
+    monkeypatch.setattr(lpips_trunk, "fused_kernels", lambda: _TorchLPIPSHalfOps)
+    x, y = (t[..., 200:264, 220:268].contiguous() for t in image_pair(torch.device("cpu")))
+    model = lpips_loader.load_lpips_vgg("cpu", precision="fp32")
+    half = HalfTrunkWeights(model.net.net, torch.float16)
+    scaling = model.net.scaling_layer
+    net = FusedHalfLPIPS(half, [h.model[-1].weight for h in model.net.lins], scaling.shift, scaling.scale,
+                         channels)
+    assert not net.fits(x, y)  # the real kernels are CUDA's: LPIPSVGG never routes CPU images here
+    xf = x.clone().requires_grad_(True)
+    value = fused_half_lpips(net, xf, y)
+    value.sum().backward()
+    model._half_weights = half  # the half trunk + layer distances, as the capture ran them before
+    monkeypatch.setattr(model, "_half_trunk_ok", lambda a, b: True)
+    monkeypatch.setattr(model, "_fused_half_ok", lambda a, b, capturing=True: False)
+    xh = x.clone().requires_grad_(True)
+    reference = model(xh, y)
+    reference.sum().backward()
+    assert value.shape == reference.shape == (1,)
+    v, v_ref = float(value.detach()), float(reference.detach())
+    assert abs(v - v_ref) <= 1e-4 * v_ref
+    assert float(xh.grad.abs().max()) > 0
+    rel = float((xf.grad - xh.grad).norm() / xh.grad.norm())
+    cosine = float(torch.nn.functional.cosine_similarity(xf.grad.flatten(), xh.grad.flatten(), dim=0))
+    assert rel <= 5e-3 and cosine >= 0.99999  # 4.8e-4 and 0.9999999: float16 roundings in another order
+
+
 def test_lpips_half_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
     """--precision tf32's captured training call runs LPIPS' trunk in float16 (both images' forward in one
     batch, the gradient scaled). With float16's rounding reproduced on the CPU, on bench_lpips.py's pair (a
