@@ -175,7 +175,7 @@ class LPIPSVGG(nn.Module):
         if torch.is_grad_enabled() and self._fused_half_ok(x, y):
             out = fused_half_lpips(self._fused_half, x, y)
             return out[0] if single else out
-        if torch.is_grad_enabled() and x.is_cuda:
+        if torch.is_grad_enabled() and x.is_cuda and not torch.cuda.is_current_stream_capturing():
             self._to_channels_last("cuda")  # (makes the fused path's weights on the first call)
             self._warm_fused_half(x, y)
         scale = self.net.scaling_layer
