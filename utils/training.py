@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -211,6 +212,7 @@ class BackgroundTensorboard:
         self._writer = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
         self._pending: deque[Future] = deque()
+        self._lock = threading.Lock()  # calls come from the training thread and the image writer's
         self._submit(self._open, str(log_dir), purge_step)
 
     def _open(self, log_dir: str, purge_step: int | None) -> None:
@@ -222,9 +224,10 @@ class BackgroundTensorboard:
         self._writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
     def _submit(self, fn, *args, **kwargs) -> None:
-        while self._pending and self._pending[0].done():
-            self._pending.popleft().result()  # a failed write is raised at the next call
-        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+        with self._lock:
+            while self._pending and self._pending[0].done():
+                self._pending.popleft().result()  # a failed write is raised at the next call
+            self._pending.append(self._pool.submit(fn, *args, **kwargs))
 
     def _call(self, method: str, *args, **kwargs) -> None:
         def run() -> None:
@@ -244,7 +247,8 @@ class BackgroundTensorboard:
 
     def close(self) -> None:
         self._call("close")
-        pending, self._pending = self._pending, deque()
+        with self._lock:
+            pending, self._pending = self._pending, deque()
         finish(pending, self._pool)
 
 
