@@ -436,8 +436,6 @@ def read_marker(subject: Path) -> dict | None:
         return None
 
 
-
-
 def ensure_demo_subject(data_root: str | Path, tracking_root: str | Path, idname: str = DEMO_IDNAME,
                         **sizes: int) -> Path:
     """Generate the synthetic subject unless a complete one with the same parameters exists.

@@ -960,8 +960,8 @@ def test_fused_half_lpips_on_the_cpu_with_torch_kernels(vgg_torch_home, monkeypa
     value = fused_half_lpips(net, xf, y)
     value.sum().backward()
     model._half_weights = half  # the half trunk + layer distances, as the capture ran them before
-    monkeypatch.setattr(model, "_half_trunk_ok", lambda a, b: True)
-    monkeypatch.setattr(model, "_fused_half_ok", lambda a, b, capturing=True: False)
+    monkeypatch.setattr(model, "_half_trunk_ok", lambda a, b, assume_captured=False: True)
+    monkeypatch.setattr(model, "_fused_half_ok", lambda a, b, assume_captured=False: False)
     xh = x.clone().requires_grad_(True)
     reference = model(xh, y)
     reference.sum().backward()
@@ -1003,7 +1003,7 @@ def test_lpips_half_trunk_on_the_cpu(vgg_torch_home, monkeypatch):
         model = lpips_loader.load_lpips_vgg("cpu", precision="fp32")
         if name == "fp16":  # the capture's path, on the CPU
             model._half_weights = HalfTrunkWeights(model.net.net, torch.float16)
-            monkeypatch.setattr(model, "_half_trunk_ok", lambda a, b: True)
+            monkeypatch.setattr(model, "_half_trunk_ok", lambda a, b, assume_captured=False: True)
         xr = x.clone().requires_grad_(True)
         value = model(xr, y).sum()
         value.backward()

@@ -101,24 +101,19 @@ class LPIPSVGG(nn.Module):
                     self._fused_half = FusedHalfLPIPS(self._half_weights, heads, scaling.shift, scaling.scale,
                                                       FIRST_CONV_CHANNELS)
 
-    def _half_trunk_ok(self, x: Tensor, y: Tensor) -> bool:
+    def _half_trunk_ok(self, x: Tensor, y: Tensor, assume_captured: bool = False) -> bool:
         """Whether the training call (gradient to ``x`` only) runs :func:`half_trunk`: in CUDA-graph
         captures (as the conv_relu fast path, whose cuDNN call it uses), under a precision that has a half
-        dtype for the trunk."""
+        dtype for the trunk. ``assume_captured``: whether it would if this call were captured."""
         return (self._half_weights is not None and fast_paths.enabled("conv_relu") and not y.requires_grad
-                and fusable_trunk(self.net.net, x) and torch.cuda.is_current_stream_capturing())
+                and fusable_trunk(self.net.net, x)
+                and (assume_captured or torch.cuda.is_current_stream_capturing()))
 
-    def _fused_half_ok(self, x: Tensor, y: Tensor, capturing: bool = True) -> bool:
+    def _fused_half_ok(self, x: Tensor, y: Tensor, assume_captured: bool = False) -> bool:
         """Whether the training call runs :func:`fused_half_lpips` (fast path ``lpips_fused``): where
-        :func:`half_trunk` would run, on images it takes (:meth:`FusedHalfLPIPS.fits`). ``capturing=False``:
-        whether it would if this call were captured."""
-        if not (self._fused_half is not None and fast_paths.enabled("lpips_fused") and x.requires_grad
-                and self._fused_half.fits(x, y)):
-            return False
-        if capturing:
-            return self._half_trunk_ok(x, y)
-        return (fast_paths.enabled("conv_relu") and not y.requires_grad and fusable_trunk(self.net.net, x)
-                and not torch.cuda.is_current_stream_capturing())
+        :func:`half_trunk` would run, on images it takes (:meth:`FusedHalfLPIPS.fits`)."""
+        return (self._fused_half is not None and fast_paths.enabled("lpips_fused") and x.requires_grad
+                and self._fused_half.fits(x, y) and self._half_trunk_ok(x, y, assume_captured))
 
     def _warm_fused_half(self, x: Tensor, y: Tensor) -> None:
         """Run :func:`fused_half_lpips` (forward and backward, results dropped) once per input shape
@@ -126,7 +121,7 @@ class LPIPSVGG(nn.Module):
         and CUDA loads the kernels here, which a capture would not permit (some plans failed to build in one).
         The eager training calls (the captures' warm-up steps) come here."""
         key = (tuple(x.shape), x.device)
-        if key in self._fused_warm or not self._fused_half_ok(x, y, capturing=False):
+        if key in self._fused_warm or not self._fused_half_ok(x, y, assume_captured=True):
             return
         self._fused_warm.add(key)
         probe = x.detach().clone().requires_grad_(True)

@@ -79,7 +79,7 @@ class FrameSampler:
         self.epoch = int(state["epoch"])
 
 
-# ----------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------- training-loop checks
 class NonFiniteWatch:
     """The first training step whose loss was NaN/Inf, at one device copy a step and no sync: the losses of
     the steps since the last check wait in a device buffer, their (iteration, frame index) on the host, and
@@ -110,6 +110,7 @@ class NonFiniteWatch:
         return self.first
 
 
+# ----------------------------------------------------------------------------- evaluation
 def quantize8(img):
     """Round to the nearest 8-bit level, as the saved PNGs are (so eval matches metrics.py)."""
 
@@ -204,11 +205,9 @@ class BackgroundTensorboard:
     """Tensorboard's ``SummaryWriter`` on a thread of its own: importing tensorboard (0.4 s here, seconds
     without cached bytecode) and writing every event happen there, in call order, so that a training run's
     thread waits on neither. :meth:`close` waits for all of it and raises the first failure; so does any
-    call once an earlier one has failed. ``reason``: why nothing is written (tensorboard unimportable),
-    known once the thread has tried."""
+    call once an earlier one has failed. A tensorboard that cannot be imported writes nothing."""
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
-        self.reason: str | None = None
         self._writer = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
         self._pending: deque[Future] = deque()
@@ -218,8 +217,7 @@ class BackgroundTensorboard:
     def _open(self, log_dir: str, purge_step: int | None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            self.reason = f"tensorboard not importable ({exc})"
+        except ImportError:  # found but broken: the JSON log still has everything
             return
         self._writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
