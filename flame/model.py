@@ -36,13 +36,14 @@ class FLAME(nn.Module):
         sd = sd.reshape(V * 3, N_SHAPE + N_EXPR)
         self._buffer("v_template", as_t(assets.v_template))
         self._buffer("shapedirs_id", as_t(sd[:, :N_SHAPE].T).contiguous())
-        self._buffer("shapedirs_expr", as_t(sd[:, N_SHAPE:].T).contiguous())
         self._buffer("J_regressor", as_t(J_reg))
         self._buffer("J_template", as_t(J_reg @ np.asarray(assets.v_template, dtype=np.float64)))
         self._buffer("J_shapedirs_id", as_t(J_sd[:, :N_SHAPE].T).contiguous())
         self._buffer("J_shapedirs_expr", as_t(J_sd[:, N_SHAPE:].T).contiguous())
-        # posedirs (V,3,36) -> (36, V*3) so that offsets = feature @ posedirs.
-        self._buffer("posedirs", as_t(assets.posedirs).reshape(V * 3, -1).T.contiguous())
+        # Expression blendshapes (100, V*3) and posedirs (V,3,36) -> (36, V*3) stacked, so that a frame's
+        # pre-skinning offsets are one matmul: [expression, pose feature] @ expr_pose_dirs.
+        posedirs = np.asarray(assets.posedirs, dtype=np.float64).reshape(V * 3, -1).T
+        self._buffer("expr_pose_dirs", as_t(np.concatenate([sd[:, N_SHAPE:].T, posedirs])).contiguous())
         self._buffer("lbs_weights", as_t(assets.weights))
         self._buffer("faces", torch.as_tensor(assets.faces, dtype=torch.long))
         # Identity pose and matrix kept as buffers: defaults never copy host data to the device.
@@ -69,6 +70,16 @@ class FLAME(nn.Module):
     def _buffer(self, name: str, value: Tensor) -> None:
         # Not persistent: they come from the assets, so checkpoints of modules holding FLAME stay small.
         self.register_buffer(name, value, persistent=False)
+
+    @property
+    def shapedirs_expr(self) -> Tensor:
+        """(100, V*3) expression blendshapes (rows of ``expr_pose_dirs``)."""
+        return self.expr_pose_dirs[:N_EXPR]
+
+    @property
+    def posedirs(self) -> Tensor:
+        """(36, V*3) pose correctives (rows of ``expr_pose_dirs``)."""
+        return self.expr_pose_dirs[N_EXPR:]
 
     def _tensor(self, x: Tensor | None, width: int, batch: int, name: str) -> Tensor | None:
         if x is None:
@@ -107,14 +118,16 @@ class FLAME(nn.Module):
         B = expression.shape[0]
         V = self.n_vertices
         k = expression.shape[-1]
-        v_shaped = v_id + (expression @ self.shapedirs_expr[:k]).view(B, V, 3)
         J = J_id + (expression @ self.J_shapedirs_expr[:k]).view(B, N_JOINTS, 3)
 
         pose6d = torch.cat([self._rot(rotation, B, "rotation"), self._rot(neck, B, "neck"),
                             self._rot(jaw, B, "jaw"), self._rot(eyes, B, "eyes", 2)], dim=1)
         R = rot6d_to_matrix(pose6d)  # (B,5,3,3)
         feature = (R[:, 1:] - self.eye3).reshape(B, 9 * (N_JOINTS - 1))
-        v_posed = v_shaped + (feature @ self.posedirs).view(B, V, 3)
+        # expression blendshapes and pose correctives in one matmul (missing expression terms are zero)
+        pad = [expression.new_zeros(B, N_EXPR - k)] if k < N_EXPR else []
+        coeffs = torch.cat([expression, *pad, feature], dim=1)
+        v_posed = v_id + (coeffs @ self.expr_pose_dirs).view(B, V, 3)
 
         # Rigid chain on 3x4 transforms: local L_i = [R_i | J_i - J_parent(i)] (root: [R_0 | J_0]),
         # world G_i = G_parent(i) L_i, one tree level at a time; then remove the rest joint location:
@@ -172,7 +185,7 @@ class FLAME(nn.Module):
         cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
         sub = copy.copy(self)
         sub._buffers = dict(self._buffers)  # its own table, so the slices below leave this model alone
-        for name in ("shapedirs_id", "shapedirs_expr", "posedirs", "eyelid_dirs"):
+        for name in ("shapedirs_id", "expr_pose_dirs", "eyelid_dirs"):
             sub._buffers[name] = self._buffers[name][:, cols]
         for name in ("v_template", "lbs_weights"):
             sub._buffers[name] = self._buffers[name][ids]

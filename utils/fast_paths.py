@@ -21,12 +21,15 @@ H200 figures in bench/NOTES.md, sessions 16-19:
   around cuDNN's convolutions (``utils.lpips_trunk.fused_half_lpips``: one prep pass, distances read from
   the float16 batch, one pass per slice for feature gradient, pool and ReLU mask) -- the half trunk's
   arithmetic in a third of the passes: 2.42 -> 1.43 ms, a step with LPIPS 3.93 -> 3.01 ms (H200).
+- ``linear_relu``: the deformation trunk's hidden layers as one GEMM with bias and ReLU in its epilogue
+  (``scene.model.deformation.linear_relu``: cuBLASLt's fused epilogue) instead of a GEMM and a ReLU pass
+  over the (N, hidden) activations; the same values (the ReLU of the same sum).
 """
 
 from __future__ import annotations
 
 ON: dict[str, bool] = {"hypergaussians": True, "adam": True, "lpips_distance": True, "conv_relu": True,
-                       "lpips_pool": True, "lpips_fused": True}
+                       "lpips_pool": True, "lpips_fused": True, "linear_relu": True}
 
 
 def enabled(name: str) -> bool:
@@ -36,11 +39,13 @@ def enabled(name: str) -> bool:
 
 def set_fast_paths(hypergaussians: bool | None = None, adam: bool | None = None,
                    lpips_distance: bool | None = None, conv_relu: bool | None = None,
-                   lpips_pool: bool | None = None, lpips_fused: bool | None = None) -> dict[str, bool]:
+                   lpips_pool: bool | None = None, lpips_fused: bool | None = None,
+                   linear_relu: bool | None = None) -> dict[str, bool]:
     """Turn fast paths on (True) or off (False); None leaves a switch as it is. Returns all switches."""
     for name, value in (("hypergaussians", hypergaussians), ("adam", adam),
                         ("lpips_distance", lpips_distance), ("conv_relu", conv_relu),
-                        ("lpips_pool", lpips_pool), ("lpips_fused", lpips_fused)):
+                        ("lpips_pool", lpips_pool), ("lpips_fused", lpips_fused),
+                        ("linear_relu", linear_relu)):
         if value is not None:
             ON[name] = bool(value)
     return dict(ON)
@@ -48,4 +53,4 @@ def set_fast_paths(hypergaussians: bool | None = None, adam: bool | None = None,
 
 def plain_paths() -> dict[str, bool]:
     """Every fast path off (``--no_fused_kernels``): the reference the fast paths are checked against."""
-    return set_fast_paths(False, False, False, False, False, False)
+    return set_fast_paths(False, False, False, False, False, False, False)

@@ -220,7 +220,8 @@ class RunOptions:
     fused_kernels: bool = option(True, flag="--no_fused_kernels", action="store_false",
                                  help="run the plain PyTorch paths instead of our fused GPU kernels "
                                       "(HyperGaussians' conditional mean, the one-launch Adam, LPIPS' layer "
-                                      "distance; utils/fast_paths.py): slower, the same results")
+                                      "distance, the MLP's GEMM + ReLU epilogue; utils/fast_paths.py): "
+                                      "slower, the same results")
     graph_scope: str = option("step", choices=["step", "parts"],
                               help="what one CUDA graph holds (with CUDA graphs on and the CUDA rasterizer): "
                                    "step: a whole training iteration (loss, backward, Adam) and, in "

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from flame.condition import CONDITION_DIM
 from scene.model.hypergaussians import HyperGaussian
+from utils import fast_paths
 from utils.optim import make_adam
 
 ENCODING_DIM = 51
@@ -67,6 +68,35 @@ def unit_view_directions(positions: Tensor, camera_center: Tensor) -> Tensor:
     return F.normalize(positions - camera_center.to(positions), dim=-1)
 
 
+class _LinearReLU(torch.autograd.Function):
+    """relu(x @ weight^T + bias) as one GEMM with bias and ReLU in its epilogue (``torch._addmm_activation``,
+    cuBLASLt on CUDA); the backward masks the output gradient by the saved output (as autograd does for
+    a separate ReLU) and forms the three gradients of the linear layer."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        y = torch._addmm_activation(bias, x, weight.t())
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight, y = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(grad, y, 0)
+        gx = g @ weight if ctx.needs_input_grad[0] else None
+        gw = g.t() @ x if ctx.needs_input_grad[1] else None
+        gb = g.sum(0) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def linear_relu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """relu(x @ weight^T + bias) for x (N, in), weight (out, in), bias (out,): fused (fast path
+    ``linear_relu``) or as F.linear then F.relu."""
+    if fast_paths.enabled("linear_relu") and x.dim() == 2 and bias.dim() == 1:
+        return _LinearReLU.apply(x, weight, bias)
+    return F.relu(F.linear(x, weight, bias))
+
+
 class Trunk(nn.Module):
     """``hidden_layers`` Linear+ReLU of ``hidden_dim`` then a linear output, over the input
     concat(encoding, condition[, view dir]); the first layer is evaluated split (see module doc)."""
@@ -88,14 +118,14 @@ class Trunk(nn.Module):
         e, c = self.enc_dim, self.cond_dim
         w = first.weight
         shared = F.linear(condition.reshape(1, c), w[:, e:e + c], first.bias)  # (1, H), once per frame
-        h = torch.addmm(shared, encoding, w[:, :e].t())
         if self.view_dim:
             if view_dirs is None:
                 raise ValueError("this deformation model is camera-conditioned: pass view_dirs (N, 3)")
-            h = torch.addmm(h, view_dirs, w[:, e + c:].t())
-        h = F.relu(h)
+            h = F.relu(torch.addmm(torch.addmm(shared, encoding, w[:, :e].t()), view_dirs, w[:, e + c:].t()))
+        else:
+            h = linear_relu(encoding, w[:, :e], shared.reshape(-1))
         for layer in self.layers[1:]:
-            h = F.relu(layer(h))
+            h = linear_relu(h, layer.weight, layer.bias)
         return self.out(h)
 
 

@@ -324,9 +324,9 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
   const int rounds = ((int)(range.y - range.x) + TILE_PIXELS - 1) / TILE_PIXELS;
   int to_do = (int)(range.y - range.x);
 
-  __shared__ int s_id[TILE_PIXELS];
   __shared__ float2 s_xy[TILE_PIXELS];
   __shared__ float4 s_co[TILE_PIXELS];
+  __shared__ float s_rgb[NUM_CHANNELS * TILE_PIXELS];  // colours beside positions: no global load per blend
   __shared__ float s_depth[DEPTH ? TILE_PIXELS : 1];
 
   float T = 1.f;
@@ -340,9 +340,10 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
     const int progress = i * TILE_PIXELS + rank;
     if ((int)range.x + progress < (int)range.y) {
       const int gid = point_list[range.x + progress];
-      s_id[rank] = gid;
       s_xy[rank] = means2D[gid];
       s_co[rank] = conic_opacity[gid];
+#pragma unroll
+      for (int ch = 0; ch < NUM_CHANNELS; ch++) s_rgb[ch * TILE_PIXELS + rank] = rgb[3 * gid + ch];
       if (DEPTH) s_depth[rank] = depths[gid];
     }
     block.sync();
@@ -361,11 +362,10 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
         done = true;
         continue;
       }
-      const int gid = s_id[j];
       // (c * alpha) * T, the original's evaluation order.
-      C[0] += rgb[3 * gid + 0] * alpha * T;
-      C[1] += rgb[3 * gid + 1] * alpha * T;
-      C[2] += rgb[3 * gid + 2] * alpha * T;
+      C[0] += s_rgb[j] * alpha * T;
+      C[1] += s_rgb[TILE_PIXELS + j] * alpha * T;
+      C[2] += s_rgb[2 * TILE_PIXELS + j] * alpha * T;
       if (DEPTH) Dacc += s_depth[j] * alpha * T;
       T = test_T;
       last_contributor = contributor;
