@@ -1,8 +1,9 @@
 """Rasterizer speed and memory on the oracle head scene (14527 Gaussians, SH degree 3, 512x512).
 
 Times forward and forward + backward (loss = image sum) of our CUDA extension (raw API, the
-``render_cuda`` adapter, a fixed pair capacity without host sync, and that forward replayed from a captured
-CUDA graph) and of the torch reference backend on the same GPU, with CUDA events: the median
+``render_cuda`` adapter, a fixed pair capacity without host sync, and that forward -- and forward + backward
+with the gradients zeroed in it, as the captured training step runs it -- replayed from captured CUDA
+graphs) and of the torch reference backend on the same GPU, with CUDA events: the median
 of ``--iters`` runs after ``--warmup`` warm-ups, and the peak memory allocated above what was in use
 before. Prints a table (and writes JSON with ``--json``). Reference (SPEC, original rasterizer on an
 H100): 0.45 ms forward, 1.86 ms forward + backward.
@@ -116,15 +117,25 @@ def main() -> None:
         return fixed(leaves["means3D"], means2d, leaves["opacities"], shs=leaves["shs"],
                      scales=leaves["scales"], rotations=leaves["rotations"])[0]
 
-    graph = torch.cuda.CUDAGraph()
+    def fixed_step() -> None:  # forward + backward as the captured training step runs it (grads zeroed in it)
+        for t in [*leaves.values(), means2d]:
+            if t.grad is not None:
+                t.grad.zero_()
+        raw_fixed().sum().backward()
+
+    graph, step_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.no_grad(), torch.cuda.stream(side):
+    with torch.cuda.stream(side):
         for _ in range(3):
-            raw_fixed()
+            with torch.no_grad():
+                raw_fixed()
+            fixed_step()  # allocates the gradients outside the capture
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad(), torch.cuda.graph(graph):
         raw_fixed()
+    with torch.cuda.graph(step_graph):
+        fixed_step()
 
     backends: list[tuple[str, Callable[[], torch.Tensor], int]] = [
         ("cuda (raw API)", raw, args.iters), ("cuda (render_cuda)", adapter, args.iters),
@@ -157,8 +168,9 @@ def main() -> None:
         rows.append({"backend": name, "forward_ms": f_ms, "forward_backward_ms": fb_ms,
                      "forward_peak_mib": f_mb, "forward_backward_peak_mib": fb_mb, "iters": iters})
     g_ms, g_mb = time_cuda(graph.replay, args.iters, args.warmup)
-    rows.insert(3, {"backend": "cuda graph (capacity)", "forward_ms": g_ms, "forward_backward_ms": None,
-                    "forward_peak_mib": g_mb, "forward_backward_peak_mib": None, "iters": args.iters,
+    gs_ms, gs_mb = time_cuda(step_graph.replay, args.iters, args.warmup)
+    rows.insert(3, {"backend": "cuda graph (capacity)", "forward_ms": g_ms, "forward_backward_ms": gs_ms,
+                    "forward_peak_mib": g_mb, "forward_backward_peak_mib": gs_mb, "iters": args.iters,
                     "pair_capacity": capacity, "pairs": int(count)})
 
     device = torch.cuda.get_device_name(dev)
