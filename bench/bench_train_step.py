@@ -134,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                        ("--fused_conv_relu", "LPIPS' trunk with cuDNN's fused convolution + ReLU"),
                        ("--fused_pool", "the half LPIPS trunk's max-pools through fused_ops"),
                        ("--fused_half", "the captured float16 LPIPS as one function of fused_ops' kernels"),
-                       ("--linear_relu", "the trunk's hidden layers as GEMMs with a bias + ReLU epilogue")):
+                       ("--linear_relu", "the trunk's hidden layers as GEMMs with a bias + ReLU epilogue"),
+                       ("--frame_kernel", "a frame's skinning + interpolation + compose in one kernel")):
         ap.add_argument(flag, type=int, choices=(0, 1), default=None, help=f"{what}: 1 on, 0 off (default: "
                         "the library's default)")
     own, rest = ap.parse_known_args(argv)
     switches = set_fast_paths(own.hg_fused, own.one_launch_adam, own.fused_lpips, own.fused_conv_relu,
-                              own.fused_pool, own.fused_half, own.linear_relu)
+                              own.fused_pool, own.fused_half, own.linear_relu, own.frame_kernel)
     lpips_args = [] if own.with_lpips else ["--lambda_lpips", "0"]
     cfg = parse_train_args(rest + lpips_args + ["--skip_test", "--overwrite", "--log_root",
                                                 str(Path("/tmp") / "bench_train_step_logs")])

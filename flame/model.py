@@ -115,6 +115,13 @@ class FLAME(nn.Module):
               eyelids: Tensor | None, neck: Tensor | None, rotation: Tensor | None,
               translation: Tensor | None) -> Tensor:
         """Steps 1-6 of docs/maths.md section 3 from the identity part (broadcast over the batch)."""
+        v_posed, A = self.unskinned(v_id, J_id, expression, jaw, eyes, neck, rotation)
+        return self.skinned(v_posed, A, eyelids, translation)
+
+    def unskinned(self, v_id: Tensor, J_id: Tensor, expression: Tensor, jaw: Tensor | None,
+                  eyes: Tensor | None, neck: Tensor | None, rotation: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Steps 1-4: the rest-pose vertices with expression and pose correctives ``v_posed`` (B,V,3) and the
+        joints' skinning transforms ``A`` (B,5,3,4) that act on them (what :meth:`skinned` blends)."""
         B = expression.shape[0]
         V = self.n_vertices
         k = expression.shape[-1]
@@ -139,8 +146,13 @@ class FLAME(nn.Module):
             P = G[:, self.parent_idx]
             composed = P[..., :3] @ L + P[..., 3:] * self.last_col
             G = torch.where(self.level_masks[level], composed, G)
-        A = G - (G[..., :3] @ J.unsqueeze(-1)) * self.last_col
+        return v_posed, G - (G[..., :3] @ J.unsqueeze(-1)) * self.last_col
 
+    def skinned(self, v_posed: Tensor, A: Tensor, eyelids: Tensor | None = None,
+                translation: Tensor | None = None) -> Tensor:
+        """Steps 5-6: linear blend skinning of ``v_posed`` (B,V,3) by the transforms ``A`` (B,5,3,4), then the
+        eyelid shapes (B,2) and the translation (B,3) when given."""
+        B, V = v_posed.shape[0], self.n_vertices
         # Blend the 3x4 transforms per vertex with one 2D (V,5) @ (5,B*12) matmul (a broadcast batched
         # matmul is far slower on CPU), then apply them elementwise.
         A = A.transpose(0, 1).reshape(N_JOINTS, B * 12)
@@ -148,9 +160,7 @@ class FLAME(nn.Module):
         verts = (T[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + T[..., 3]
 
         if eyelids is not None:
-            eyelids = self._tensor(eyelids, 2, B, "eyelids")
-            if eyelids.shape[-1] != 2:
-                raise ValueError(f"FLAME: eyelids must be (B, 2), got {tuple(eyelids.shape)}")
+            eyelids = self.eyelid_coefficients(eyelids, B)
             verts = verts + (eyelids @ self.eyelid_dirs).view(B, V, 3)
         if translation is not None:
             translation = self._tensor(translation, 3, B, "translation")
@@ -158,6 +168,13 @@ class FLAME(nn.Module):
                 raise ValueError(f"FLAME: translation must be (B, 3), got {tuple(translation.shape)}")
             verts = verts + translation[:, None, :]
         return verts
+
+    def eyelid_coefficients(self, eyelids: Tensor, batch: int) -> Tensor:
+        """``eyelids`` checked and broadcast to (batch, 2)."""
+        eyelids = self._tensor(eyelids, 2, batch, "eyelids")
+        if eyelids.shape[-1] != 2:
+            raise ValueError(f"FLAME: eyelids must be (B, 2), got {tuple(eyelids.shape)}")
+        return eyelids
 
     # -- public API ------------------------------------------------------------------------------
     def forward(self, shape: Tensor, expression: Tensor, jaw: Tensor | None = None,
@@ -227,3 +244,10 @@ class ShapedFLAME(nn.Module):
             expression = expression.unsqueeze(0)
         expr = f._tensor(expression, N_EXPR, expression.shape[0], "expression")
         return f.posed(self.v_rest, self.J_rest, expr, jaw, eyes, eyelids, neck, rotation, translation)
+
+    def unskinned(self, expression: Tensor, jaw: Tensor | None = None, eyes: Tensor | None = None,
+                  neck: Tensor | None = None, rotation: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`FLAME.unskinned` for this identity: (v_posed (B,V,3), skinning transforms A (B,5,3,4))."""
+        f = self.flame
+        expr = f._tensor(expression, N_EXPR, expression.shape[0], "expression")
+        return f.unskinned(self.v_rest, self.J_rest, expr, jaw, eyes, neck, rotation)

@@ -7,7 +7,7 @@ module holds what such captures share and the inference one:
 
 - :class:`StaticCamera`: a camera whose matrices live in fixed device buffers that each frame overwrites;
 - :class:`PairBudget`: the pair capacity, grown when a frame needs more (its count is written on the device);
-- :class:`FrameRenderGraph`: ``avatar.deform`` + ``render`` without gradients, as render.py and
+- :class:`FrameRenderGraph`: ``avatar.frame_gaussians`` + ``render`` without gradients, as render.py and
   evaluation use them, one replay and one sync a frame; :func:`frame_renderer` picks it where it runs.
 
 CUDA only; the torch backend and the CPU keep the eager path.
@@ -90,7 +90,7 @@ class PairBudget:
 
 
 class FrameRenderGraph:
-    """``avatar.deform(condition, camera)`` + ``render`` (no gradients) as one CUDA-graph replay ->
+    """``avatar.frame_gaussians(condition, camera)`` + ``render`` (no gradients) as one CUDA-graph replay ->
     ``fn(condition, camera) -> RenderOutput`` whose tensors are overwritten by the next call.
 
     Each call copies the condition and camera into the capture's buffers, replays, and waits for the frame
@@ -121,7 +121,7 @@ class FrameRenderGraph:
         self.eager = False  # too many keys: deformation + render, launched op by op
 
     def _frame(self, capacity: int) -> RenderOutput:
-        gaussians, _ = self.avatar.deform(self.condition, self.camera)
+        gaussians = self.avatar.frame_gaussians(self.condition, self.camera)
         return render(self.camera, gaussians, self.background, backend=self.backend, pair_capacity=capacity,
                       pair_count=self.budget.count)
 
@@ -158,7 +158,7 @@ class FrameRenderGraph:
                               f"than {MAX_KEYS} times; rendering without a CUDA graph from here on",
                               stacklevel=2)
         if self.eager:
-            gaussians, _ = self.avatar.deform(condition, camera)
+            gaussians = self.avatar.frame_gaussians(condition, camera)
             return render(camera, gaussians, self.background, backend=self.backend)
         inputs = [self.avatar.condition_on_device(condition).reshape(-1), *StaticCamera.values(camera)]
         torch.cat(inputs, out=self.packed)

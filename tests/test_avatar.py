@@ -12,6 +12,7 @@ import scene.model.gaussians as gaussians_mod
 from scene.data.cameras import Camera
 from scene.model.avatar import Avatar
 from scene.model.cuda_graphs import inference_graph, training_graph
+from utils import fast_paths
 from utils.options import ModelOptions
 
 SMALL = dict(hidden_dim=16, hidden_layers=2, latent_dim=4, uv_size=16)
@@ -424,3 +425,56 @@ def test_cuda_tf32_deformation_agrees_with_fp32(knn, ours):
                                                                                  grad32.values()])
     assert (every - every32).norm() <= 0.03 * every32.norm()
     assert torch.nn.functional.cosine_similarity(every, every32, dim=0) >= 0.999
+
+
+def _perturbed_avatar(ours: bool, device: str = "cpu", dtype=torch.float64) -> Avatar:
+    """A tiny avatar with non-trivial heads, rotations and scales (every term of the frame exercised)."""
+    torch.manual_seed(4)
+    avatar = Avatar(make_tiny_assets(1), torch.randn(300, dtype=torch.float64) * 0.5,
+                    ModelOptions(ours=ours, **SMALL), dtype=dtype, device=device)
+    with torch.no_grad():
+        for p in [*avatar.deformation.parameters(), avatar.gaussians.rotation, avatar.gaussians.log_scale]:
+            p.add_(torch.randn_like(p) * 0.1)
+    return avatar
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_frame_gaussians_equal_deform(monkeypatch, ours):
+    """Avatar.frame_gaussians (FLAME up to its skinning transforms, then skinning, interpolation and
+    composition on the Gaussians' own corners: scene.model.frame_gaussians) gives deform's Gaussians; with
+    the fast path off it is deform itself."""
+    avatar = _perturbed_avatar(ours)
+    cond = tiny_condition(5)
+    with torch.no_grad():
+        ref, _ = avatar.deform(cond)
+    monkeypatch.setitem(fast_paths.ON, "frame_kernel", True)
+    got = avatar.frame_gaussians(cond)
+    assert ref.rotations.sub(avatar.gaussians.rotation).abs().max() > 1e-3  # the heads move the rotations
+    for name in ("means", "scales", "rotations", "opacities", "shs"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=1e-12, msg=name)
+    monkeypatch.setitem(fast_paths.ON, "frame_kernel", False)
+    assert torch.equal(avatar.frame_gaussians(cond).means, ref.means)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("ours", [False, True])
+def test_cuda_frame_kernel_matches_the_torch_pass(monkeypatch, ours):
+    """fused_ops.frame_gaussians (one kernel) against frame_gaussians_torch and against deform, float32."""
+    from utils.device import fused_kernels
+
+    if fused_kernels() is None:
+        pytest.skip("fused_ops is not built")
+    avatar = _perturbed_avatar(ours, "cuda", torch.float32)
+    monkeypatch.setitem(fast_paths.ON, "frame_kernel", True)
+    calls, ops = [], fused_kernels()
+    kernel = ops.frame_gaussians
+    monkeypatch.setattr(ops, "frame_gaussians", lambda *a: calls.append(1) or kernel(*a))
+    for seed in (1, 2):
+        cond = tiny_condition(seed, torch.float32).cuda()
+        with torch.no_grad():
+            ref, _ = avatar.deform(cond)
+        got = avatar.frame_gaussians(cond)
+        for name in ("means", "scales", "rotations", "opacities"):
+            torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-5, atol=1e-6, msg=name)
+    assert len(calls) == 2  # the kernel ran, not the torch pass

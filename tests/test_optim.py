@@ -193,7 +193,7 @@ def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
 
     monkeypatch.setattr(fast_paths, "ON", dict(fast_paths.ON))  # restored after the test
     defaults = {"hypergaussians": True, "adam": True, "lpips_distance": True, "conv_relu": True,
-                "lpips_pool": True, "lpips_fused": True, "linear_relu": True}
+                "lpips_pool": True, "lpips_fused": True, "linear_relu": True, "frame_kernel": False}
     assert set_fast_paths() == defaults
     configure_arithmetic(parse_train_args(["--idname", "x"]).run, "cpu")
     assert set_fast_paths() == defaults

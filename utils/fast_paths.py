@@ -1,8 +1,8 @@
 """The switches of the fused GPU fast paths, in one place (``--no_fused_kernels``, the benches, the tests).
 
 Each fast path computes what its plain path computes to float32 rounding (the CUDA tests compare them) and
-falls back to the plain path where it cannot run (no CUDA, ``fused_ops`` not built). All are on by default;
-H200 figures in bench/NOTES.md, sessions 16-19:
+falls back to the plain path where it cannot run (no CUDA, ``fused_ops`` not built). All but ``frame_kernel``
+are on by default; H200 figures in bench/NOTES.md, sessions 16-20:
 
 - ``hypergaussians``: HyperGaussians' conditional mean and its gradients in fused_ops' two kernels
   (``scene.model.hypergaussians``) instead of cuBLAS TRSM/GEMV kernels: ~0.1 ms of a training step;
@@ -24,12 +24,17 @@ H200 figures in bench/NOTES.md, sessions 16-19:
 - ``linear_relu``: the deformation trunk's hidden layers as one GEMM with bias and ReLU in its epilogue
   (``scene.model.deformation.linear_relu``: cuBLASLt's fused epilogue) instead of a GEMM and a ReLU pass
   over the (N, hidden) activations; the same values (the ReLU of the same sum).
+- ``frame_kernel``: gradient-free frames (``Avatar.frame_gaussians``: render.py, evaluation, the viewer)
+  skin only the Gaussians' triangle corners and interpolate and compose them in one fused_ops kernel
+  (``scene.model.frame_gaussians``) instead of ~25 launches; float32 rounding of the same sums. **Off** until
+  its CUDA test and timing have run on a GPU (built in session 20 after the device time was spent).
 """
 
 from __future__ import annotations
 
 ON: dict[str, bool] = {"hypergaussians": True, "adam": True, "lpips_distance": True, "conv_relu": True,
-                       "lpips_pool": True, "lpips_fused": True, "linear_relu": True}
+                       "lpips_pool": True, "lpips_fused": True, "linear_relu": True,
+                       "frame_kernel": False}
 
 
 def enabled(name: str) -> bool:
@@ -40,12 +45,12 @@ def enabled(name: str) -> bool:
 def set_fast_paths(hypergaussians: bool | None = None, adam: bool | None = None,
                    lpips_distance: bool | None = None, conv_relu: bool | None = None,
                    lpips_pool: bool | None = None, lpips_fused: bool | None = None,
-                   linear_relu: bool | None = None) -> dict[str, bool]:
+                   linear_relu: bool | None = None, frame_kernel: bool | None = None) -> dict[str, bool]:
     """Turn fast paths on (True) or off (False); None leaves a switch as it is. Returns all switches."""
     for name, value in (("hypergaussians", hypergaussians), ("adam", adam),
                         ("lpips_distance", lpips_distance), ("conv_relu", conv_relu),
                         ("lpips_pool", lpips_pool), ("lpips_fused", lpips_fused),
-                        ("linear_relu", linear_relu)):
+                        ("linear_relu", linear_relu), ("frame_kernel", frame_kernel)):
         if value is not None:
             ON[name] = bool(value)
     return dict(ON)
@@ -53,4 +58,4 @@ def set_fast_paths(hypergaussians: bool | None = None, adam: bool | None = None,
 
 def plain_paths() -> dict[str, bool]:
     """Every fast path off (``--no_fused_kernels``): the reference the fast paths are checked against."""
-    return set_fast_paths(False, False, False, False, False, False, False)
+    return set_fast_paths(False, False, False, False, False, False, False, False)

@@ -25,9 +25,12 @@ from flame.model import FLAME
 from gaussian_renderer.types import GaussianSet
 from scene.model.deformation import DeformationModel, DeformationOutput, unit_view_directions
 from scene.model.embedding import Embedding
+from scene.model.frame_gaussians import frame_gaussians_torch
 from scene.model.gaussians import GaussianModel
 from scene.model.hypergaussians import HyperGaussian
 from scene.model.ply import write_ply
+from utils import fast_paths
+from utils.device import fused_kernels
 from utils.options import ModelOptions
 from utils.rotations import identity_rot6d
 
@@ -142,6 +145,28 @@ class Avatar(nn.Module):
         out = self.deformation(self.encoding, c, view_dirs)
         gaussians = self.gaussians.compose(base, out)
         return gaussians, DeformExtras(base, out.uncertainty, out, vertices)
+
+    @torch.no_grad()
+    def frame_gaussians(self, condition: Tensor, camera: ViewPoint | None = None) -> GaussianSet:
+        """The frame's activated Gaussians without gradients or extras (render.py, evaluation, the viewer's
+        frames): ``deform(condition, camera)[0]``, or, with fast path ``frame_kernel`` and no camera
+        conditioning, FLAME up to its skinning transforms and then skinning, interpolation and composition on
+        the Gaussians' own triangle corners in one pass (:mod:`scene.model.frame_gaussians`; one fused_ops
+        kernel on CUDA)."""
+        if not fast_paths.enabled("frame_kernel") or self.config.camera_conditioning:
+            return self.deform(condition, camera)[0]
+        c = self.condition_on_device(condition)
+        eye = self._identity6d
+        v_posed, A = self.flame.unskinned(c[None, EXPRESSION], c[None, JAW], c[None, EYES], neck=eye,
+                                          rotation=eye)
+        out = self.deformation(self.encoding, c)
+        flame, emb, gs = self.flame.flame, self.embedding, self.gaussians
+        ops = fused_kernels() if self.device.type == "cuda" and self.dtype == torch.float32 else None
+        compose = ops.frame_gaussians if ops is not None else frame_gaussians_torch
+        means, rotations, scales = compose(v_posed[0], A[0], flame.lbs_weights, flame.eyelid_dirs, c[EYELIDS],
+                                           emb.vertex_ids, emb.bary.to(self.dtype), out.d_xyz, out.d_rot,
+                                           out.d_scale, gs.rotation, gs.log_scale)
+        return gs.activated(means, rotations, scales, out)
 
     def freeze_for_inference(self) -> None:
         """Precompute what fixed weights allow (HyperGaussians' regression matrices, see

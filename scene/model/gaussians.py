@@ -103,6 +103,12 @@ class GaussianModel(nn.Module):
         delta = torch.cat([torch.exp(d_rot[:, :1]), d_rot[:, 1:]], dim=-1)
         rotations = F.normalize(quaternion_multiply(self.rotation, delta), dim=-1)
         scales = torch.exp(self.log_scale * torch.exp(deform.d_scale))
+        return self.activated(means, rotations, scales, deform)
+
+    def activated(self, means: Tensor, rotations: Tensor, scales: Tensor, deform: DeformationOutput
+                  ) -> GaussianSet:
+        """The frame's :class:`GaussianSet` from its composed means, rotations and scales: opacities and
+        colours from the parameters, or from the heads' conditional appearance outputs where they exist."""
         logits = self.opacity if deform.opacity_logits is None else deform.opacity_logits
         opacities = torch.sigmoid(logits)
         if deform.colors is not None:

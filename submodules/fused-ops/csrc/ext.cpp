@@ -1,5 +1,6 @@
 // Python bindings of fused_ops._C: HyperGaussians' conditional mean, Adam in one launch, LPIPS' distance,
-// a 2x2 max-pool with one-byte choices, LPIPS' float16 pieces around cuDNN's convolutions.
+// a 2x2 max-pool with one-byte choices, LPIPS' float16 pieces around cuDNN's convolutions, one frame's
+// Gaussians from FLAME's unskinned mesh (inference).
 #include <torch/extension.h>
 
 #include <vector>
@@ -35,6 +36,13 @@ torch::Tensor lpips_half_backward(const torch::Tensor& feat, const torch::Tensor
                                   const c10::optional<torch::Tensor>& choice);
 void lpips_half_relu_mask(torch::Tensor& g, const torch::Tensor& y);
 
+std::vector<torch::Tensor> frame_gaussians(const torch::Tensor& v_posed, const torch::Tensor& transforms,
+                                           const torch::Tensor& lbs_weights, const torch::Tensor& eyelid_dirs,
+                                           const torch::Tensor& eyelids, const torch::Tensor& vertex_ids,
+                                           const torch::Tensor& bary, const torch::Tensor& d_xyz,
+                                           const torch::Tensor& d_rot, const torch::Tensor& d_scale,
+                                           const torch::Tensor& rotation, const torch::Tensor& log_scale);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lpips_distance_forward", &lpips_distance_forward, "LPIPS' per-pixel layer distance, fused");
   m.def("lpips_distance_backward", &lpips_distance_backward, "its gradient with respect to the first map");
@@ -48,6 +56,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lpips_half_backward", &lpips_half_backward,
         "a layer's scaled feature gradient plus the next slice's pooled gradient, ReLU-masked, in one pass");
   m.def("lpips_half_relu_mask", &lpips_half_relu_mask, "g *= (y > 0) in place (float16 channels-last)");
+  m.def("frame_gaussians", &frame_gaussians,
+        "a frame's Gaussian means, rotations and scales from FLAME's unskinned mesh and the heads' outputs");
   m.def("adam_step", &adam_step, "Adam over all given tensors in one launch (step counts already incremented)");
   m.def("conditional_mean_forward", &conditional_mean_forward,
         "HyperGaussians' conditional mean mu_o - L11^-T L21^T (z - mu_i), fused (docs/maths.md section 5)");

@@ -27,9 +27,10 @@ else:
 
 MAX_BLOCK = 8
 
-__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "lpips_half_backward",
-           "lpips_half_distance", "lpips_half_prep", "lpips_half_prep_backward", "lpips_half_relu_mask",
-           "lpips_layer_distance", "max_pool2x2", "max_pool2x2_backward", "max_pool2x2_fits"]
+__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "frame_gaussians",
+           "lpips_half_backward", "lpips_half_distance", "lpips_half_prep", "lpips_half_prep_backward",
+           "lpips_half_relu_mask", "lpips_layer_distance", "max_pool2x2", "max_pool2x2_backward",
+           "max_pool2x2_fits"]
 
 
 def available() -> bool:
@@ -73,6 +74,22 @@ def adam_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
         raise RuntimeError(_WHY)
     _C.adam_step(params, [g.contiguous() for g in grads], exp_avgs, exp_avg_sqs, steps,
                  [float(lr) for lr in lrs], float(beta1), float(beta2), float(eps))
+
+
+def frame_gaussians(v_posed: Tensor, transforms: Tensor, lbs_weights: Tensor, eyelid_dirs: Tensor,
+                    eyelids: Tensor, vertex_ids: Tensor, bary: Tensor, d_xyz: Tensor, d_rot: Tensor,
+                    d_scale: Tensor, rotation: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One frame's Gaussian (means (N,3), rotations (N,4), scales (N,3)) in one kernel, without gradients:
+    the triangle corners ``vertex_ids`` (N,3) of the unskinned mesh ``v_posed`` (V,3) skinned by the joints'
+    3x4 ``transforms`` (5,3,4) with ``lbs_weights`` (V,5) plus the eyelid shapes ``eyelid_dirs`` (2,3V) x
+    ``eyelids`` (2,), interpolated at ``bary`` (N,3), then composed with the heads' ``d_xyz`` / ``d_rot`` /
+    ``d_scale`` (row-strided views are fine) onto the ``rotation`` (N,4) and ``log_scale`` (N,3) parameters
+    (``scene.model.frame_gaussians.frame_gaussians_torch`` is the same in torch). float32 CUDA tensors."""
+    c = _built()
+    return tuple(c.frame_gaussians(
+        v_posed.reshape(-1, 3).contiguous(), transforms.reshape(-1).contiguous(), lbs_weights.contiguous(),
+        eyelid_dirs.contiguous(), eyelids.reshape(-1).contiguous(), vertex_ids.contiguous(),
+        bary.contiguous(), d_xyz, d_rot, d_scale, rotation.contiguous(), log_scale.contiguous()))
 
 
 def _pixel_rows(t: Tensor) -> Tensor:
