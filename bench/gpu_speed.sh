@@ -3,7 +3,8 @@
 # come from bench/speed_table.py (stages raster lpips steps render memory train; it makes its own synthetic
 # subjects and writes $OUT/<stage>.json and $OUT/speed_table.json); this script adds the extension build,
 # the CUDA tests, the viewer timing and the fp32-vs-tf32 quality check.
-# Usage: OUT=/dir STAGES="build tests startup raster lpips steps render viewer memory train quality" bash bench/gpu_speed.sh
+# Usage: OUT=/dir STAGES="build tests startup raster lpips steps render viewer memory train quality frame_kernel" \
+#   bash bench/gpu_speed.sh
 # LPIPS timing uses a seeded random VGG16 when the real weights are not in torch's hub cache (the cost does
 # not depend on the weights' values). render needs the imageio-ffmpeg binary and lpips the lpips package: on
 # an offline device carry them (bench/NOTES.md, session 5) and put them on PYTHONPATH.
@@ -33,6 +34,20 @@ from pathlib import Path; from bench_lpips import write_random_vgg; write_random
     python bench/bench_startup.py --idname s16 --data_root "$W/ds" --tracking_root "$W/tr" --test_num 4 \
       --lambda_lpips $lp --json "$OUT/startup_lpips$lp.json" 2>&1 | tee "$OUT/startup_lpips$lp.txt"
   done
+fi
+if has frame_kernel; then  # the one-pass frame (fast path frame_kernel): its CUDA test, then inference off / on
+  python -m pytest -q -m cuda -p no:cacheprovider tests/test_avatar.py -k frame > "$OUT/frame_kernel_test.log" 2>&1
+  tail -1 "$OUT/frame_kernel_test.log"
+  [ -f "$W/ds/s16/synthetic.json" ] || python -m preprocessing.synthetic_subject --idname s16 \
+    --data_root "$W/ds" --tracking_root "$W/tr" --frames 16 --size 512 > "$L/gen16.log" 2>&1
+  for m in baseline ours; do
+    flag=(); [ "$m" = ours ] && flag=(--ours)
+    for fk in 0 1; do
+      python bench/bench_train_step.py --idname s16 --data_root "$W/ds" --tracking_root "$W/tr" --test_num 4 \
+        --eval_num 4 "${flag[@]}" --steps 30 --warmup 10 --frame_kernel $fk 2>&1 | grep "whole-frame" \
+        | sed "s/^/$m frame_kernel=$fk: /"
+    done
+  done | tee "$OUT/frame_kernel.txt"
 fi
 TABLE=()
 for st in raster lpips steps render memory train; do has "$st" && TABLE+=("$st"); done

@@ -249,5 +249,8 @@ class ShapedFLAME(nn.Module):
                   neck: Tensor | None = None, rotation: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`FLAME.unskinned` for this identity: (v_posed (B,V,3), skinning transforms A (B,5,3,4))."""
         f = self.flame
+        expression = torch.as_tensor(expression, dtype=f.v_template.dtype, device=f.v_template.device)
+        if expression.ndim == 1:
+            expression = expression.unsqueeze(0)
         expr = f._tensor(expression, N_EXPR, expression.shape[0], "expression")
         return f.unskinned(self.v_rest, self.J_rest, expr, jaw, eyes, neck, rotation)

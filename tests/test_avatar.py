@@ -427,31 +427,36 @@ def test_cuda_tf32_deformation_agrees_with_fp32(knn, ours):
     assert torch.nn.functional.cosine_similarity(every, every32, dim=0) >= 0.999
 
 
-def _perturbed_avatar(ours: bool, device: str = "cpu", dtype=torch.float64) -> Avatar:
+def _perturbed_avatar(ours: bool, device: str = "cpu", dtype=torch.float64,
+                      appearance: bool = False) -> Avatar:
     """A tiny avatar with non-trivial heads, rotations and scales (every term of the frame exercised)."""
     torch.manual_seed(4)
     avatar = Avatar(make_tiny_assets(1), torch.randn(300, dtype=torch.float64) * 0.5,
-                    ModelOptions(ours=ours, **SMALL), dtype=dtype, device=device)
+                    ModelOptions(ours=ours, conditional_appearance=appearance, **SMALL), dtype=dtype,
+                    device=device)
     with torch.no_grad():
         for p in [*avatar.deformation.parameters(), avatar.gaussians.rotation, avatar.gaussians.log_scale]:
             p.add_(torch.randn_like(p) * 0.1)
     return avatar
 
 
-@pytest.mark.parametrize("ours", [False, True])
-def test_frame_gaussians_equal_deform(monkeypatch, ours):
+@pytest.mark.parametrize("ours,appearance", [(False, False), (True, False), (False, True), (True, True)])
+def test_frame_gaussians_equal_deform(monkeypatch, ours, appearance):
     """Avatar.frame_gaussians (FLAME up to its skinning transforms, then skinning, interpolation and
     composition on the Gaussians' own corners: scene.model.frame_gaussians) gives deform's Gaussians; with
     the fast path off it is deform itself."""
-    avatar = _perturbed_avatar(ours)
+    avatar = _perturbed_avatar(ours, appearance=appearance)
     cond = tiny_condition(5)
     with torch.no_grad():
         ref, _ = avatar.deform(cond)
     monkeypatch.setitem(fast_paths.ON, "frame_kernel", True)
     got = avatar.frame_gaussians(cond)
     assert ref.rotations.sub(avatar.gaussians.rotation).abs().max() > 1e-3  # the heads move the rotations
-    for name in ("means", "scales", "rotations", "opacities", "shs"):
-        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=1e-12, msg=name)
+    for name in ("means", "scales", "rotations", "opacities", "shs", "colors"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert (a is None) == (b is None) and (b is None) == (name == ("shs" if appearance else "colors"))
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
     monkeypatch.setitem(fast_paths.ON, "frame_kernel", False)
     assert torch.equal(avatar.frame_gaussians(cond).means, ref.means)
 

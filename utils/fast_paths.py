@@ -23,7 +23,8 @@ are on by default; H200 figures in bench/NOTES.md, sessions 16-20:
   arithmetic in a third of the passes: 2.42 -> 1.43 ms, a step with LPIPS 3.93 -> 3.01 ms (H200).
 - ``linear_relu``: the deformation trunk's hidden layers as one GEMM with bias and ReLU in its epilogue
   (``scene.model.deformation.linear_relu``: cuBLASLt's fused epilogue) instead of a GEMM and a ReLU pass
-  over the (N, hidden) activations; the same values (the ReLU of the same sum).
+  over the (N, hidden) activations; the same values (the ReLU of the same sum; a NaN pre-activation may
+  come out as 0 where F.relu keeps it: the loss's NaN watch then sees it later, if at all).
 - ``frame_kernel``: gradient-free frames (``Avatar.frame_gaussians``: render.py, evaluation, the viewer)
   skin only the Gaussians' triangle corners and interpolate and compose them in one fused_ops kernel
   (``scene.model.frame_gaussians``) instead of ~25 launches; float32 rounding of the same sums. **Off** until

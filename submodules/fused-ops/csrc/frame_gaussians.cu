@@ -9,7 +9,8 @@
 // Inputs (float32, contiguous unless a row stride is given): v_posed (V, 3), transforms (5, 12) (row-major
 // 3x4 each), lbs_weights (V, 5), eyelid_dirs (2, V * 3), eyelids (2,), vertex_ids (N, 3) int64, bary (N, 3),
 // d_xyz (N, 3), d_rot (N, 4), d_scale (N, 3) with row strides (views of the heads' (N, 10) output),
-// rotation (N, 4), log_scale (N, 3). Outputs: means (N, 3), rotations (N, 4), scales (N, 3).
+// rotation (N, 4), log_scale (N, 3), all on one device. Outputs: means (N, 3), rotations (N, 4), scales (N, 3).
+// Vertex ids are trusted (the avatar's embedding made them within 0..V-1).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -20,6 +21,7 @@ namespace {
 
 constexpr int JOINTS = 5;
 constexpr int THREADS = 128;  // ~85 blocks at N = 10.9k: every SM gets one
+static_assert(THREADS >= JOINTS * 12, "the block loads the joints' transforms one element a thread");
 
 struct Rows {  // a (N, k) float view with its row stride
   const float* p;
@@ -83,14 +85,15 @@ frame_gaussians_kernel(int64_t N, int64_t V, const float* __restrict__ v_posed, 
   for (int r = 0; r < 3; r++) scales[3 * n + r] = expf(log_scale[3 * n + r] * expf(d_scale.at(n, r)));
 }
 
-void check(const torch::Tensor& t, const char* name, torch::ScalarType type, bool contiguous = true) {
-  TORCH_CHECK(t.is_cuda(), "frame_gaussians: ", name, " must be a CUDA tensor");
+void check(const torch::Tensor& t, const char* name, torch::ScalarType type, const torch::Device& device,
+           bool contiguous = true) {
+  TORCH_CHECK(t.is_cuda() && t.device() == device, "frame_gaussians: ", name, " must be on ", device);
   TORCH_CHECK(t.scalar_type() == type, "frame_gaussians: ", name, " has dtype ", t.scalar_type());
   TORCH_CHECK(!contiguous || t.is_contiguous(), "frame_gaussians: ", name, " must be contiguous");
 }
 
-Rows rows(const torch::Tensor& t, int64_t N, int64_t k, const char* name) {
-  check(t, name, torch::kFloat32, false);
+Rows rows(const torch::Tensor& t, int64_t N, int64_t k, const char* name, const torch::Device& device) {
+  check(t, name, torch::kFloat32, device, false);
   TORCH_CHECK(t.dim() == 2 && t.size(0) == N && t.size(1) == k && t.stride(1) == 1, "frame_gaussians: ", name,
               " must be (", N, ", ", k, ") with unit column stride");
   return Rows{t.data_ptr<float>(), t.stride(0)};
@@ -105,11 +108,12 @@ std::vector<torch::Tensor> frame_gaussians(const torch::Tensor& v_posed, const t
                                            const torch::Tensor& d_rot, const torch::Tensor& d_scale,
                                            const torch::Tensor& rotation, const torch::Tensor& log_scale) {
   const int64_t V = v_posed.size(0), N = vertex_ids.size(0);
+  const torch::Device device = v_posed.device();
   for (auto [t, name] : {std::pair{&v_posed, "v_posed"}, {&transforms, "transforms"}, {&lbs_weights, "lbs_weights"},
                          {&eyelid_dirs, "eyelid_dirs"}, {&eyelids, "eyelids"}, {&bary, "bary"},
                          {&rotation, "rotation"}, {&log_scale, "log_scale"}})
-    check(*t, name, torch::kFloat32);
-  check(vertex_ids, "vertex_ids", torch::kInt64);
+    check(*t, name, torch::kFloat32, device);
+  check(vertex_ids, "vertex_ids", torch::kInt64, device);
   TORCH_CHECK(v_posed.dim() == 2 && v_posed.size(1) == 3, "frame_gaussians: v_posed must be (V, 3)");
   TORCH_CHECK(transforms.numel() == JOINTS * 12, "frame_gaussians: transforms must hold 5 3x4 matrices");
   TORCH_CHECK(lbs_weights.dim() == 2 && lbs_weights.size(0) == V && lbs_weights.size(1) == JOINTS,
@@ -123,7 +127,8 @@ std::vector<torch::Tensor> frame_gaussians(const torch::Tensor& v_posed, const t
               "frame_gaussians: rotation must be (N, 4)");
   TORCH_CHECK(log_scale.dim() == 2 && log_scale.size(0) == N && log_scale.size(1) == 3,
               "frame_gaussians: log_scale must be (N, 3)");
-  const Rows rx = rows(d_xyz, N, 3, "d_xyz"), rr = rows(d_rot, N, 4, "d_rot"), rs = rows(d_scale, N, 3, "d_scale");
+  const Rows rx = rows(d_xyz, N, 3, "d_xyz", device), rr = rows(d_rot, N, 4, "d_rot", device),
+             rs = rows(d_scale, N, 3, "d_scale", device);
   const c10::cuda::CUDAGuard guard(v_posed.device());
   auto means = torch::empty({N, 3}, v_posed.options());
   auto rotations = torch::empty({N, 4}, v_posed.options());
