@@ -465,7 +465,8 @@ def test_frame_gaussians_equal_deform(monkeypatch, ours, appearance):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("ours", [False, True])
 def test_cuda_frame_kernel_matches_the_torch_pass(monkeypatch, ours):
-    """fused_ops.frame_gaussians (one kernel) against frame_gaussians_torch and against deform, float32."""
+    """fused_ops' flame_joints + frame_gaussians kernels (Avatar.frame_gaussians on CUDA) against deform,
+    float32, baseline and HyperGaussians."""
     from utils.device import fused_kernels
 
     if fused_kernels() is None:
@@ -473,8 +474,9 @@ def test_cuda_frame_kernel_matches_the_torch_pass(monkeypatch, ours):
     avatar = _perturbed_avatar(ours, "cuda", torch.float32)
     monkeypatch.setitem(fast_paths.ON, "frame_kernel", True)
     calls, ops = [], fused_kernels()
-    kernel = ops.frame_gaussians
-    monkeypatch.setattr(ops, "frame_gaussians", lambda *a: calls.append(1) or kernel(*a))
+    joints, frame = ops.flame_joints, ops.frame_gaussians
+    monkeypatch.setattr(ops, "flame_joints", lambda *a: calls.append("joints") or joints(*a))
+    monkeypatch.setattr(ops, "frame_gaussians", lambda *a: calls.append("frame") or frame(*a))
     for seed in (1, 2):
         cond = tiny_condition(seed, torch.float32).cuda()
         with torch.no_grad():
@@ -482,4 +484,4 @@ def test_cuda_frame_kernel_matches_the_torch_pass(monkeypatch, ours):
         got = avatar.frame_gaussians(cond)
         for name in ("means", "scales", "rotations", "opacities"):
             torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-5, atol=1e-6, msg=name)
-    assert len(calls) == 2  # the kernel ran, not the torch pass
+    assert calls == ["joints", "frame"] * 2  # the kernels ran, not the torch pass

@@ -26,8 +26,9 @@ are on by default; H200 figures in bench/NOTES.md, sessions 16-20:
   over the (N, hidden) activations; the same values (the ReLU of the same sum; a NaN pre-activation may
   come out as 0 where F.relu keeps it: the loss's NaN watch then sees it later, if at all).
 - ``frame_kernel``: gradient-free frames (``Avatar.frame_gaussians``: render.py, evaluation, the viewer)
-  skin only the Gaussians' triangle corners and interpolate and compose them in one fused_ops kernel
-  (``scene.model.frame_gaussians``) instead of ~25 launches; float32 rounding of the same sums. **Off** until
+  run FLAME's joint work in one fused_ops launch (``flame_joints``, ~20 launches eagerly), its blendshapes in
+  one GEMV, and skin only the Gaussians' triangle corners, interpolating and composing them in one more
+  (``frame_gaussians``; ~25 launches eagerly); float32 rounding of the same sums. **Off** until
   its CUDA test and timing have run on a GPU (built in session 20 after the device time was spent).
 """
 

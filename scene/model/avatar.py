@@ -79,6 +79,13 @@ class Avatar(nn.Module):
         # Global rotation and neck stay identity (tracking bakes them into the camera); passing them as
         # device tensors made once avoids FLAME building them from host data every frame (a host sync).
         self.register_buffer("_identity6d", identity_rot6d(1, dtype=dtype, device=device), persistent=False)
+        # what fused_ops.flame_joints reads (frame_gaussians): joints 0-1's identity rotations, the parents
+        # (it walks the chain in index order: FLAME lists every parent before its children)
+        self.register_buffer("_identity_head", identity_rot6d(2, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("_parents", torch.tensor(flame.parents, dtype=torch.long, device=device),
+                             persistent=False)
+        self._parents_first = all(p < j for j, p in enumerate(flame.parents))
         if "boundary" not in assets.masks:
             raise ValueError(f"FLAME masks in {assets.flame_dir} have no 'boundary' key (the neck ring): "
                              "the FLAME_masks.pkl file is incomplete")
@@ -151,19 +158,28 @@ class Avatar(nn.Module):
         """The frame's activated Gaussians without gradients or extras (render.py, evaluation, the viewer's
         frames): ``deform(condition, camera)[0]``, or, with fast path ``frame_kernel`` and no camera
         conditioning, FLAME up to its skinning transforms and then skinning, interpolation and composition on
-        the Gaussians' own triangle corners in one pass (:mod:`scene.model.frame_gaussians`; one fused_ops
-        kernel on CUDA)."""
+        the Gaussians' own triangle corners in one pass (:mod:`scene.model.frame_gaussians`). On CUDA that is
+        fused_ops' two kernels around one GEMV: ``flame_joints`` (rotations, pose feature, joints, chain) and
+        ``frame_gaussians``."""
         if not fast_paths.enabled("frame_kernel") or self.config.camera_conditioning:
             return self.deform(condition, camera)[0]
         c = self.condition_on_device(condition)
-        eye = self._identity6d
-        v_posed, A = self.flame.unskinned(c[None, EXPRESSION], c[None, JAW], c[None, EYES], neck=eye,
-                                          rotation=eye)
-        out = self.deformation(self.encoding, c)
         flame, emb, gs = self.flame.flame, self.embedding, self.gaussians
         ops = fused_kernels() if self.device.type == "cuda" and self.dtype == torch.float32 else None
-        compose = ops.frame_gaussians if ops is not None else frame_gaussians_torch
-        means, rotations, scales = compose(v_posed[0], A[0], flame.lbs_weights, flame.eyelid_dirs, c[EYELIDS],
+        if ops is not None and self._parents_first:  # the joints in one launch, the blendshapes in one GEMV
+            coeffs, A = ops.flame_joints(self._identity_head, c[JAW.start:EYES.stop], c[EXPRESSION],
+                                         self.flame.J_rest, flame.J_shapedirs_expr, self._parents)
+            v_posed = torch.addmm(self.flame.v_rest.reshape(1, -1), coeffs.reshape(1, -1),
+                                  flame.expr_pose_dirs).view(-1, 3)
+            compose = ops.frame_gaussians
+        else:
+            eye = self._identity6d
+            compose = ops.frame_gaussians if ops is not None else frame_gaussians_torch
+            v_posed, A = self.flame.unskinned(c[None, EXPRESSION], c[None, JAW], c[None, EYES], neck=eye,
+                                              rotation=eye)
+            v_posed, A = v_posed[0], A[0]
+        out = self.deformation(self.encoding, c)
+        means, rotations, scales = compose(v_posed, A, flame.lbs_weights, flame.eyelid_dirs, c[EYELIDS],
                                            emb.vertex_ids, emb.bary.to(self.dtype), out.d_xyz, out.d_rot,
                                            out.d_scale, gs.rotation, gs.log_scale)
         return gs.activated(means, rotations, scales, out)

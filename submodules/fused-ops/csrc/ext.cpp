@@ -42,6 +42,9 @@ std::vector<torch::Tensor> frame_gaussians(const torch::Tensor& v_posed, const t
                                            const torch::Tensor& bary, const torch::Tensor& d_xyz,
                                            const torch::Tensor& d_rot, const torch::Tensor& d_scale,
                                            const torch::Tensor& rotation, const torch::Tensor& log_scale);
+std::vector<torch::Tensor> flame_joints(const torch::Tensor& pose_head, const torch::Tensor& pose_tail,
+                                        const torch::Tensor& expression, const torch::Tensor& J_rest,
+                                        const torch::Tensor& J_dirs, const torch::Tensor& parents);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lpips_distance_forward", &lpips_distance_forward, "LPIPS' per-pixel layer distance, fused");
@@ -58,6 +61,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lpips_half_relu_mask", &lpips_half_relu_mask, "g *= (y > 0) in place (float16 channels-last)");
   m.def("frame_gaussians", &frame_gaussians,
         "a frame's Gaussian means, rotations and scales from FLAME's unskinned mesh and the heads' outputs");
+  m.def("flame_joints", &flame_joints,
+        "FLAME's per-frame joint work: the blendshape GEMV's coefficients and the skinning transforms");
   m.def("adam_step", &adam_step, "Adam over all given tensors in one launch (step counts already incremented)");
   m.def("conditional_mean_forward", &conditional_mean_forward,
         "HyperGaussians' conditional mean mu_o - L11^-T L21^T (z - mu_i), fused (docs/maths.md section 5)");

@@ -1,4 +1,12 @@
-// One frame's Gaussians from FLAME's unskinned mesh in one pass (inference: no gradients). Per Gaussian, one
+// One frame's Gaussians in two small kernels and one GEMV (inference: no gradients).
+//
+// flame_joints (one warp): FLAME's per-frame joint work of docs/maths.md section 3 -- the five 6D rotations to
+// matrices, the pose feature (R_j - I, j = 1..4), the joints moved by the expression, the kinematic chain and
+// the skinning transforms A_j = G_j [I | -J_j] -- which the eager path spends ~20 launches on. It writes the
+// coefficients [expression (zero-padded to 100), pose feature (36)] of the one blendshape GEMV the caller runs
+// for v_posed, and A (5, 12).
+//
+// frame_gaussians: the Gaussians from the unskinned mesh in one pass. Per Gaussian, one
 // thread: skins its triangle's three corners (linear blend skinning with the five joints' 3x4 transforms,
 // then the two eyelid shapes), interpolates them at its barycentrics (the base position, docs/maths.md
 // section 4) and composes the deformation heads' outputs onto it (section 5): mean = base + d_xyz, rotation =
@@ -20,6 +28,7 @@
 namespace {
 
 constexpr int JOINTS = 5;
+constexpr int N_EXPR_MAX = 100;  // FLAME's expression blendshapes
 constexpr int THREADS = 128;  // ~85 blocks at N = 10.9k: every SM gets one
 static_assert(THREADS >= JOINTS * 12, "the block loads the joints' transforms one element a thread");
 
@@ -85,6 +94,69 @@ frame_gaussians_kernel(int64_t N, int64_t V, const float* __restrict__ v_posed, 
   for (int r = 0; r < 3; r++) scales[3 * n + r] = expf(log_scale[3 * n + r] * expf(d_scale.at(n, r)));
 }
 
+// Row-major rotation (rows b1, b2, b3) from the 6 numbers of its first two rows, F.normalize's eps as in
+// utils.rotations.rot6d_to_matrix.
+__device__ void rot6d_rows(const float* a, float* R) {
+  const float n1 = fmaxf(sqrtf(a[0] * a[0] + a[1] * a[1] + a[2] * a[2]), 1e-12f);
+  const float b1[3] = {a[0] / n1, a[1] / n1, a[2] / n1};
+  const float d = b1[0] * a[3] + b1[1] * a[4] + b1[2] * a[5];
+  const float u[3] = {a[3] - d * b1[0], a[4] - d * b1[1], a[5] - d * b1[2]};
+  const float n2 = fmaxf(sqrtf(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]), 1e-12f);
+  const float b2[3] = {u[0] / n2, u[1] / n2, u[2] / n2};
+  R[0] = b1[0], R[1] = b1[1], R[2] = b1[2];
+  R[3] = b2[0], R[4] = b2[1], R[5] = b2[2];
+  R[6] = b1[1] * b2[2] - b1[2] * b2[1];
+  R[7] = b1[2] * b2[0] - b1[0] * b2[2];
+  R[8] = b1[0] * b2[1] - b1[1] * b2[0];
+}
+
+// One warp. pose_head (2, 6): joints 0-1 (global rotation, neck); pose_tail (3, 6): joints 2-4 (jaw, eyes);
+// expression (K,); J_rest (5, 3); J_dirs (>= K, 15) the joints' expression directions; parents (5,) int64
+// with -1 for the root, each parent before its children. coeffs (136,) and A (5, 12) written.
+__global__ void flame_joints_kernel(int K, const float* __restrict__ pose_head, const float* __restrict__ pose_tail,
+                                    const float* __restrict__ expression, const float* __restrict__ J_rest,
+                                    const float* __restrict__ J_dirs, const int64_t* __restrict__ parents,
+                                    float* __restrict__ coeffs, float* __restrict__ A) {
+  __shared__ float s_R[JOINTS][9];
+  __shared__ float s_J[JOINTS * 3];
+  const int lane = threadIdx.x;
+  if (lane < JOINTS) rot6d_rows(lane < 2 ? pose_head + 6 * lane : pose_tail + 6 * (lane - 2), s_R[lane]);
+  if (lane < JOINTS * 3) {  // J = J_rest + expression @ J_dirs[:K]
+    float acc = 0.f;
+    for (int k = 0; k < K; k++) acc = fmaf(expression[k], J_dirs[k * JOINTS * 3 + lane], acc);
+    s_J[lane] = J_rest[lane] + acc;
+  }
+  for (int k = lane; k < N_EXPR_MAX; k += 32) coeffs[k] = k < K ? expression[k] : 0.f;
+  __syncwarp();
+  for (int e = lane; e < 36; e += 32) {  // pose feature: (R_j - I) of joints 1..4, row-major
+    const int j = 1 + e / 9, rc = e % 9;
+    coeffs[N_EXPR_MAX + e] = s_R[j][rc] - ((rc % 4) == 0 ? 1.f : 0.f);
+  }
+  if (lane == 0) {  // the chain, in index order (parents first): G_j = G_parent [R_j | J_j - J_parent]
+    float G[JOINTS][12];
+    for (int j = 0; j < JOINTS; j++) {
+      const int p = (int)parents[j];
+      float t[3];
+      for (int r = 0; r < 3; r++) t[r] = s_J[3 * j + r] - (p >= 0 ? s_J[3 * p + r] : 0.f);
+      for (int r = 0; r < 3; r++) {
+        for (int c = 0; c < 3; c++) {
+          G[j][4 * r + c] = p < 0 ? s_R[j][3 * r + c]
+                                  : G[p][4 * r] * s_R[j][c] + G[p][4 * r + 1] * s_R[j][3 + c] +
+                                        G[p][4 * r + 2] * s_R[j][6 + c];
+        }
+        G[j][4 * r + 3] = p < 0 ? t[r] : G[p][4 * r] * t[0] + G[p][4 * r + 1] * t[1] + G[p][4 * r + 2] * t[2] +
+                                             G[p][4 * r + 3];
+      }
+    }
+    for (int j = 0; j < JOINTS; j++)
+      for (int r = 0; r < 3; r++) {
+        for (int c = 0; c < 3; c++) A[12 * j + 4 * r + c] = G[j][4 * r + c];
+        A[12 * j + 4 * r + 3] = G[j][4 * r + 3] - (G[j][4 * r] * s_J[3 * j] + G[j][4 * r + 1] * s_J[3 * j + 1] +
+                                                   G[j][4 * r + 2] * s_J[3 * j + 2]);
+      }
+  }
+}
+
 void check(const torch::Tensor& t, const char* name, torch::ScalarType type, const torch::Device& device,
            bool contiguous = true) {
   TORCH_CHECK(t.is_cuda() && t.device() == device, "frame_gaussians: ", name, " must be on ", device);
@@ -143,4 +215,29 @@ std::vector<torch::Tensor> frame_gaussians(const torch::Tensor& v_posed, const t
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {means, rotations, scales};
+}
+
+std::vector<torch::Tensor> flame_joints(const torch::Tensor& pose_head, const torch::Tensor& pose_tail,
+                                        const torch::Tensor& expression, const torch::Tensor& J_rest,
+                                        const torch::Tensor& J_dirs, const torch::Tensor& parents) {
+  const torch::Device device = expression.device();
+  for (auto [t, name] : {std::pair{&pose_head, "pose_head"}, {&pose_tail, "pose_tail"}, {&expression, "expression"},
+                         {&J_rest, "J_rest"}, {&J_dirs, "J_dirs"}})
+    check(*t, name, torch::kFloat32, device);
+  check(parents, "parents", torch::kInt64, device);
+  const int64_t K = expression.numel();
+  TORCH_CHECK(pose_head.numel() == 12 && pose_tail.numel() == 18, "flame_joints: pose_head must hold 2 and "
+              "pose_tail 3 6D rotations");
+  TORCH_CHECK(K <= N_EXPR_MAX && J_dirs.dim() == 2 && J_dirs.size(0) >= K && J_dirs.size(1) == JOINTS * 3,
+              "flame_joints: expression must have <= 100 values and J_dirs be (>= K, 15)");
+  TORCH_CHECK(J_rest.numel() == JOINTS * 3 && parents.numel() == JOINTS, "flame_joints: 5 joints expected");
+  const c10::cuda::CUDAGuard guard(device);
+  auto coeffs = torch::empty({N_EXPR_MAX + 36}, expression.options());
+  auto A = torch::empty({JOINTS, 12}, expression.options());
+  flame_joints_kernel<<<1, 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      (int)K, pose_head.data_ptr<float>(), pose_tail.data_ptr<float>(), expression.data_ptr<float>(),
+      J_rest.data_ptr<float>(), J_dirs.data_ptr<float>(), parents.data_ptr<int64_t>(), coeffs.data_ptr<float>(),
+      A.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {coeffs, A};
 }

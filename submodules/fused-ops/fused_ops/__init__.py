@@ -27,7 +27,7 @@ else:
 
 MAX_BLOCK = 8
 
-__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "frame_gaussians",
+__all__ = ["MAX_BLOCK", "adam_step", "available", "conditional_mean", "flame_joints", "frame_gaussians",
            "lpips_half_backward", "lpips_half_distance", "lpips_half_prep", "lpips_half_prep_backward",
            "lpips_half_relu_mask", "lpips_layer_distance", "max_pool2x2", "max_pool2x2_backward",
            "max_pool2x2_fits"]
@@ -90,6 +90,18 @@ def frame_gaussians(v_posed: Tensor, transforms: Tensor, lbs_weights: Tensor, ey
         v_posed.reshape(-1, 3).contiguous(), transforms.reshape(-1).contiguous(), lbs_weights.contiguous(),
         eyelid_dirs.contiguous(), eyelids.reshape(-1).contiguous(), vertex_ids.contiguous(),
         bary.contiguous(), d_xyz, d_rot, d_scale, rotation.contiguous(), log_scale.contiguous()))
+
+
+def flame_joints(pose_head: Tensor, pose_tail: Tensor, expression: Tensor, J_rest: Tensor, J_dirs: Tensor,
+                 parents: Tensor) -> tuple[Tensor, Tensor]:
+    """FLAME's per-frame joint work in one launch (``flame.model.FLAME.unskinned`` but the GEMV): from the 6D
+    rotations of joints 0-1 (``pose_head`` (2,6)) and 2-4 (``pose_tail`` (3,6)), the ``expression`` (K,), the
+    rest joints ``J_rest`` (5,3), their expression directions ``J_dirs`` (>= K, 15) and ``parents`` (5,) int64
+    (-1 for the root, parents first): (coeffs (136,) = [expression zero-padded to 100, pose feature (36)],
+    skinning transforms (5, 12) = 3x4 row-major). float32 CUDA tensors, no gradients."""
+    c = _built()
+    return tuple(c.flame_joints(pose_head.contiguous(), pose_tail.contiguous(), expression.contiguous(),
+                                J_rest.contiguous(), J_dirs.contiguous(), parents.contiguous()))
 
 
 def _pixel_rows(t: Tensor) -> Tensor:
