@@ -160,7 +160,9 @@ class FLAME(nn.Module):
         verts = (T[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + T[..., 3]
 
         if eyelids is not None:
-            eyelids = self.eyelid_coefficients(eyelids, B)
+            eyelids = self._tensor(eyelids, 2, B, "eyelids")
+            if eyelids.shape[-1] != 2:
+                raise ValueError(f"FLAME: eyelids must be (B, 2), got {tuple(eyelids.shape)}")
             verts = verts + (eyelids @ self.eyelid_dirs).view(B, V, 3)
         if translation is not None:
             translation = self._tensor(translation, 3, B, "translation")
@@ -168,13 +170,6 @@ class FLAME(nn.Module):
                 raise ValueError(f"FLAME: translation must be (B, 3), got {tuple(translation.shape)}")
             verts = verts + translation[:, None, :]
         return verts
-
-    def eyelid_coefficients(self, eyelids: Tensor, batch: int) -> Tensor:
-        """``eyelids`` checked and broadcast to (batch, 2)."""
-        eyelids = self._tensor(eyelids, 2, batch, "eyelids")
-        if eyelids.shape[-1] != 2:
-            raise ValueError(f"FLAME: eyelids must be (B, 2), got {tuple(eyelids.shape)}")
-        return eyelids
 
     # -- public API ------------------------------------------------------------------------------
     def forward(self, shape: Tensor, expression: Tensor, jaw: Tensor | None = None,

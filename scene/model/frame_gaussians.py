@@ -9,11 +9,9 @@ used), ``fused_ops.frame_gaussians`` the same in one CUDA kernel (fast path ``fr
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from utils.rotations import quaternion_multiply
+from scene.model.gaussians import compose_geometry
 
 
 def frame_gaussians_torch(v_posed: Tensor, transforms: Tensor, lbs_weights: Tensor, eyelid_dirs: Tensor,
@@ -31,9 +29,7 @@ def frame_gaussians_torch(v_posed: Tensor, transforms: Tensor, lbs_weights: Tens
     lids = (eyelids.reshape(1, 2) @ eyelid_dirs).view(-1, 3)[ids]  # (3N, 3)
     corners = (T[..., :3] @ v_posed[ids].unsqueeze(-1)).squeeze(-1) + T[..., 3] + lids
     base = (corners.view(-1, 3, 3) * bary.unsqueeze(-1)).sum(dim=1)
-    delta = torch.cat([torch.exp(d_rot[:, :1]), d_rot[:, 1:]], dim=-1)
-    rotations = F.normalize(quaternion_multiply(rotation, delta), dim=-1)
-    return base + d_xyz, rotations, torch.exp(log_scale * torch.exp(d_scale))
+    return compose_geometry(base, d_xyz, d_rot, d_scale, rotation, log_scale)
 
 
 __all__ = ["frame_gaussians_torch"]

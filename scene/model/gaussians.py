@@ -51,6 +51,16 @@ def knn_mean_sq_dist(points: Tensor) -> Tensor:
     return distCUDA2(points)
 
 
+def compose_geometry(base: Tensor, d_xyz: Tensor, d_rot: Tensor, d_scale: Tensor, rotation: Tensor,
+                     log_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(means, rotations, scales) from base positions (N,3), the heads' offsets and the rotation (N,4) /
+    log-scale (N,3) parameters (docs/maths.md section 5): base + d_xyz; the parameter quaternion times
+    (exp(d_rot0), d_rot1..3), normalised; exp(log_scale * exp(d_scale))."""
+    delta = torch.cat([torch.exp(d_rot[:, :1]), d_rot[:, 1:]], dim=-1)
+    rotations = F.normalize(quaternion_multiply(rotation, delta), dim=-1)
+    return base + d_xyz, rotations, torch.exp(log_scale * torch.exp(d_scale))
+
+
 class GaussianModel(nn.Module):
     """N Gaussians' parameters. ``features_dc`` (N,1,3), ``features_rest`` (N,(D+1)^2-1,3), ``opacity``
     (N,1) pre-sigmoid, ``log_scale`` (N,3), ``rotation`` (N,4) quaternion w first (unnormalised)."""
@@ -98,11 +108,8 @@ class GaussianModel(nn.Module):
 
     def compose(self, base_positions: Tensor, deform: DeformationOutput) -> GaussianSet:
         """The activated Gaussians of one frame from base positions (N,3) and the heads' outputs."""
-        means = base_positions + deform.d_xyz
-        d_rot = deform.d_rot
-        delta = torch.cat([torch.exp(d_rot[:, :1]), d_rot[:, 1:]], dim=-1)
-        rotations = F.normalize(quaternion_multiply(self.rotation, delta), dim=-1)
-        scales = torch.exp(self.log_scale * torch.exp(deform.d_scale))
+        means, rotations, scales = compose_geometry(base_positions, deform.d_xyz, deform.d_rot,
+                                                    deform.d_scale, self.rotation, self.log_scale)
         return self.activated(means, rotations, scales, deform)
 
     def activated(self, means: Tensor, rotations: Tensor, scales: Tensor, deform: DeformationOutput
