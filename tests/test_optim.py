@@ -184,6 +184,47 @@ def test_one_launch_adam_matches_torch_fused_adam_and_is_capturable():
     assert not torch.equal(eager[0], before[params[0]][0])  # the step moved the parameters
 
 
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adam_kernel_float4_units_tails_and_misaligned_views():
+    """The kernel moves 4-element units as float4 where a tensor's four arrays are 16-byte aligned and
+    element by element otherwise: sizes with every tail (1..3 left over), a tensor past a 4-unit boundary,
+    and views starting one float into their storage (misaligned) all get float64 Adam's update."""
+    ops = fused_kernels()
+    if ops is None:
+        pytest.skip("fused_ops._C is not built")
+    gen = torch.Generator().manual_seed(5)
+    sizes = [1, 2, 3, 4, 5, 7, 8, 4099, 70001]
+    beta1, beta2, eps, lrs = 0.9, 0.999, 1e-8, [1e-3 * (k + 1) for k in range(2 * len(sizes))]
+
+    def arrays(n: int, misaligned: bool) -> list[torch.Tensor]:
+        # param, grad, exp_avg, exp_avg_sq; a misaligned one is a view one float into a larger buffer
+        out = []
+        for scale in (1.0, 1.0, 0.1, 0.01):
+            base = torch.randn(n + 1, generator=gen).abs() * scale if scale == 0.01 else \
+                torch.randn(n + 1, generator=gen) * scale
+            out.append(base.cuda()[1:] if misaligned else base[:n].clone().cuda())
+        return out
+
+    sets = [arrays(n, mis) for mis in (False, True) for n in sizes]
+    assert any(t.data_ptr() % 16 for t in sets[-1])  # the views really are misaligned
+    steps = [torch.full((1,), float(3 + k % 4), device="cuda") for k in range(len(sets))]
+    want = []
+    for (p, g, m, v), step, lr in zip(sets, steps, lrs):
+        p64, g64, m64, v64, t = (x.double() for x in (p, g, m, v, step))
+        m64 = beta1 * m64 + (1 - beta1) * g64
+        v64 = beta2 * v64 + (1 - beta2) * g64 * g64
+        denom = v64.sqrt() / (1 - beta2 ** t).sqrt() + eps
+        want.append((p64 - lr / (1 - beta1 ** t) * m64 / denom, m64, v64))
+    ops.adam_step([s[0] for s in sets], [s[1] for s in sets], [s[2] for s in sets], [s[3] for s in sets],
+                  steps, lrs, beta1, beta2, eps)
+    for (p, _, m, v), (wp, wm, wv) in zip(sets, want):
+        torch.testing.assert_close(m.double(), wm, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(v.double(), wv, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(p.double(), wp, rtol=1e-6, atol=1e-6)
+
+
 def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
     """--no_fused_kernels (RunOptions.fused_kernels False) switches off every fused path; the default
     leaves them as the library sets them (all on)."""
