@@ -197,6 +197,8 @@ def test_adam_kernel_float4_units_tails_and_misaligned_views():
     gen = torch.Generator().manual_seed(5)
     sizes = [1, 2, 3, 4, 5, 7, 8, 4099, 70001]
     beta1, beta2, eps, lrs = 0.9, 0.999, 1e-8, [1e-3 * (k + 1) for k in range(2 * len(sizes))]
+    # the kernel takes the betas as float32 (1 - 0.999f is 1.3e-5 off 0.001): the reference uses the same
+    b1, b2 = (torch.tensor(b, dtype=torch.float32).item() for b in (beta1, beta2))
 
     def arrays(n: int, misaligned: bool) -> list[torch.Tensor]:
         # param, grad, exp_avg, exp_avg_sq; a misaligned one is a view one float into a larger buffer
@@ -213,10 +215,10 @@ def test_adam_kernel_float4_units_tails_and_misaligned_views():
     want = []
     for (p, g, m, v), step, lr in zip(sets, steps, lrs):
         p64, g64, m64, v64, t = (x.double() for x in (p, g, m, v, step))
-        m64 = beta1 * m64 + (1 - beta1) * g64
-        v64 = beta2 * v64 + (1 - beta2) * g64 * g64
-        denom = v64.sqrt() / (1 - beta2 ** t).sqrt() + eps
-        want.append((p64 - lr / (1 - beta1 ** t) * m64 / denom, m64, v64))
+        m64 = b1 * m64 + (1 - b1) * g64
+        v64 = b2 * v64 + (1 - b2) * g64 * g64
+        denom = v64.sqrt() / (1 - b2 ** t).sqrt() + eps
+        want.append((p64 - lr / (1 - b1 ** t) * m64 / denom, m64, v64))
     ops.adam_step([s[0] for s in sets], [s[1] for s in sets], [s[2] for s in sets], [s[3] for s in sets],
                   steps, lrs, beta1, beta2, eps)
     for (p, _, m, v), (wp, wm, wv) in zip(sets, want):
@@ -234,7 +236,7 @@ def test_no_fused_kernels_turns_every_fast_path_off(monkeypatch):
 
     monkeypatch.setattr(fast_paths, "ON", dict(fast_paths.ON))  # restored after the test
     defaults = {"hypergaussians": True, "adam": True, "lpips_distance": True, "conv_relu": True,
-                "lpips_pool": True, "lpips_fused": True, "linear_relu": True, "frame_kernel": False}
+                "lpips_pool": True, "lpips_fused": True, "linear_relu": True, "frame_kernel": True}
     assert set_fast_paths() == defaults
     configure_arithmetic(parse_train_args(["--idname", "x"]).run, "cpu")
     assert set_fast_paths() == defaults
