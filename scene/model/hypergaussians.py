@@ -107,7 +107,8 @@ class HyperGaussian(nn.Module):
     def freeze(self) -> None:
         """For inference with fixed weights (render.py, the viewer): precompute the per-Gaussian regression
         matrices A = L11^{-T} L21^T (N, G, n, m) once, so that each frame's conditional mean is one
-        contraction, mu_o - A (z - mu_i), with no triangular solve. Used only without gradients and while
+        contraction, mu_o - A (z - mu_i), with no triangular solve, where fused_ops' kernel does not run
+        (it solves in registers, as fast as reading A). Used only without gradients and while
         L11 and L21 are unchanged since (an in-place update is noticed in eager calls, which then solve
         again); a CUDA graph captured while frozen replays A as it was, so freeze only where the weights
         stay fixed. ``unfreeze()`` drops A."""
@@ -128,16 +129,18 @@ class HyperGaussian(nn.Module):
         if z.shape != (self.n_gaussians, m):
             raise ValueError(f"HyperGaussian: latent must be ({self.n_gaussians}, {m}), got {tuple(z.shape)}")
         mu_o, mu_i = self.mean[..., :n], self.mean[..., n:]
+        fused = fast_paths.enabled("hypergaussians") and z.is_cuda and z.dtype == torch.float32
+        ops = fused_kernels() if fused else None
+        if ops is not None and n <= ops.MAX_BLOCK:
+            # also when frozen: the kernel reads L21 as the frozen path reads A (the same bytes) and solves in
+            # registers, one launch where the frozen contraction takes five (session 21)
+            out = ops.conditional_mean(self.mean, self.l11_log_diag, self.l11_lower, self.l21, z)
+            out = out.reshape(self.n_gaussians, -1)
+            return out.index_select(1, self._out_index) if self.padded else out
         frozen = self._frozen
         if frozen is not None and not torch.is_grad_enabled() and frozen[1] == self._versions():
             x = _per_gaussian_matvec(frozen[0], z.unsqueeze(1) - mu_i, transpose=False)
             out = (mu_o - x).reshape(self.n_gaussians, -1)
-            return out.index_select(1, self._out_index) if self.padded else out
-        fused = fast_paths.enabled("hypergaussians") and z.is_cuda and z.dtype == torch.float32
-        ops = fused_kernels() if fused else None
-        if ops is not None and n <= ops.MAX_BLOCK:
-            out = ops.conditional_mean(self.mean, self.l11_log_diag, self.l11_lower, self.l21, z)
-            out = out.reshape(self.n_gaussians, -1)
             return out.index_select(1, self._out_index) if self.padded else out
         # b = L21^T (z - mu_i): (N, G, n)
         b = _per_gaussian_matvec(self.l21, z.unsqueeze(1) - mu_i, transpose=True)

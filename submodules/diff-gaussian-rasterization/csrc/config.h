@@ -6,6 +6,14 @@
 #define TILE_PIXELS (TILE_X * TILE_Y)
 #define NUM_CHANNELS 3
 #define PREPROCESS_THREADS 256
+#define DUPLICATE_THREADS 256
+
+// Sort keys: tile << DEPTH_KEY_BITS | depth key, the depth key being the view depth's float bits less those
+// of NEAR_CULL (every listed Gaussian has depth > NEAR_CULL, so positive and in the same order), capped at
+// 2^27 - 1, which is depth 13107.2: nearer Gaussians keep their exact float order. 27 + 11 tile bits (a
+// 512x512 image's 1024 tiles and the unused-slot sentinel) make 38 key bits, five 8-bit radix passes
+// instead of the six of 32 depth bits.
+#define DEPTH_KEY_BITS 27
 
 // Blending thresholds of the original rasterizer.
 #define ALPHA_CAP 0.99f

@@ -233,11 +233,31 @@ void preprocess(int P, int D, int M, const float* means, const float* scales, fl
       tiles_touched);
 }
 
+// The sort key's depth part (config.h, DEPTH_KEY_BITS): depth > NEAR_CULL, so its bits exceed NEAR_CULL's.
+static __device__ __forceinline__ uint64_t depth_key(float depth) {
+  const uint32_t d = __float_as_uint(depth) - __float_as_uint(NEAR_CULL);
+  return (uint64_t)min(d, (1u << DEPTH_KEY_BITS) - 1u);
+}
+
+// One thread per Gaussian writes its pairs; with a fixed capacity (unused != 0) the grid then also marks the
+// slots [total, R) unused, and thread 0 copies the total to pair_count (when given): one launch for what
+// were three.
 __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, const float* __restrict__ depths,
                                  const float4* __restrict__ conic_opacity, const uint32_t* __restrict__ offsets,
-                                 const int* __restrict__ radii, dim3 grid, uint32_t capacity,
-                                 uint64_t* __restrict__ keys, uint32_t* __restrict__ values) {
+                                 const int* __restrict__ radii, dim3 grid, uint32_t capacity, bool unused,
+                                 uint64_t* __restrict__ keys, uint32_t* __restrict__ values,
+                                 uint32_t* __restrict__ pair_count) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (unused) {  // slots past the pairs needed: key ~0 (after every real pair, skipped by tile_ranges)
+    const uint32_t total = offsets[P - 1];
+    if (idx == 0 && pair_count != nullptr) *pair_count = total;
+    for (uint64_t s = (uint64_t)total + idx; s < capacity; s += (uint64_t)gridDim.x * blockDim.x) {
+      keys[s] = ~0ull;
+      values[s] = 0u;
+    }
+  } else if (idx == 0 && pair_count != nullptr) {
+    *pair_count = offsets[P - 1];
+  }
   if (idx >= P || radii[idx] <= 0) return;
   uint32_t off = idx == 0 ? 0 : offsets[idx - 1];
   const uint32_t end = min(offsets[idx], capacity);  // pairs past a fixed capacity are dropped (counted)
@@ -247,12 +267,12 @@ __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, cons
   int2 rmin, rmax;
   const float k = reach_rect(p, (float)radii[idx], co, grid, rmin, rmax);
   if (!(k > 0.f)) return;
-  const uint64_t dbits = (uint64_t)__float_as_uint(depths[idx]);
+  const uint64_t dkey = depth_key(depths[idx]);
   for (int y = rmin.y; y < rmax.y; y++) {
     for (int x = rmin.x; x < rmax.x; x++) {
       if (off >= end || !tile_in_reach(p, co, k, x, y)) continue;  // (off < end holds: a guard only)
       const uint64_t tile = (uint64_t)(y * grid.x + x);
-      keys[off] = (tile << 32) | dbits;
+      keys[off] = (tile << DEPTH_KEY_BITS) | dkey;
       values[off] = (uint32_t)idx;
       off++;
     }
@@ -260,36 +280,35 @@ __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, cons
 }
 
 void duplicate_with_keys(int P, const float2* means2D, const float* depths, const float4* conic_opacity,
-                         const uint32_t* offsets, const int* radii, dim3 grid, uint32_t capacity, uint64_t* keys,
-                         uint32_t* values, cudaStream_t stream) {
+                         const uint32_t* offsets, const int* radii, dim3 grid, uint32_t capacity, bool mark_unused,
+                         uint64_t* keys, uint32_t* values, uint32_t* pair_count, cudaStream_t stream) {
   if (P == 0) return;
-  duplicate_kernel<<<(P + 255) / 256, 256, 0, stream>>>(P, means2D, depths, conic_opacity, offsets, radii, grid,
-                                                        capacity, keys, values);
+  duplicate_kernel<<<(P + DUPLICATE_THREADS - 1) / DUPLICATE_THREADS, DUPLICATE_THREADS, 0, stream>>>(
+      P, means2D, depths, conic_opacity, offsets, radii, grid, capacity, mark_unused, keys, values, pair_count);
 }
 
-__global__ void unused_pairs_kernel(int R, const uint32_t* __restrict__ total, uint64_t* __restrict__ keys,
-                                    uint32_t* __restrict__ values) {
+__global__ void unused_pairs_kernel(int R, uint64_t* __restrict__ keys, uint32_t* __restrict__ values) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= R || (total != nullptr && (uint32_t)idx < *total)) return;
-  keys[idx] = ~0ull;  // tile 0xffffffff: sorts after every real pair, and tile_ranges skips it
+  if (idx >= R) return;
+  keys[idx] = ~0ull;  // tile bits all ones: sorts after every real pair, and tile_ranges skips it
   values[idx] = 0u;
 }
 
-void mark_unused_pairs(int R, const uint32_t* total, uint64_t* keys, uint32_t* values, cudaStream_t stream) {
+void mark_unused_pairs(int R, uint64_t* keys, uint32_t* values, cudaStream_t stream) {
   if (R == 0) return;
-  unused_pairs_kernel<<<(R + 255) / 256, 256, 0, stream>>>(R, total, keys, values);
+  unused_pairs_kernel<<<(R + 255) / 256, 256, 0, stream>>>(R, keys, values);
 }
 
 __global__ void ranges_kernel(int R, uint32_t n_tiles, const uint64_t* __restrict__ keys,
                               uint2* __restrict__ ranges) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= R) return;
-  const uint32_t tile = (uint32_t)(keys[idx] >> 32);
+  const uint64_t tile = keys[idx] >> DEPTH_KEY_BITS;
   const bool real = tile < n_tiles;  // else an unused slot of a fixed-capacity list (mark_unused_pairs)
   if (idx == 0) {
     if (real) ranges[tile].x = 0;
   } else {
-    const uint32_t prev = (uint32_t)(keys[idx - 1] >> 32);
+    const uint64_t prev = keys[idx - 1] >> DEPTH_KEY_BITS;
     if (tile != prev) {
       if (prev < n_tiles) ranges[prev].y = idx;
       if (real) ranges[tile].x = idx;

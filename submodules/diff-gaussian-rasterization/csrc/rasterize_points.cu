@@ -164,7 +164,7 @@ struct TileCountState {
 
 // Sort keys and the radix sort's scratch (a byte tensor): keys | keys_alt | pad to 256 | sort_scratch.
 struct BinningKeys {
-  uint64_t* keys;      // (R,) uint64: tile << 32 | depth bits, as duplicated
+  uint64_t* keys;      // (R,) uint64: tile << DEPTH_KEY_BITS | depth key, as duplicated
   uint64_t* keys_alt;  // (R,) uint64: the radix sort's second key buffer
   void* sort_scratch;  // (sort_bytes,) bytes: CUB radix sort temporary storage, 256-byte aligned
 
@@ -308,7 +308,9 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     cub::DeviceScan::InclusiveSum(scan_tmp.data_ptr(), scan_bytes, counts.tiles_touched, counts.offsets, (int)P,
                                   stream);
     check_launch("prefix sum");
-    if (pair_count.numel() > 0)  // the pairs needed, for the caller to compare with pair_capacity later
+    // the pairs needed, for the caller to compare with pair_capacity later: with a fixed capacity the
+    // duplication writes it; here when there is no sort
+    if (pair_count.numel() > 0 && !fixed)
       C10_CUDA_CHECK(cudaMemcpyAsync(pair_count.data_ptr<int>(), counts.offsets + P - 1, sizeof(uint32_t),
                                      cudaMemcpyDeviceToDevice, stream));
     if (!fixed)
@@ -337,7 +339,7 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
   torch::Tensor point_list;
   const int R = fixed ? (int)pair_capacity : (int)num_rendered;
   if (R > 0) {
-    const int end_bit = 32 + highest_bit((uint32_t)n_tiles);
+    const int end_bit = DEPTH_KEY_BITS + highest_bit((uint32_t)n_tiles);  // tiles and the unused sentinel
     size_t sort_bytes = 0;
     {
       cub::DoubleBuffer<uint64_t> qk(nullptr, nullptr);
@@ -351,13 +353,16 @@ std::tuple<int64_t, std::vector<torch::Tensor>> rasterize_forward(
     torch::Tensor vbuf = torch::empty({required_numel<BinningValues>(iopt, (int64_t)R)}, iopt);
     const BinningKeys bkeys = from_base<BinningKeys>(kbuf.data_ptr<uint8_t>(), (int64_t)R, sort_bytes);
     const BinningValues bvals = from_base<BinningValues>(vbuf.data_ptr<int>(), (int64_t)R);
-    if (fixed) {
-      dgr::mark_unused_pairs(R, P > 0 ? counts.offsets + P - 1 : nullptr, bkeys.keys, bvals.values, stream);
+    if (fixed && P == 0) {
+      dgr::mark_unused_pairs(R, bkeys.keys, bvals.values, stream);
       check_launch("mark_unused_pairs");
     }
     dgr::duplicate_with_keys((int)P, geom.means2D, geom.depths, geom.conic_opacity, counts.offsets,
-                             radii.data_ptr<int>(), grid, fixed ? (uint32_t)R : UINT32_MAX, bkeys.keys,
-                             bvals.values, stream);
+                             radii.data_ptr<int>(), grid, fixed ? (uint32_t)R : UINT32_MAX, fixed, bkeys.keys,
+                             bvals.values,
+                             fixed && pair_count.numel() > 0 ? reinterpret_cast<uint32_t*>(pair_count.data_ptr<int>())
+                                                             : nullptr,
+                             stream);
     check_launch("duplicate_with_keys");
     debug_check(debug, "duplicate_with_keys");
     cub::DoubleBuffer<uint64_t> dkeys(bkeys.keys, bkeys.keys_alt);

@@ -47,7 +47,9 @@ void preprocess(int P, int D, int M,
                                               //   of its rectangle it can reach alpha >= 1/255 in), 0 if culled
                 cudaStream_t stream);
 
-// One (tile << 32 | depth bits, index) pair per tile a Gaussian is listed in (its reach tiles, forward.cu).
+// One (tile << DEPTH_KEY_BITS | depth key, index) pair per tile a Gaussian is listed in (its reach tiles,
+// forward.cu; the key in config.h). With mark_unused (a fixed-capacity list) the same launch gives slots
+// [total, capacity) key ~0 (after every real pair in the sort, skipped by tile_ranges) and value 0.
 void duplicate_with_keys(int P,
                          const float2* means2D,    // (P,) float2: pixel-space centres (from preprocess)
                          const float* depths,      // (P,) float: view-space z (from preprocess)
@@ -56,19 +58,20 @@ void duplicate_with_keys(int P,
                          const int* radii,         // (P,) int: radii, 0 when culled (skipped)
                          dim3 grid,
                          uint32_t capacity,        // pairs at positions >= capacity are not written (dropped)
-                         uint64_t* keys,           // out (R,) uint64: tile index << 32 | float bits of the depth
+                         bool mark_unused,         // also mark the slots [total, capacity) unused
+                         uint64_t* keys,           // out (R,) uint64: tile index << DEPTH_KEY_BITS | depth key
                          uint32_t* values,         // out (R,) uint32: Gaussian index
+                         uint32_t* pair_count,     // out (1,) uint32 or nullptr: the pairs needed (total)
                          cudaStream_t stream);
 
-// Slots [*total, R) of a fixed-capacity pair list (all R when total is nullptr): key ~0 (after every real
-// pair in the sort, skipped by tile_ranges), value 0.
-void mark_unused_pairs(int R, const uint32_t* total, uint64_t* keys, uint32_t* values, cudaStream_t stream);
+// All R slots of a fixed-capacity pair list unused (when there are no Gaussians): key ~0, value 0.
+void mark_unused_pairs(int R, uint64_t* keys, uint32_t* values, cudaStream_t stream);
 
 // [start, end) of every tile in the sorted key list (ranges zero-initialised by the caller); keys whose tile
 // is >= n_tiles (unused slots) belong to no tile.
 void tile_ranges(int R,
                  uint32_t n_tiles,
-                 const uint64_t* sorted_keys,  // (R,) uint64: keys sorted ascending (by tile, then depth)
+                 const uint64_t* sorted_keys,  // (R,) uint64: keys sorted ascending (by tile, then depth key)
                  uint2* ranges,                // in/out (grid.x * grid.y,) uint2: [start, end) into the sorted
                                                //   list per tile; must be zeroed (empty tiles stay [0, 0))
                  cudaStream_t stream);
