@@ -64,7 +64,7 @@ def test_frame_graph_renders_exactly_what_the_eager_path_renders(synthetic_subje
         with torch.no_grad():
             for i, cam in views:
                 cond = subject.frame(i).condition
-                gaussians = avatar.deform(cond, cam)[0]
+                gaussians = avatar.frame_gaussians(cond, cam)  # what the graph runs (fast path frame_kernel)
                 want = render(cam, gaussians, bg, backend="cuda").image
                 needed = _pairs(cam, gaussians, bg)
                 if needed > capacity:  # the first frame, and any that needs more room than the last capture
@@ -90,7 +90,7 @@ def test_frame_graph_goes_eager_when_what_it_fixes_keeps_changing(synthetic_subj
         with torch.no_grad():
             for k, degree_at in enumerate((0, 500, 1000)):
                 avatar.update_sh_degree(degree_at)
-                want = render(frame.camera, avatar.deform(frame.condition, frame.camera)[0], bg,
+                want = render(frame.camera, avatar.frame_gaussians(frame.condition, frame.camera), bg,
                               backend="cuda").image
                 if k < 2:
                     got = graph(frame.condition, frame.camera).image

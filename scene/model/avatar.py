@@ -178,7 +178,7 @@ class Avatar(nn.Module):
             v_posed, A = self.flame.unskinned(c[None, EXPRESSION], c[None, JAW], c[None, EYES], neck=eye,
                                               rotation=eye)
             v_posed, A = v_posed[0], A[0]
-        out = self.deformation(self.encoding, c)
+        out = self.deformation(self.encoding, c, uncertainty=False)
         means, rotations, scales = compose(v_posed, A, flame.lbs_weights, flame.eyelid_dirs, c[EYELIDS],
                                            emb.vertex_ids, emb.bary.to(self.dtype), out.d_xyz, out.d_rot,
                                            out.d_scale, gs.rotation, gs.log_scale)

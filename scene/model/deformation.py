@@ -145,7 +145,8 @@ class DirectHead(nn.Module):
     def trunk_view_dim(self) -> int:
         return 3
 
-    def forward(self, trunk_out: Tensor, view_dirs: Tensor | None) -> DeformationOutput:
+    def forward(self, trunk_out: Tensor, view_dirs: Tensor | None, uncertainty: bool = True
+                ) -> DeformationOutput:
         geo = torch.tanh(trunk_out[:, :N_GEOMETRY])
         d_xyz, d_rot, d_scale = geo.split(GEOMETRY_DIMS, dim=-1)
         if not self.appearance:
@@ -178,11 +179,13 @@ class HyperHead(nn.Module):
     def trunk_view_dim(self) -> int:
         return 0
 
-    def forward(self, trunk_out: Tensor, view_dirs: Tensor | None) -> DeformationOutput:
+    def forward(self, trunk_out: Tensor, view_dirs: Tensor | None, uncertainty: bool = True
+                ) -> DeformationOutput:
+        """``uncertainty`` False leaves the output's uncertainty None (frames that do not show it)."""
         z_geo = trunk_out[:, :self.latent_dim]
         geo = torch.tanh(self.geometry.conditional_mean(z_geo))
         d_xyz, d_rot, d_scale = geo.split(GEOMETRY_DIMS, dim=-1)
-        uncertainty = self.geometry.uncertainty()
+        uncertainty = self.geometry.uncertainty() if uncertainty else None
         if not self.appearance_on:
             return DeformationOutput(d_xyz, d_rot, d_scale, uncertainty=uncertainty)
         z_app = trunk_out[:, self.latent_dim:]
@@ -216,16 +219,17 @@ class DeformationModel(nn.Module):
         view_dim = self.head.trunk_view_dim if camera_conditioning else 0
         self.trunk = Trunk(enc_dim, cond_dim, self.head.trunk_out_dim, hidden_dim, hidden_layers, view_dim)
 
-    def forward(self, encoding: Tensor, condition: Tensor,
-                view_dirs: Tensor | None = None) -> DeformationOutput:
+    def forward(self, encoding: Tensor, condition: Tensor, view_dirs: Tensor | None = None,
+                uncertainty: bool = True) -> DeformationOutput:
         """encoding (N, 51), condition (120,) (or (1,120)), view_dirs (N,3) unit vectors when
-        camera-conditioned (ignored otherwise)."""
+        camera-conditioned (ignored otherwise). ``uncertainty`` False skips HyperGaussians' uncertainty
+        (None in the output): a frame's render does not use it (two launches fewer)."""
         if encoding.shape[0] != self.n_gaussians:
             raise ValueError(f"DeformationModel was built for {self.n_gaussians} Gaussians, "
                              f"got an encoding of {encoding.shape[0]}")
         if not self.camera_conditioning:
             view_dirs = None
-        return self.head(self.trunk(encoding, condition, view_dirs), view_dirs)
+        return self.head(self.trunk(encoding, condition, view_dirs), view_dirs, uncertainty)
 
     @torch.no_grad()
     def start_at_rest(self) -> None:

@@ -1,4 +1,4 @@
-// HyperGaussians' conditional mean (docs/maths.md section 5), fused: one warp per (Gaussian, block) system
+// HyperGaussians' conditional mean (docs/maths.md section 5), fused: eight lanes per (Gaussian, block) system
 // computes b = L21^T (z - mu_i), solves L11^T x = b by back substitution and writes mu_o - x; the backward
 // recomputes x, solves L11 gb = -dL/dout by forward substitution and writes every parameter's gradient.
 // Unfused, this is an einsum (tens of thousands of 1 x m products, which cuBLAS runs as FP32 GEMV kernels),
@@ -18,19 +18,23 @@ namespace {
 
 constexpr int MAX_N = 8;
 constexpr int WARP = 32;
-constexpr int THREADS = 128;  // four systems per block, one warp each
+constexpr int LANES = 8;  // lanes per system: four systems a warp (a warp each took 0.022 ms for the forward at
+                          // N = 10.9k x 3 blocks, m = 32, H200: shuffle- and latency-bound, session 21)
+constexpr int THREADS = 128;  // sixteen systems per block
+static_assert(MAX_N <= LANES && WARP % LANES == 0, "a system's output entries are written one lane each");
 
 // Position of L11's entry (r, c), r > c, in the row-major strictly-lower storage.
 __device__ __forceinline__ int lower_at(int r, int c) { return r * (r - 1) / 2 + c; }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over a system's LANES lanes (aligned groups of a warp; every lane of the warp takes part).
+__device__ __forceinline__ float group_sum(float v) {
 #pragma unroll
-  for (int offset = WARP / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = LANES / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
-// One warp per system, lanes over the latent dimensions j (so that the warp reads L21's rows, and writes
-// their gradients, as contiguous memory): b = L21^T (z - mu_i) summed over the warp, then x = L11^{-T} b by
+// LANES lanes per system, over the latent dimensions j (so that they read L21's rows, and write their
+// gradients, as contiguous memory): b = L21^T (z - mu_i) summed over the group, then x = L11^{-T} b by
 // back substitution in every lane (n <= 8). Entries beyond n stay 0.
 __device__ __forceinline__ void solve_mean(int lane, int n, int m, const float* __restrict__ mu,
                                            const float* __restrict__ ld, const float* __restrict__ lo,
@@ -39,7 +43,7 @@ __device__ __forceinline__ void solve_mean(int lane, int n, int m, const float* 
   float b[MAX_N];
 #pragma unroll
   for (int i = 0; i < MAX_N; i++) b[i] = 0.f;
-  for (int j = lane; j < m; j += WARP) {
+  for (int j = lane; j < m; j += LANES) {
     const float d = zk[j] - mu[n + j];
     const float* row = L21 + (size_t)j * n;
 #pragma unroll
@@ -48,7 +52,7 @@ __device__ __forceinline__ void solve_mean(int lane, int n, int m, const float* 
   }
 #pragma unroll
   for (int i = 0; i < MAX_N; i++)
-    if (i < n) b[i] = warp_sum(b[i]);  // n is the same in every lane: the shuffles stay convergent
+    if (i < n) b[i] = group_sum(b[i]);  // n and m are the same in every lane: the shuffles stay convergent
 #pragma unroll
   for (int i = MAX_N - 1; i >= 0; i--) {
     float acc = 0.f;
@@ -67,9 +71,11 @@ __global__ void conditional_mean_forward_kernel(int S, int G, int n, int m, cons
                                                 const float* __restrict__ log_diag, const float* __restrict__ lower,
                                                 const float* __restrict__ l21, const float* __restrict__ z,
                                                 float* __restrict__ out) {
-  const int s = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP);
-  const int lane = threadIdx.x % WARP;
-  if (s >= S) return;  // the whole warp
+  const int64_t sys = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  if (sys - threadIdx.x % WARP / LANES >= S) return;  // the whole warp is past the last system
+  const bool valid = sys < S;  // else a group of a partly filled last warp: it computes system S-1, writes nothing
+  const int s = valid ? (int)sys : S - 1;
+  const int lane = threadIdx.x % LANES;
   const int nl = n * (n - 1) / 2;
   const float* mu = mean + (size_t)s * (n + m);
   float x[MAX_N];
@@ -78,7 +84,7 @@ __global__ void conditional_mean_forward_kernel(int S, int G, int n, int m, cons
   float* o = out + (size_t)s * n;
 #pragma unroll
   for (int i = 0; i < MAX_N; i++)
-    if (i < n && lane == i) o[i] = mu[i] - x[i];
+    if (valid && i < n && lane == i) o[i] = mu[i] - x[i];
 }
 
 // With gb = L11^{-1} (-dL/dout) (the gradient of b): dL/dL21[j][i] = gb_i d_j, dL/dmu_i[j] = -sum_i L21[j][i]
@@ -90,9 +96,11 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
                                                  const float* __restrict__ z, float* __restrict__ g_mean,
                                                  float* __restrict__ g_log_diag, float* __restrict__ g_lower,
                                                  float* __restrict__ g_l21) {
-  const int s = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP);
-  const int lane = threadIdx.x % WARP;
-  if (s >= S) return;  // the whole warp
+  const int64_t sys = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  if (sys - threadIdx.x % WARP / LANES >= S) return;  // the whole warp is past the last system
+  const bool valid = sys < S;  // else a group of a partly filled last warp: it computes system S-1, writes nothing
+  const int s = valid ? (int)sys : S - 1;
+  const int lane = threadIdx.x % LANES;
   const int nl = n * (n - 1) / 2;
   const float* mu = mean + (size_t)s * (n + m);
   const float* ld = log_diag + (size_t)s * n;
@@ -102,6 +110,7 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
   const float* go = grad_out + (size_t)s * n;
   float x[MAX_N];
   solve_mean(lane, n, m, mu, ld, lo, L21, zk, x);
+  if (!valid) return;  // past the shuffles: nothing more to do for a padding group
   float gb[MAX_N];
 #pragma unroll
   for (int i = 0; i < MAX_N; i++) {  // forward substitution: L11 gb = -grad_out (every lane)
@@ -125,7 +134,7 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
       for (int c = 0; c < i; c++) g_lower[(size_t)s * nl + lower_at(i, c)] = -gb[c] * x[i];
     }
   }
-  for (int j = lane; j < m; j += WARP) {
+  for (int j = lane; j < m; j += LANES) {
     const float d = zk[j] - mu[n + j];
     const float* row = L21 + (size_t)j * n;
     float* grow = gl21 + (size_t)j * n;
@@ -184,7 +193,7 @@ torch::Tensor conditional_mean_forward(const torch::Tensor& mean, const torch::T
   torch::Tensor out = torch::empty({s.N, s.G, s.n}, mean.options());
   const int S = (int)(s.N * s.G);
   if (S == 0) return out;
-  conditional_mean_forward_kernel<<<(unsigned)(((int64_t)S * WARP + THREADS - 1) / THREADS), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  conditional_mean_forward_kernel<<<(unsigned)(((int64_t)S * LANES + THREADS - 1) / THREADS), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
       S, (int)s.G, (int)s.n, (int)s.m, mean.data_ptr<float>(), log_diag.data_ptr<float>(), lower.data_ptr<float>(),
       l21.data_ptr<float>(), z.data_ptr<float>(), out.data_ptr<float>());
   check_launch("conditional_mean_forward");
@@ -201,7 +210,7 @@ std::vector<torch::Tensor> conditional_mean_backward(const torch::Tensor& grad_o
   torch::Tensor g_lower = torch::empty_like(lower), g_l21 = torch::empty_like(l21);
   const int S = (int)(s.N * s.G);
   if (S > 0) {
-    conditional_mean_backward_kernel<<<(unsigned)(((int64_t)S * WARP + THREADS - 1) / THREADS), THREADS, 0,
+    conditional_mean_backward_kernel<<<(unsigned)(((int64_t)S * LANES + THREADS - 1) / THREADS), THREADS, 0,
                                        c10::cuda::getCurrentCUDAStream()>>>(
         S, (int)s.G, (int)s.n, (int)s.m, grad_out.data_ptr<float>(), mean.data_ptr<float>(),
         log_diag.data_ptr<float>(), lower.data_ptr<float>(), l21.data_ptr<float>(), z.data_ptr<float>(),
