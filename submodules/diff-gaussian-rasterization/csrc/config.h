@@ -7,7 +7,6 @@
 #define NUM_CHANNELS 3
 #define PREPROCESS_THREADS 128  // 256 -> 128: 0.219 -> 0.215 ms captured forward (oracle scene, H200, session 21)
 #define DUPLICATE_THREADS 128
-#define RENDER_UNROLL 4  // Gaussians whose alphas the forward blend computes together (forward.cu)
 
 // Sort keys: tile << DEPTH_KEY_BITS | depth key, the depth key being the view depth's float bits less those
 // of NEAR_CULL (every listed Gaussian has depth > NEAR_CULL, so positive and in the same order), capped at

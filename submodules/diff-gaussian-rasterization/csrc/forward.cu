@@ -324,13 +324,7 @@ void tile_ranges(int R, uint32_t n_tiles, const uint64_t* sorted_keys, uint2* ra
 
 // One block per 16x16 tile, one thread per pixel. Gaussians of the tile are fetched into shared memory in
 // batches of 256 and blended front to back; the block stops once every pixel is saturated.
-//
-// The blend runs UNROLL Gaussians at a time: their alphas first (independent of the transmittance, so their
-// exponentials overlap), then the front-to-back updates in order. A tile's time is the chain of its blends,
-// and the heaviest tiles set the kernel's. Each pixel sees exactly the arithmetic and the stopping rule of one
-// Gaussian at a time (a power > 0 gives alpha 0, below ALPHA_MIN like the skip it was), so images,
-// contributor counts and final transmittances are unchanged bit for bit.
-template <bool DEPTH, int UNROLL>
+template <bool DEPTH>
 __global__ void __launch_bounds__(TILE_PIXELS)
 render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ point_list, int W, int H,
               const float2* __restrict__ means2D, const float* __restrict__ rgb,
@@ -373,38 +367,27 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
     }
     block.sync();
     const int n = min(TILE_PIXELS, to_do);
-    for (int j0 = 0; !done && j0 < n; j0 += UNROLL) {
-      float alphas[UNROLL];
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int j = min(j0 + u, n - 1);  // (a clamped index is never blended: the loop below stops at n)
-        const float2 xy = s_xy[j];
-        const float2 d = make_float2(xy.x - pixf.x, xy.y - pixf.y);
-        const float4 co = s_co[j];
-        const float power = -0.5f * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
-        const float alpha = fminf(ALPHA_CAP, co.w * expf(power));
-        alphas[u] = power > 0.f ? 0.f : alpha;
+    for (int j = 0; !done && j < n; j++) {
+      contributor++;
+      const float2 xy = s_xy[j];
+      const float2 d = make_float2(xy.x - pixf.x, xy.y - pixf.y);
+      const float4 co = s_co[j];
+      const float power = -0.5f * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
+      if (power > 0.f) continue;
+      const float alpha = fminf(ALPHA_CAP, co.w * expf(power));
+      if (alpha < ALPHA_MIN) continue;
+      const float test_T = T * (1.f - alpha);
+      if (test_T < T_MIN) {
+        done = true;
+        continue;
       }
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int j = j0 + u;
-        if (done || j >= n) break;
-        contributor++;
-        const float alpha = alphas[u];
-        if (alpha < ALPHA_MIN) continue;
-        const float test_T = T * (1.f - alpha);
-        if (test_T < T_MIN) {
-          done = true;
-          continue;
-        }
-        // (c * alpha) * T, the original's evaluation order.
-        C[0] += s_rgb[j] * alpha * T;
-        C[1] += s_rgb[TILE_PIXELS + j] * alpha * T;
-        C[2] += s_rgb[2 * TILE_PIXELS + j] * alpha * T;
-        if (DEPTH) Dacc += s_depth[j] * alpha * T;
-        T = test_T;
-        last_contributor = contributor;
-      }
+      // (c * alpha) * T, the original's evaluation order.
+      C[0] += s_rgb[j] * alpha * T;
+      C[1] += s_rgb[TILE_PIXELS + j] * alpha * T;
+      C[2] += s_rgb[2 * TILE_PIXELS + j] * alpha * T;
+      if (DEPTH) Dacc += s_depth[j] * alpha * T;
+      T = test_T;
+      last_contributor = contributor;
     }
   }
 
@@ -425,13 +408,12 @@ void render(dim3 grid, const uint2* ranges, const uint32_t* point_list, int W, i
             cudaStream_t stream) {
   const dim3 block(TILE_X, TILE_Y, 1);
   if (out_depth != nullptr) {
-    render_kernel<true, RENDER_UNROLL><<<grid, block, 0, stream>>>(ranges, point_list, W, H, means2D, rgb,
-                                                                   conic_opacity, depths, bg, final_T, n_contrib,
-                                                                   out_color, out_depth, out_alpha);
+    render_kernel<true><<<grid, block, 0, stream>>>(ranges, point_list, W, H, means2D, rgb, conic_opacity, depths,
+                                                    bg, final_T, n_contrib, out_color, out_depth, out_alpha);
   } else {
-    render_kernel<false, RENDER_UNROLL><<<grid, block, 0, stream>>>(ranges, point_list, W, H, means2D, rgb,
-                                                                    conic_opacity, depths, bg, final_T, n_contrib,
-                                                                    out_color, out_depth, out_alpha);
+    render_kernel<false><<<grid, block, 0, stream>>>(ranges, point_list, W, H, means2D, rgb, conic_opacity,
+                                                     depths, bg, final_T, n_contrib, out_color, out_depth,
+                                                     out_alpha);
   }
 }
 
