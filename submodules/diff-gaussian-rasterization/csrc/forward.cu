@@ -138,26 +138,46 @@ static __device__ __noinline__ float reach_rect(float2 p, float r, float4 co, di
   return k;
 }
 
-__global__ void __launch_bounds__(PREPROCESS_THREADS)
-preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const float* __restrict__ scales,
-                  float scale_modifier, const float4* __restrict__ rotations, const float* __restrict__ opacities,
-                  const float* __restrict__ shs, const float* __restrict__ colors_precomp,
-                  const float* __restrict__ cov3D_precomp, Camera cam, dim3 grid, int* __restrict__ radii,
-                  float2* __restrict__ means2D, float* __restrict__ depths, float* __restrict__ cov3Ds,
-                  float* __restrict__ rgb, uint8_t* __restrict__ clamped, float4* __restrict__ conic_opacity,
-                  uint32_t* __restrict__ tiles_touched) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= P) return;
-  radii[idx] = 0;
-  tiles_touched[idx] = 0;
+constexpr unsigned FULL_MASK = 0xffffffffu;
 
+// Lane src's Gaussian (centre, conic/opacity, reach k, tile rectangle) in every lane of the warp.
+struct WarpRect {
+  float2 p;
+  float4 co;
+  float k;
+  int x0, y0, w, tiles;  // rectangle origin, width and tile count (0 when empty)
+};
+
+__device__ __forceinline__ WarpRect broadcast_rect(int src, float2 p, float4 co, float k, int2 rmin, int2 rmax) {
+  WarpRect r;
+  r.p = make_float2(__shfl_sync(FULL_MASK, p.x, src), __shfl_sync(FULL_MASK, p.y, src));
+  r.co = make_float4(__shfl_sync(FULL_MASK, co.x, src), __shfl_sync(FULL_MASK, co.y, src),
+                     __shfl_sync(FULL_MASK, co.z, src), __shfl_sync(FULL_MASK, co.w, src));
+  r.k = __shfl_sync(FULL_MASK, k, src);
+  r.x0 = __shfl_sync(FULL_MASK, rmin.x, src);
+  r.y0 = __shfl_sync(FULL_MASK, rmin.y, src);
+  r.w = __shfl_sync(FULL_MASK, rmax.x, src) - r.x0;
+  const int h = __shfl_sync(FULL_MASK, rmax.y, src) - r.y0;
+  r.tiles = r.w > 0 && h > 0 ? r.w * h : 0;
+  return r;
+}
+
+// One Gaussian's preprocessing (cull, covariances, conic, radius, colour, depth); true when it is kept, with
+// its pixel centre, conic/opacity and radius for the tile count.
+__device__ __forceinline__ bool preprocess_gaussian(
+    int idx, int D, int M, const float* __restrict__ means, const float* __restrict__ scales, float scale_modifier,
+    const float4* __restrict__ rotations, const float* __restrict__ opacities, const float* __restrict__ shs,
+    const float* __restrict__ colors_precomp, const float* __restrict__ cov3D_precomp, const Camera& cam,
+    dim3 grid, int* __restrict__ radii, float2* __restrict__ means2D, float* __restrict__ depths,
+    float* __restrict__ cov3Ds, float* __restrict__ rgb, uint8_t* __restrict__ clamped,
+    float4* __restrict__ conic_opacity, float2& pix_out, float4& co_out, float& radius_out) {
   const float3 m = load_f3(means, idx);
-  if (!finite3(m)) return;
+  if (!finite3(m)) return false;
   const float3 pv = xform_point_4x3(cam.view, m);
-  if (!(pv.z > NEAR_CULL) || !finite3(pv)) return;  // also rejects NaN depth
+  if (!(pv.z > NEAR_CULL) || !finite3(pv)) return false;  // also rejects NaN depth
 
   const float opacity = opacities[idx];
-  if (!finite_f(opacity)) return;
+  if (!finite_f(opacity)) return false;
 
   float cov[6];
   if (cov3D_precomp != nullptr) {
@@ -170,7 +190,7 @@ preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const fl
   }
   const float3 c2 = cov2d_ewa(pv, cam.focal_x, cam.focal_y, cam.tanfovx, cam.tanfovy, cov, cam.view);
   const float det = c2.x * c2.z - c2.y * c2.y;
-  if (!(det > 0.f) || !isfinite(det) || !finite3(c2)) return;
+  if (!(det > 0.f) || !isfinite(det) || !finite3(c2)) return false;
   const float det_inv = 1.f / det;
   const float3 conic = make_float3(c2.z * det_inv, -c2.y * det_inv, c2.x * det_inv);
 
@@ -178,15 +198,15 @@ preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const fl
   const float root = sqrtf(fmaxf(0.1f, mid * mid - det));
   const float lambda1 = mid + root, lambda2 = mid - root;
   const float radius = ceilf(3.f * sqrtf(fmaxf(lambda1, lambda2)));
-  if (!isfinite(radius) || radius > 1.0e9f) return;
+  if (!isfinite(radius) || radius > 1.0e9f) return false;
 
   const float4 ph = xform_point_4x4(cam.proj, m);
   const float pw = 1.0f / (ph.w + W_EPS);
   const float2 pix = make_float2(ndc_to_pixel(ph.x * pw, cam.width), ndc_to_pixel(ph.y * pw, cam.height));
-  if (!isfinite(pix.x) || !isfinite(pix.y)) return;
+  if (!isfinite(pix.x) || !isfinite(pix.y)) return false;
   int2 rmin, rmax;
   tile_rect(pix, radius, grid, rmin, rmax);
-  if ((rmax.x - rmin.x) * (rmax.y - rmin.y) <= 0) return;  // off screen: culled, radius 0
+  if ((rmax.x - rmin.x) * (rmax.y - rmin.y) <= 0) return false;  // off screen: culled, radius 0
 
   float3 color;
   uint8_t clamp_flags[3] = {0, 0, 0};
@@ -199,7 +219,7 @@ preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const fl
     dir = len > 0.f ? make_float3(dir.x / len, dir.y / len, dir.z / len) : make_float3(0.f, 0.f, 0.f);
     color = eval_sh_color(D, shs + (size_t)idx * M * 3, dir, clamp_flags);
   }
-  if (!finite3(color)) return;
+  if (!finite3(color)) return false;
 
   clamped[3 * idx + 0] = clamp_flags[0];
   clamped[3 * idx + 1] = clamp_flags[1];
@@ -212,13 +232,61 @@ preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const fl
   means2D[idx] = pix;
   const float4 co = make_float4(conic.x, conic.y, conic.z, opacity);
   conic_opacity[idx] = co;
+  pix_out = pix;
+  co_out = co;
+  radius_out = (float)(int)radius;  // as stored in radii (duplicate_kernel reads it back from there)
+  return true;
+}
+
+
+// The reach tiles (tile_in_reach) of each active lane's Gaussian, counted by the whole warp: the lanes sweep one
+// Gaussian's tile rectangle 32 tiles at a time. A thread per Gaussian walking its own rectangle left the
+// kernel waiting on the warps holding the largest Gaussians (hundreds of tiles in a row); here a warp's time
+// is the sum of its Gaussians' rectangles over 32. Every lane of the warp must call it (shuffles).
+__device__ __forceinline__ uint32_t warp_count_reach(bool active, float2 p, float4 co, float k, int2 rmin,
+                                                     int2 rmax) {
+  const int lane = threadIdx.x % 32;
+  uint32_t mine = 0;
+  for (unsigned pending = __ballot_sync(FULL_MASK, active); pending != 0u; pending &= pending - 1u) {
+    const int src = __ffs(pending) - 1;
+    const WarpRect r = broadcast_rect(src, p, co, k, rmin, rmax);
+    uint32_t count = 0;
+    for (int t0 = 0; t0 < r.tiles; t0 += 32) {
+      const int t = t0 + lane;
+      const bool in = t < r.tiles && tile_in_reach(r.p, r.co, r.k, r.x0 + t % r.w, r.y0 + t / r.w);
+      count += __popc(__ballot_sync(FULL_MASK, in));
+    }
+    if (lane == src) mine = count;
+  }
+  return mine;
+}
+
+__global__ void __launch_bounds__(PREPROCESS_THREADS)
+preprocess_kernel(int P, int D, int M, const float* __restrict__ means, const float* __restrict__ scales,
+                  float scale_modifier, const float4* __restrict__ rotations, const float* __restrict__ opacities,
+                  const float* __restrict__ shs, const float* __restrict__ colors_precomp,
+                  const float* __restrict__ cov3D_precomp, Camera cam, dim3 grid, int* __restrict__ radii,
+                  float2* __restrict__ means2D, float* __restrict__ depths, float* __restrict__ cov3Ds,
+                  float* __restrict__ rgb, uint8_t* __restrict__ clamped, float4* __restrict__ conic_opacity,
+                  uint32_t* __restrict__ tiles_touched) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx - (int)(threadIdx.x % 32) >= P) return;  // the whole warp is past the last Gaussian
+  const bool in_range = idx < P;
+  if (in_range) {
+    radii[idx] = 0;
+    tiles_touched[idx] = 0;
+  }
+  float2 pix = make_float2(0.f, 0.f);
+  float4 co = make_float4(0.f, 0.f, 0.f, 0.f);
+  float radius = 0.f;
+  const bool kept = in_range && preprocess_gaussian(idx, D, M, means, scales, scale_modifier, rotations, opacities,
+                                                    shs, colors_precomp, cov3D_precomp, cam, grid, radii, means2D,
+                                                    depths, cov3Ds, rgb, clamped, conic_opacity, pix, co, radius);
   // listed only in the tiles it can reach (the same calls on the same stored values as duplicate_kernel)
-  const float k = reach_rect(pix, (float)(int)radius, co, grid, rmin, rmax);
-  uint32_t n = 0;
-  if (k > 0.f)
-    for (int ty = rmin.y; ty < rmax.y; ty++)
-      for (int tx = rmin.x; tx < rmax.x; tx++) n += tile_in_reach(pix, co, k, tx, ty);
-  tiles_touched[idx] = n;
+  int2 rmin = make_int2(0, 0), rmax = make_int2(0, 0);
+  const float k = kept ? reach_rect(pix, radius, co, grid, rmin, rmax) : 0.f;
+  const uint32_t n = warp_count_reach(kept && k > 0.f, pix, co, k, rmin, rmax);
+  if (kept) tiles_touched[idx] = n;
 }
 
 void preprocess(int P, int D, int M, const float* means, const float* scales, float scale_modifier,
@@ -239,15 +307,18 @@ static __device__ __forceinline__ uint64_t depth_key(float depth) {
   return (uint64_t)min(d, (1u << DEPTH_KEY_BITS) - 1u);
 }
 
-// One thread per Gaussian writes its pairs; with a fixed capacity (unused != 0) the grid then also marks the
-// slots [total, R) unused, and thread 0 copies the total to pair_count (when given): one launch for what
-// were three.
+// The pairs of each Gaussian, written by the whole warp as warp_count_reach counts them: lane t of a sweep
+// takes the rectangle's tile t0 + t, and the warp's ballot gives each reach tile its slot in row-major order
+// (the order of the thread-per-Gaussian loop it replaces). With a fixed capacity (unused != 0) the grid also
+// marks the slots [total, R) unused, and thread 0 copies the total to pair_count (when given): one launch for
+// what were three.
 __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, const float* __restrict__ depths,
                                  const float4* __restrict__ conic_opacity, const uint32_t* __restrict__ offsets,
                                  const int* __restrict__ radii, dim3 grid, uint32_t capacity, bool unused,
                                  uint64_t* __restrict__ keys, uint32_t* __restrict__ values,
                                  uint32_t* __restrict__ pair_count) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x % 32;
   if (unused) {  // slots past the pairs needed: key ~0 (after every real pair, skipped by tile_ranges)
     const uint32_t total = offsets[P - 1];
     if (idx == 0 && pair_count != nullptr) *pair_count = total;
@@ -258,23 +329,40 @@ __global__ void duplicate_kernel(int P, const float2* __restrict__ means2D, cons
   } else if (idx == 0 && pair_count != nullptr) {
     *pair_count = offsets[P - 1];
   }
-  if (idx >= P || radii[idx] <= 0) return;
-  uint32_t off = idx == 0 ? 0 : offsets[idx - 1];
-  const uint32_t end = min(offsets[idx], capacity);  // pairs past a fixed capacity are dropped (counted)
-  if (off >= end) return;
-  const float2 p = means2D[idx];
-  const float4 co = conic_opacity[idx];
-  int2 rmin, rmax;
-  const float k = reach_rect(p, (float)radii[idx], co, grid, rmin, rmax);
-  if (!(k > 0.f)) return;
-  const uint64_t dkey = depth_key(depths[idx]);
-  for (int y = rmin.y; y < rmax.y; y++) {
-    for (int x = rmin.x; x < rmax.x; x++) {
-      if (off >= end || !tile_in_reach(p, co, k, x, y)) continue;  // (off < end holds: a guard only)
-      const uint64_t tile = (uint64_t)(y * grid.x + x);
-      keys[off] = (tile << DEPTH_KEY_BITS) | dkey;
-      values[off] = (uint32_t)idx;
-      off++;
+  if (idx - lane >= P) return;  // the whole warp is past the last Gaussian
+  bool active = idx < P && radii[idx] > 0;
+  uint32_t off = 0, end = 0, dkey = 0;
+  float2 p = make_float2(0.f, 0.f);
+  float4 co = make_float4(0.f, 0.f, 0.f, 0.f);
+  float k = 0.f;
+  int2 rmin = make_int2(0, 0), rmax = make_int2(0, 0);
+  if (active) {
+    off = idx == 0 ? 0 : offsets[idx - 1];
+    end = min(offsets[idx], capacity);  // pairs past a fixed capacity are dropped (counted)
+    p = means2D[idx];
+    co = conic_opacity[idx];
+    k = reach_rect(p, (float)radii[idx], co, grid, rmin, rmax);
+    dkey = (uint32_t)depth_key(depths[idx]);
+    active = off < end && k > 0.f;
+  }
+  for (unsigned pending = __ballot_sync(FULL_MASK, active); pending != 0u; pending &= pending - 1u) {
+    const int src = __ffs(pending) - 1;
+    const WarpRect r = broadcast_rect(src, p, co, k, rmin, rmax);
+    uint32_t slot = __shfl_sync(FULL_MASK, off, src);
+    const uint32_t stop = __shfl_sync(FULL_MASK, end, src);
+    const uint64_t key_depth = (uint64_t)__shfl_sync(FULL_MASK, dkey, src);
+    const uint32_t gid = (uint32_t)(idx - lane + src);
+    for (int t0 = 0; t0 < r.tiles && slot < stop; t0 += 32) {
+      const int t = t0 + lane;
+      const int x = r.x0 + t % max(r.w, 1), y = r.y0 + t / max(r.w, 1);
+      const bool in = t < r.tiles && tile_in_reach(r.p, r.co, r.k, x, y);
+      const unsigned hits = __ballot_sync(FULL_MASK, in);
+      const uint32_t at = slot + (uint32_t)__popc(hits & ((1u << lane) - 1u));
+      if (in && at < stop) {
+        keys[at] = ((uint64_t)(y * grid.x + x) << DEPTH_KEY_BITS) | key_depth;
+        values[at] = gid;
+      }
+      slot += (uint32_t)__popc(hits);
     }
   }
 }
