@@ -23,98 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from bench_inference import inference_speed, profile_kernels, sync  # noqa: E402
 
 from gaussian_renderer import render  # noqa: E402
-from scene.frame_graph import FrameRenderGraph  # noqa: E402
-from scene.model.cuda_graphs import inference_graph  # noqa: E402
 from scene.trainer import Trainer  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
 from utils.fast_paths import set_fast_paths  # noqa: E402
 from utils.losses import photometric_loss  # noqa: E402
 from utils.options import parse_train_args  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _profile(step, steps: int, device: torch.device, top: int = 10, what: str = "step") -> None:
-    """Print the device time of the kernels per step (what the step would cost with no host overhead),
-    the launches per step, and the ``top`` costliest kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            step()
-        _sync(device)
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and not getattr(e, "is_user_annotation", False)]  # annotation ranges would count twice
-    if not kernels:
-        print("profile: no device kernels recorded (CPU run)")
-        return
-    total_us = sum(e.device_time for e in kernels)
-    print(f"profile ({what}): {len(kernels) / steps:.0f} kernels per {what}, "
-          f"{total_us / steps / 1e3:.3f} ms of kernel time per {what}")
-    by_name: dict[str, list[float]] = {}
-    for e in kernels:
-        by_name.setdefault(e.name, []).append(e.device_time)
-    for name, times in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
-        print(f"  {sum(times) / steps / 1e3:8.3f} ms  {len(times) / steps:5.1f}x  {name[:90]}")
-
-
-def _inference_speed(trainer: Trainer, frames: int, profile_top: int = 0) -> dict[str, float]:
-    """Frames per second of deformation + render without gradients, as render.py does it (the avatar in
-    eval mode with its inference precomputations): eager, with the deformation's CUDA graph, and with the
-    whole frame (deformation + rasterizer) as one CUDA graph where there are those; one frame at a time,
-    one sync at the end (the whole-frame graph also waits for each frame, as it checks its pair count)."""
-    avatar, subject, dev = trainer.avatar, trainer.subject, trainer.device
-    backend, background = trainer.cfg.run.backend, trainer.background
-    avatar.eval()
-    avatar.freeze_for_inference()  # as render.py and the viewer (training is over by now)
-
-    def deform_then_render(deform):
-        return lambda fr: render(fr.camera, deform(fr.condition, fr.camera)[0], background, backend=backend)
-
-    modes = [("eager", deform_then_render(avatar.deform))]
-    if dev.type == "cuda":
-        modes.append(("CUDA graph", deform_then_render(inference_graph(avatar))))
-        whole = FrameRenderGraph(avatar, background, backend)
-        modes.append(("whole-frame CUDA graph", lambda fr: whole(fr.condition, fr.camera)))
-    idx = subject.train_indices[:frames]
-    loaded = [subject.frame(i) for i in idx]
-    result = {}
-    for name, fn in modes:
-        with torch.no_grad():
-            for _ in range(2):
-                for fr in loaded[:5]:
-                    fn(fr)
-            _sync(dev)
-            passes = []  # the median pass over the frames, at least 240 frames in all (one pass of a small
-            for _ in range(max(3, -(-240 // len(loaded)))):  # subject is a few ms: too noisy alone)
-                t0 = time.perf_counter()
-                for fr in loaded:
-                    fn(fr)
-                _sync(dev)
-                passes.append((time.perf_counter() - t0) * 1e3 / len(loaded))
-        ms = statistics.median(passes)
-        print(f"inference ({name}): {ms:.3f} ms a frame, {1000 / ms:.0f} FPS (median of {len(passes)} "
-              f"passes over {len(loaded)} frames)")
-        result[name] = ms
-    if dev.type == "cuda":  # the GPU's own time for a frame: the floor of the whole-frame graph
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(50):
-            whole.graph.replay()
-        end.record()
-        _sync(dev)
-        result["whole-frame replay, GPU time"] = start.elapsed_time(end) / 50
-        print(f"inference (whole-frame replay, GPU time): {result['whole-frame replay, GPU time']:.3f} ms")
-        if profile_top:
-            _profile(whole.graph.replay, 20, dev, profile_top, "frame")
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def step(parts: dict[str, list[float]] | None) -> None:
         def mark(name: str, t0: float) -> float:
             if parts is not None:
-                _sync(dev)
+                sync(dev)
                 t1 = time.perf_counter()
                 parts.setdefault(name, []).append((t1 - t0) * 1e3)
                 return t1
@@ -190,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     parts: dict[str, list[float]] = {}
     for _ in range(own.steps):
         step(parts)
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(own.steps):
         whole_step()
-    _sync(dev)
+    sync(dev)
     whole = (time.perf_counter() - t0) * 1e3 / own.steps
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
 
     if own.profile:
-        _profile(whole_step, own.steps, dev, own.profile)
+        profile_kernels(whole_step, own.steps, dev, own.profile)
 
     threads = torch.get_num_threads()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
@@ -214,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT step_ms={whole:.3f} method={avatar.method} precision={cfg.run.precision} "
           f"lpips={int(bool(own.with_lpips))} graph_scope={cfg.run.graph_scope} "
           + " ".join(f"{k}={int(v)}" for k, v in switches.items()))
-    inference = _inference_speed(trainer, own.steps, own.profile)
+    subject_frames = [subject.frame(i) for i in subject.train_indices[:own.steps]]
+    inference = inference_speed(avatar, subject_frames, trainer.background, cfg.run.backend, dev, own.profile)
     if own.json:
         write_json(own.json, {"device": name, "method": avatar.method, "precision": cfg.run.precision,
                               "graph_scope": cfg.run.graph_scope, "fast_paths": switches,

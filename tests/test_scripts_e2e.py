@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,27 @@ def test_render_test_split_and_metrics(trained, synthetic_subject, capsys):
     assert sorted(per["PSNR"]) == names
     assert res["PSNR"] == pytest.approx(_log(run)["evaluations"][-1]["PSNR"], abs=1e-3)
     assert res["checkpoint"] == fmap["checkpoint"] and res["iteration"] == TRAIN_ITERS
+
+
+@pytest.mark.slow
+def test_bench_inference_times_a_trained_runs_test_split(trained, synthetic_subject, tmp_path, capsys):
+    """bench/bench_inference.py (speed_table's inference on trained avatars): the run's newest checkpoint, its
+    test split, each frame as render.py draws it (CPU: eagerly), the figures written as JSON."""
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import bench_inference
+
+    run = trained / f"{synthetic_subject.idname}_ours"
+    out = tmp_path / "inference.json"
+    assert bench_inference.main(["-m", str(run), "--device", "cpu", "--backend", "torch", "--json", str(out),
+                                 "--min_frames", "8"]) == 0
+    res = json.loads(out.read_text())
+    assert res["method"] == "ours" and res["iteration"] == TRAIN_ITERS and res["frames"] == 4
+    assert res["checkpoint"].endswith(f"ckpt{TRAIN_ITERS}.pth")
+    assert set(res["inference_ms"]) == {"eager"} and 0 < res["inference_ms"]["eager"] < 60_000
+    printed = capsys.readouterr().out
+    assert "inference (eager)" in printed and "median of 3 passes over 4 frames" in printed
 
 
 @pytest.mark.slow

@@ -27,6 +27,9 @@ def test_table_merges_calls_and_judges_each_target(tmp_path, capsys):
     (late / "steps.json").write_text(json.dumps({
         "baseline_step_ms": 1.9, "ours_step_ms": 2.2, "baseline_inference_fps": 2600.0,
         "ours_inference_fps": 2300.0, **stamp}))
+    (late / "train.json").write_text(json.dumps({
+        "baseline_wall_s": 80.0, "baseline_trained_inference_fps": 3000.0,
+        "ours_trained_inference_fps": 2750.0, **stamp}))
     out = tmp_path / "table"
     assert speed_table.main(["--out", str(out), "--table_only", "--merge", str(early), str(late)]) == 0
     saved = json.loads((out / "speed_table.json").read_text())
@@ -38,8 +41,12 @@ def test_table_merges_calls_and_judges_each_target(tmp_path, capsys):
     assert abs(ours_step["target"] - 1.9 * 1.1) < 1e-12 and ours_step["met"] is False  # 2.2 > 2.09
     ours_fps = _row(rows, "2. inference, ours")
     assert abs(ours_fps["target"] - 2340.0) < 1e-9 and ours_fps["met"] is False        # 2300 < 0.9 * 2600
-    assert _row(rows, "1. train.py 30k iterations, baseline")["measured"] is None
-    assert _row(rows, "1. train.py 30k iterations, baseline")["met"] is None
+    trained = _row(rows, "2. inference, ours, 30k-trained")  # judged against the trained baseline's figure
+    assert abs(trained["target"] - 2700.0) < 1e-9 and trained["met"] is True            # 2750 >= 0.9 * 3000
+    assert _row(rows, "2. inference, baseline, 30k-trained")["met"] is True
+    assert _row(rows, "1. train.py 30k iterations, baseline")["measured"] == 80.0
+    assert _row(rows, "1. train.py 30k iterations, ours")["measured"] is None
+    assert _row(rows, "1. train.py 30k iterations, ours")["met"] is None
     printed = capsys.readouterr().out
     assert "device: NVIDIA H200; commit: abc1234" in printed and "NO" in printed and "yes" in printed
 
