@@ -107,14 +107,25 @@ class HyperGaussian(nn.Module):
     def freeze(self) -> None:
         """For inference with fixed weights (render.py, the viewer): precompute the per-Gaussian regression
         matrices A = L11^{-T} L21^T (N, G, n, m) once, so that each frame's conditional mean is one
-        contraction, mu_o - A (z - mu_i), with no triangular solve, where fused_ops' kernel does not run
-        (it solves in registers, as fast as reading A). Used only without gradients and while
-        L11 and L21 are unchanged since (an in-place update is noticed in eager calls, which then solve
-        again); a CUDA graph captured while frozen replays A as it was, so freeze only where the weights
-        stay fixed. ``unfreeze()`` drops A."""
+        contraction, mu_o - A (z - mu_i), with no triangular solve -- where fused_ops' kernel does not run:
+        it solves in registers as fast as reading A, so there freeze() keeps nothing. Used only without
+        gradients and while L11 and L21 are unchanged since (an in-place update is noticed in eager calls,
+        which then solve again); a CUDA graph captured while frozen replays A as it was, so freeze only
+        where the weights stay fixed. ``unfreeze()`` drops A."""
+        if self._fused_ops(self.l21) is not None:  # frames take the fused kernel: A would go unread
+            self._frozen = None
+            return
         upper = self.l11().transpose(-1, -2)
         A = torch.linalg.solve_triangular(upper, self.l21.transpose(-1, -2), upper=True)  # (N, G, n, m)
         self._frozen = (A, self._versions())
+
+    def _fused_ops(self, like: Tensor):
+        """fused_ops where the conditional mean of tensors like ``like`` runs there (fast path
+        ``hypergaussians``, float32 on CUDA, blocks up to its MAX_BLOCK), else None."""
+        if not (fast_paths.enabled("hypergaussians") and like.is_cuda and like.dtype == torch.float32):
+            return None
+        ops = fused_kernels()
+        return ops if ops is not None and self.block_dim <= ops.MAX_BLOCK else None
 
     def unfreeze(self) -> None:
         self._frozen = None
@@ -129,9 +140,8 @@ class HyperGaussian(nn.Module):
         if z.shape != (self.n_gaussians, m):
             raise ValueError(f"HyperGaussian: latent must be ({self.n_gaussians}, {m}), got {tuple(z.shape)}")
         mu_o, mu_i = self.mean[..., :n], self.mean[..., n:]
-        fused = fast_paths.enabled("hypergaussians") and z.is_cuda and z.dtype == torch.float32
-        ops = fused_kernels() if fused else None
-        if ops is not None and n <= ops.MAX_BLOCK:
+        ops = self._fused_ops(z)
+        if ops is not None:
             # also when frozen: the kernel reads L21 as the frozen path reads A (the same bytes) and solves in
             # registers, one launch where the frozen contraction takes five (session 21)
             out = ops.conditional_mean(self.mean, self.l11_log_diag, self.l11_lower, self.l21, z)
