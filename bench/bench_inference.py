@@ -68,32 +68,43 @@ def inference_speed(avatar: Avatar, frames: list, background: Tensor, backend: s
     eval mode with its inference precomputations), over the given frames (each with ``condition`` and
     ``camera``): eager, with the deformation's CUDA graph, and with the whole frame (deformation +
     rasterizer) as one CUDA graph where there are those; one frame at a time, one sync at the end of each
-    pass (the whole-frame graph also waits for each frame, as it checks its pair count). The median pass,
+    pass. The whole-frame graph's call also waits for each frame (it reads back the pairs the frame needed,
+    the latency of one frame); its ``stream`` reads that back one frame behind (the throughput of a
+    sequence, render.py's case): "whole-frame CUDA graph" and "..., streamed". The median pass,
     at least ``min_frames`` frames in all; on CUDA also the whole-frame replay's GPU time."""
     avatar.eval()
     avatar.freeze_for_inference()  # as render.py and the viewer (training is over by now)
 
+    def frame_by_frame(fn):  # a pass: fn(condition, camera) on each frame
+        def run(frames):
+            for fr in frames:
+                fn(fr.condition, fr.camera)
+        return run
+
     def deform_then_render(deform):
-        return lambda fr: render(fr.camera, deform(fr.condition, fr.camera)[0], background, backend=backend)
+        return frame_by_frame(lambda c, cam: render(cam, deform(c, cam)[0], background, backend=backend))
 
     modes = [("eager", deform_then_render(avatar.deform))]
     if dev.type == "cuda":
         modes.append(("CUDA graph", deform_then_render(inference_graph(avatar))))
         whole = FrameRenderGraph(avatar, background, backend)
-        modes.append(("whole-frame CUDA graph", lambda fr: whole(fr.condition, fr.camera)))
+        modes.append(("whole-frame CUDA graph", frame_by_frame(whole)))
+
+        def streamed(frames):
+            for _ in whole.stream((None, fr.condition, fr.camera) for fr in frames):
+                pass
+        modes.append(("whole-frame CUDA graph, streamed", streamed))
     loaded = list(frames)
     result = {}
-    for name, fn in modes:
+    for name, run in modes:
         with torch.no_grad():
             for _ in range(2):
-                for fr in loaded[:5]:
-                    fn(fr)
+                run(loaded[:5])
             sync(dev)
             passes = []  # the median pass over the frames, at least min_frames frames in all (one pass of
             for _ in range(max(3, -(-min_frames // len(loaded)))):  # a small subject is a few ms: too noisy)
                 t0 = time.perf_counter()
-                for fr in loaded:
-                    fn(fr)
+                run(loaded)
                 sync(dev)
                 passes.append((time.perf_counter() - t0) * 1e3 / len(loaded))
         ms = statistics.median(passes)

@@ -178,22 +178,20 @@ class Renderer:
         needs_images = r.has_ground_truth or r.error
         frames = (prefetched(lambda step: self.source.frame(step[0]), self.plan) if needs_images
                   else (None for _ in self.plan))
-        for k, ((i, angle), fr) in enumerate(tqdm(zip(self.plan, frames), total=len(self.plan),
-                                                  desc=f"render {self.frames_dir.name}")):
-            base = fr.camera if fr is not None else self.source.camera(i)
-            cam = base.turned_about_y(angle) if r.rotate else base
-            gaussians = None
-            if fast is not None:  # deformation and rasterizer in one replay
-                img = fast(self.condition(i), cam).image
-            else:
-                gaussians, extras = deform(self.condition(i), cam)
-                colors = None
-                if r.uncertainty:
-                    if extras.uncertainty is None:
-                        raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
-                    colors = uncertainty_colors(extras.uncertainty)
-                img = render(cam, gaussians, self.background, override_color=colors,
-                             backend=self.cfg.run.backend).image
+
+        def inputs():  # (tag, condition, camera) per planned frame
+            for k, ((i, angle), fr) in enumerate(zip(self.plan, frames)):
+                base = fr.camera if fr is not None else self.source.camera(i)
+                cam = base.turned_about_y(angle) if r.rotate else base
+                yield (k, i, angle, fr), self.condition(i), cam
+
+        if fast is not None:  # deformation and rasterizer in one replay, the next frame queued meanwhile
+            rendered = ((tag, out.image, None) for tag, out in fast.stream(inputs()))
+        else:
+            rendered = (self._render_deformed(deform, tag, condition, cam)
+                        for tag, condition, cam in inputs())
+        for (k, i, angle, fr), img, gaussians in tqdm(rendered, total=len(self.plan),
+                                                      desc=f"render {self.frames_dir.name}"):
             if r.error:
                 img = error_map(img, fr.image, fr.head_mask, self.background)
             name = f"{k:05d}.png"
@@ -209,6 +207,19 @@ class Renderer:
                             "source_frame": int(self.source.frame_ids[i]),
                             "rotation_deg": angle if r.rotate else None})
         return records
+
+    def _render_deformed(self, deform, tag, condition: Tensor, cam) -> tuple:
+        """(tag, image, Gaussians) of a frame through ``deform`` and ``render`` (uncertainty colours where
+        asked)."""
+        gaussians, extras = deform(condition, cam)
+        colors = None
+        if self.cfg.render.uncertainty:
+            if extras.uncertainty is None:
+                raise RenderSetupError("--uncertainty needs a HyperGaussians model (--ours)")
+            colors = uncertainty_colors(extras.uncertainty)
+        img = render(cam, gaussians, self.background, override_color=colors,
+                     backend=self.cfg.run.backend).image
+        return tag, img, gaussians
 
     def frame_map(self, records: list[dict]) -> dict:
         """What the frames folder holds: mode, options, checkpoint, one record per frame."""

@@ -69,3 +69,15 @@ def test_linked_subject_cycles_the_source_frames(tmp_path):
     assert (tmp_path / "tr" / "b" / "checkpoint" / "00006.frame").read_text() == "0"
     assert (dst / "parsing" / "00004_mouth.png").read_text() == "1"
     speed_table._link_subject(tmp_path, "a", "b", 7)  # a second call leaves it as it is
+
+
+def test_inference_figures_take_the_stream_for_frames_and_the_call_for_latency():
+    """A sequence of frames is timed on the whole-frame graph's stream where it ran; the latency row is the
+    whole-frame call (one frame waited for); without whole-frame modes (CPU), the fastest path there was."""
+    cuda = {"eager": 3.0, "CUDA graph": 0.6, "whole-frame CUDA graph": 0.45,
+            "whole-frame CUDA graph, streamed": 0.32}
+    got = speed_table._inference_figures(cuda, "ours_")
+    assert got == {"ours_inference_ms": 0.32, "ours_inference_fps": 1000.0 / 0.32,
+                   "ours_inference_latency_ms": 0.45}
+    cpu = speed_table._inference_figures({"eager": 30.0}, "")
+    assert cpu == {"inference_ms": 30.0, "inference_fps": 1000.0 / 30.0, "inference_latency_ms": 30.0}

@@ -77,6 +77,54 @@ def test_frame_graph_renders_exactly_what_the_eager_path_renders(synthetic_subje
         trainer.close()
 
 
+@pytest.mark.parametrize("ours", [False, True])
+def test_frame_graph_stream_hands_out_exact_frames_in_order(synthetic_subject, tmp_path, monkeypatch, ours):
+    """stream(): each frame's pair count is read one frame behind; the images are bit-equal to the eager
+    render, in order, with their tags, also where a frame (the nearer camera) needs more pairs than the
+    capture has room for and the frame queued behind it was made with the same capture; an SH degree change
+    mid-stream (a new capture while a frame is in flight) hands out the frame before it first."""
+    monkeypatch.setattr(frame_graph, "GROWTH", 1.0)
+    monkeypatch.setattr(frame_graph, "MIN_CAPACITY", 1)
+    trainer = _trainer(synthetic_subject, tmp_path, *(["--ours"] if ours else []))
+    try:
+        trainer.prepare()
+        avatar, subject, bg = trainer.avatar, trainer.subject, trainer.background
+        avatar.update_sh_degree(1500)
+        avatar.eval()
+        graph = FrameRenderGraph(avatar, bg, "cuda")
+        first = subject.frame(subject.train_indices[0])
+        views = [(i, subject.frame(i).camera) for i in subject.train_indices[:3]]
+        views += [(views[0][0], _closer(first.camera, 0.7)), (views[1][0], views[1][1]),
+                  (views[0][0], _closer(first.camera, 0.6)), (views[2][0], views[2][1].turned(20.0, 5.0))]
+        with torch.no_grad():
+            want = [render(cam, avatar.frame_gaussians(subject.frame(i).condition, cam), bg,
+                           backend="cuda").image.clone() for i, cam in views]
+            items = ((k, subject.frame(i).condition, cam) for k, (i, cam) in enumerate(views))
+            got = [(k, out.image.clone()) for k, out in graph.stream(items)]
+            assert [k for k, _ in got] == list(range(len(views)))
+            for k, img in got:
+                assert torch.equal(img, want[k]), k
+            assert graph.captures >= 2  # the nearer cameras needed captures with more room
+            # the SH degree changes between the second and third frame: a new capture mid-stream
+            captures = graph.captures
+
+            def degree_switching():
+                for k, (i, cam) in enumerate(views[:4]):
+                    if k == 2:
+                        avatar.update_sh_degree(500)
+                    yield k, subject.frame(i).condition, cam
+
+            got = [(k, out.image.clone()) for k, out in graph.stream(degree_switching())]
+            for k, img in got:
+                i, cam = views[k]
+                avatar.update_sh_degree(1500 if k < 2 else 500)
+                ref = render(cam, avatar.frame_gaussians(subject.frame(i).condition, cam), bg, backend="cuda")
+                assert torch.equal(img, ref.image), k
+            assert graph.captures > captures and graph.key[-1] == 1
+    finally:
+        trainer.close()
+
+
 def test_frame_graph_goes_eager_when_what_it_fixes_keeps_changing(synthetic_subject, tmp_path, monkeypatch):
     """Each new SH degree (or camera size / field of view) is a capture; past MAX_KEYS changes the frames
     are rendered without a graph (with a warning), still equal to the eager render."""
