@@ -29,6 +29,8 @@ from scene.model.avatar import Avatar  # noqa: E402
 from scene.model.cuda_graphs import inference_graph  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
 
+PASS_FRAMES = 60  # frames a timed pass renders, at least
+
 
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); nothing elsewhere."""
@@ -63,15 +65,17 @@ def profile_kernels(step, steps: int, device: torch.device, top: int = 10, what:
 
 
 def inference_speed(avatar: Avatar, frames: list, background: Tensor, backend: str, dev: torch.device,
-                    profile_top: int = 0, min_frames: int = 240) -> dict[str, float]:
+                    profile_top: int = 0, min_frames: int = 240,
+                    pass_frames: int = PASS_FRAMES) -> dict[str, float]:
     """Milliseconds a frame of deformation + render without gradients, as render.py does it (the avatar in
     eval mode with its inference precomputations), over the given frames (each with ``condition`` and
     ``camera``): eager, with the deformation's CUDA graph, and with the whole frame (deformation +
     rasterizer) as one CUDA graph where there are those; one frame at a time, one sync at the end of each
     pass. The whole-frame graph's call also waits for each frame (it reads back the pairs the frame needed,
     the latency of one frame); its ``stream`` reads that back one frame behind (the throughput of a
-    sequence, render.py's case): "whole-frame CUDA graph" and "..., streamed". The median pass,
-    at least ``min_frames`` frames in all; on CUDA also the whole-frame replay's GPU time."""
+    sequence, render.py's case): "whole-frame CUDA graph" and "..., streamed". The median pass (the frames
+    in turn, ``pass_frames`` at least), ``min_frames`` frames in all at least; on CUDA also the whole-frame
+    replay's GPU time."""
     avatar.eval()
     avatar.freeze_for_inference()  # as render.py and the viewer (training is over by now)
 
@@ -94,22 +98,25 @@ def inference_speed(avatar: Avatar, frames: list, background: Tensor, backend: s
             for _ in whole.stream((None, fr.condition, fr.camera) for fr in frames):
                 pass
         modes.append(("whole-frame CUDA graph, streamed", streamed))
-    loaded = list(frames)
+    # a pass: the frames in order, repeated to at least pass_frames (a short test split would otherwise time
+    # the start and the end of a sequence more than its frames: a stream's first and last frames do not
+    # overlap the host's work); the median of at least three passes, min_frames frames in all
+    loaded = list(frames) * -(-pass_frames // len(frames))
     result = {}
     for name, run in modes:
         with torch.no_grad():
             for _ in range(2):
                 run(loaded[:5])
             sync(dev)
-            passes = []  # the median pass over the frames, at least min_frames frames in all (one pass of
-            for _ in range(max(3, -(-min_frames // len(loaded)))):  # a small subject is a few ms: too noisy)
+            passes = []
+            for _ in range(max(3, -(-min_frames // len(loaded)))):
                 t0 = time.perf_counter()
                 run(loaded)
                 sync(dev)
                 passes.append((time.perf_counter() - t0) * 1e3 / len(loaded))
         ms = statistics.median(passes)
         print(f"inference ({name}): {ms:.3f} ms a frame, {1000 / ms:.0f} FPS (median of {len(passes)} "
-              f"passes over {len(loaded)} frames)")
+              f"passes of {len(loaded)} frames: the {len(frames)} test frames in turn)")
         result[name] = ms
     if dev.type == "cuda":  # the GPU's own time for a frame: the floor of the whole-frame graph
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also profile the whole-frame replay: kernels per frame, the TOP (10) costliest")
     ap.add_argument("--min_frames", type=int, default=240,
                     help="frames timed per mode, at least (default 240)")
+    ap.add_argument("--pass_frames", type=int, default=PASS_FRAMES,
+                    help=f"frames a timed pass renders, at least (default {PASS_FRAMES})")
     own, rest = ap.parse_known_args(argv)
     from scene.rendering import Renderer
     from utils.options import parse_render_args
@@ -145,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
     print(f"device: {name}; {r.avatar.method}, {r.avatar.n_gaussians} Gaussians, checkpoint {r.checkpoint} "
           f"(iteration {r.iteration}), {len(frames)} test frames")
-    ms = inference_speed(r.avatar, frames, r.background, r.cfg.run.backend, dev, own.profile, own.min_frames)
+    ms = inference_speed(r.avatar, frames, r.background, r.cfg.run.backend, dev, own.profile, own.min_frames,
+                         own.pass_frames)
     if own.json:
         write_json(own.json, {"device": name, "method": r.avatar.method, "gaussians": r.avatar.n_gaussians,
                               "checkpoint": str(r.checkpoint), "iteration": r.iteration,

@@ -275,13 +275,13 @@ def test_bench_inference_times_a_trained_runs_test_split(trained, synthetic_subj
     run = trained / f"{synthetic_subject.idname}_ours"
     out = tmp_path / "inference.json"
     assert bench_inference.main(["-m", str(run), "--device", "cpu", "--backend", "torch", "--json", str(out),
-                                 "--min_frames", "8"]) == 0
+                                 "--min_frames", "8", "--pass_frames", "4"]) == 0
     res = json.loads(out.read_text())
     assert res["method"] == "ours" and res["iteration"] == TRAIN_ITERS and res["frames"] == 4
     assert res["checkpoint"].endswith(f"ckpt{TRAIN_ITERS}.pth")
     assert set(res["inference_ms"]) == {"eager"} and 0 < res["inference_ms"]["eager"] < 60_000
     printed = capsys.readouterr().out
-    assert "inference (eager)" in printed and "median of 3 passes over 4 frames" in printed
+    assert "inference (eager)" in printed and "median of 3 passes of 4 frames" in printed
 
 
 @pytest.mark.slow
