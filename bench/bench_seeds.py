@@ -6,12 +6,18 @@ mean and standard deviation, and the PSNR of every novel view (the test frames' 
 head turned by yaw +-15/30/45 and pitch +-15 degrees). Kinds: ``baseline`` (zero-offset start, the
 default), ``baseline_original`` (``--original_init``, PyTorch's random start as in the original code),
 ``ours`` (HyperGaussians); ``<kind>+<flag>`` adds a train.py flag (``baseline+--lambda_opacity_reg=0.1``).
-Results go to ``--out`` after every run, so a run cut short keeps what it finished.
+Results go to ``--out`` after every run, so a run cut short keeps what it finished. ``--paired KIND``
+adds every other kind minus KIND seed by seed (a fast path against its plain one: issue 13's "quality must
+not move").
 
     python bench/bench_seeds.py --device cuda --frames 300 --size 512 --test_num 100 --novel_views 30 \\
         --iterations 10000 --seeds 0 1 2 3 --kinds baseline baseline_original ours --out seeds.json
     python bench/bench_seeds.py --device cpu --frames 40 --size 64 --test_num 8 --novel_views 4 \\
         --iterations 300 --seeds 0 1 --model_size demo               # a smoke run on a CPU
+    L=+--lambda_lpips=0.05+--lpips_start=5000  # the runs use no LPIPS unless a kind turns it on
+    P="ours+--precision=fp32+--no_fused_kernels$L"  # the plain path, against the default fast one
+    python bench/bench_seeds.py --iterations 10000 --seeds 0 1 2 3 --no_novel --kinds "$P" "ours$L" \
+        --paired "$P"
 """
 
 from __future__ import annotations
@@ -49,7 +55,23 @@ def mean_sd(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def main() -> None:
+def paired_differences(runs: dict[str, dict], reference: str, kind: str) -> dict | None:
+    """``kind`` minus ``reference`` in test PSNR seed by seed, over the seeds both finished: a fast path
+    against its plain one starts from the same random state, so the per-seed differences show its effect
+    with the seed-to-seed spread taken out. -> {seeds, per_seed, mean, sd, se} (se: sd / sqrt(n)), or
+    None without a common seed."""
+    ref = {r["seed"]: r["PSNR"] for r in runs.values() if r["kind"] == reference}
+    other = {r["seed"]: r["PSNR"] for r in runs.values() if r["kind"] == kind}
+    seeds = sorted(set(ref) & set(other))
+    if not seeds:
+        return None
+    diffs = [other[k] - ref[k] for k in seeds]
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return {"seeds": seeds, "per_seed": diffs, "mean": statistics.mean(diffs), "sd": sd,
+            "se": sd / len(diffs) ** 0.5}
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
@@ -62,7 +84,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--work", type=Path, default=REPO / ".devbuild" / "seeds")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--paired", metavar="KIND", default=None,
+                    help="also report every other kind minus KIND in test PSNR, seed by seed (a fast path "
+                         "against its plain one)")
+    ap.add_argument("--no_novel", action="store_true", help="skip the novel-view renders and their PSNR")
+    ap.add_argument("--subject_only", action="store_true",
+                    help="make the subject (where --work lacks it) and stop: for runs side by side")
+    args = ap.parse_args(argv)
 
     data, track = args.work / "data", args.work / "track"
     want = {"n_frames": args.frames, "image_size": args.size, "novel_views": args.novel_views}
@@ -73,6 +101,8 @@ def main() -> None:
                                novel_views=args.novel_views)
         print(f"subject: {args.frames} frames + novel views at {args.size} px in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
+    if args.subject_only:
+        return
     demo_model = ["--uv_size", "64", "--hidden_dim", "128", "--hidden_layers", "4"]
     model = demo_model if args.model_size == "demo" else []
     result: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
@@ -94,6 +124,9 @@ def main() -> None:
                                     "train_s": train_s, "novel_PSNR": None}  # kept if the call ends here
             if args.out:
                 write_json(args.out, result)
+            if args.no_novel or not args.novel_views:
+                print(json.dumps(result["runs"][name]), flush=True)
+                continue
             renderer = Renderer(parse_render_args(["-m", str(trainer.run_dir), "--novel_views", "--device",
                                                    args.device]))
             renderer.run()
@@ -115,9 +148,20 @@ def main() -> None:
                          "PSNR_per_seed": [round(r["PSNR"], 2) for r in runs],
                          "novel_PSNR": {v: mean_sd([n[v] for n in novel]) for v in views}}
         s = summary[kind]
+        novel = ", ".join(f"{v} {m['mean']:.2f}" for v, m in s["novel_PSNR"].items())
+        novel = f"; novel views: {novel}" if novel else ""
         print(f"{kind:>20}: test PSNR {s['PSNR']['mean']:.2f} +- {s['PSNR']['sd']:.2f} (seeds "
-              f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}; novel views: "
-              + ", ".join(f"{v} {m['mean']:.2f}" for v, m in s["novel_PSNR"].items()))
+              f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}{novel}")
+    if args.paired:
+        for kind in args.kinds:
+            if kind == args.paired:
+                continue
+            d = paired_differences(result["runs"], args.paired, kind)
+            summary[kind]["minus_" + args.paired] = d
+            if d is not None:
+                per_seed = ", ".join(f"{x:+.3f}" for x in d["per_seed"])
+                print(f"{kind} - {args.paired}: test PSNR {d['mean']:+.3f} dB (sd {d['sd']:.3f}, "
+                      f"se {d['se']:.3f}; seeds {d['seeds']}: {per_seed})")
     result["summary"] = summary
     if args.out:
         write_json(args.out, result)

@@ -2,7 +2,7 @@
 # Issue 13's figures in one GPU call (H200; repo root). The figures and their table against the targets
 # come from bench/speed_table.py (stages raster lpips steps render memory train; it makes its own synthetic
 # subjects and writes $OUT/<stage>.json and $OUT/speed_table.json); this script adds the extension build,
-# the CUDA tests, the viewer timing and the fp32-vs-tf32 quality check.
+# the CUDA tests, the viewer timing and the quality check of the fast paths against the plain ones over seeds.
 # Usage: OUT=/dir STAGES="build tests startup raster lpips steps render viewer memory train quality frame_kernel" \
 #   bash bench/gpu_speed.sh
 # LPIPS timing uses a seeded random VGG16 when the real weights are not in torch's hub cache (the cost does
@@ -60,16 +60,21 @@ if has viewer; then  # on the runs the render stage trained
     python bench/bench_viewer.py -m "$W/logs/s600_$m" 2>&1 | grep viewer
   done | tee "$OUT/viewer.txt"
 fi
-if has quality; then
-  [ -f "$W/ds/s600/synthetic.json" ] || python -m preprocessing.synthetic_subject --idname s600 \
-    --data_root "$W/ds" --tracking_root "$W/tr" --frames 600 --size 512 > "$L/gen600.log" 2>&1
+if has quality; then  # issue 13's "quality must not move": every fast path on (the default) against all off
+  # (--precision fp32 --no_fused_kernels), seed by seed (bench_seeds.py --paired), LPIPS from 5000 so that its
+  # float16 trunk trains too; both methods side by side on the GPU, each result written as its runs finish
+  export TORCH_HOME=${TORCH_HOME:-$W/vgg}  # a seeded random VGG16 where the real one is absent (see above)
+  [ -f "$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth" ] || python -c "import sys; sys.path.insert(0, 'bench')
+from pathlib import Path; from bench_lpips import write_random_vgg; write_random_vgg(Path('$TORCH_HOME'))"
+  Q=(--frames 300 --size 512 --test_num 100 --novel_views 0 --iterations 10000 --work "$W/quality" --no_novel)
+  python bench/bench_seeds.py "${Q[@]}" --subject_only > "$L/quality_subject.log" 2>&1  # before both processes
+  L5=+--lambda_lpips=0.05+--lpips_start=5000
   for m in ${QUALITY_METHODS:-ours baseline}; do
-    flag=(); [ "$m" = ours ] && flag=(--ours)
-    for p in fp32 tf32; do
-      python train.py --idname s600 --data_root "$W/ds" --tracking_root "$W/tr" --log_root "$W/logs" \
-        --test_num 500 --eval_num 100 --logname "q_${m}_$p" "${flag[@]}" --iterations 10000 \
-        --eval_every 10000 --overwrite --precision "$p" --lambda_lpips 0 > "$L/quality_${m}_$p.log" 2>&1
-      python -c "import json,sys; d=json.load(open('$W/logs/s600_q_${m}_$p/train_log.json')); e=d['evaluations'][-1]; print('$m $p 10k: PSNR %.3f SSIM %.4f (%d views)' % (e['PSNR'], e['SSIM'], e['num_views']))"
-    done
-  done | tee "$OUT/quality.txt"
+    plain="$m+--precision=fp32+--no_fused_kernels$L5"
+    python bench/bench_seeds.py "${Q[@]}" --seeds ${QUALITY_SEEDS:-0 1 2 3} --kinds "$plain" "$m$L5" \
+      --paired "$plain" --out "$OUT/quality_$m.json" > "$L/quality_$m.log" 2>&1 &
+  done
+  wait
+  for m in ${QUALITY_METHODS:-ours baseline}; do grep -E "test PSNR" "$L/quality_$m.log"; done \
+    | tee "$OUT/quality.txt"
 fi

@@ -1,0 +1,45 @@
+"""bench/bench_seeds.py: held-out quality over seeds, and the paired fast-minus-plain comparison issue 13's
+"quality must not move" check reads (seed by seed, the seed-to-seed spread taken out)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import bench_seeds  # noqa: E402
+
+
+def test_paired_differences_are_per_common_seed():
+    psnr = {("plain", 0): 30.0, ("plain", 1): 32.0, ("plain", 2): 31.0,
+            ("fast", 0): 30.1, ("fast", 1): 31.7, ("fast", 3): 40.0}  # seed 3 has no plain run, 2 no fast one
+    runs = {f"{k}{s}": {"kind": k, "seed": s, "PSNR": v} for (k, s), v in psnr.items()}
+    d = bench_seeds.paired_differences(runs, "plain", "fast")
+    assert d["seeds"] == [0, 1]
+    assert d["per_seed"] == pytest.approx([0.1, -0.3])
+    assert d["mean"] == pytest.approx(-0.1)
+    assert d["sd"] == pytest.approx(0.4 / 2 ** 0.5)  # stdev of (0.1, -0.3)
+    assert d["se"] == pytest.approx(0.2)
+    assert bench_seeds.paired_differences(runs, "plain", "other") is None
+
+
+@pytest.mark.slow
+def test_paired_run_of_one_path_against_itself_differs_by_nothing(tmp_path, capsys):
+    """On the CPU ``--precision fp32`` and the default are the same arithmetic: trained from the same seed,
+    each pair ends at the same PSNR (difference exactly 0), while the two seeds end apart."""
+    out = tmp_path / "seeds.json"
+    bench_seeds.main(["--device", "cpu", "--frames", "10", "--size", "32", "--test_num", "3",
+                      "--novel_views", "0", "--iterations", "20", "--seeds", "0", "1", "--model_size", "demo",
+                      "--kinds", "baseline", "baseline+--precision=fp32", "--paired", "baseline",
+                      "--work", str(tmp_path / "work"), "--out", str(out), "--no_novel"])
+    res = json.loads(out.read_text())
+    assert len(res["runs"]) == 4
+    d = res["summary"]["baseline+--precision=fp32"]["minus_baseline"]
+    assert d["seeds"] == [0, 1] and d["per_seed"] == [0.0, 0.0]
+    per_seed = res["summary"]["baseline"]["PSNR_per_seed"]
+    assert per_seed[0] != per_seed[1]
+    assert "baseline+--precision=fp32 - baseline: test PSNR +0.000 dB" in capsys.readouterr().out
