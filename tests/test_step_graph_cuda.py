@@ -4,6 +4,8 @@ new captures where what a capture fixes changes (SH degree, pair count)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -38,25 +40,36 @@ def _pairs(cam, gaussians, background) -> int:
     return int(count)
 
 
+@contextmanager
+def _tight_frame_graph(subject, log_root, monkeypatch, ours: bool):
+    """(avatar, subject, background, FrameRenderGraph) of a prepared run with every parameter perturbed (a
+    non-trivial state), SH degree 3 (the view-dependent colour on), in eval mode; captures with no headroom
+    (capacity = the measured frame's pairs), so that a frame needing more pairs is captured anew."""
+    monkeypatch.setattr(frame_graph, "GROWTH", 1.0)
+    monkeypatch.setattr(frame_graph, "MIN_CAPACITY", 1)
+    trainer = _trainer(subject, log_root, *(["--ours"] if ours else []))
+    try:
+        trainer.prepare()
+        avatar = trainer.avatar
+        avatar.update_sh_degree(1500)
+        with torch.no_grad():
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            for p in avatar.parameters():
+                p.add_(0.02 * torch.randn(p.shape, device="cuda", generator=gen))
+        avatar.eval()
+        bg = trainer.background
+        yield avatar, trainer.subject, bg, FrameRenderGraph(avatar, bg, "cuda")
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("ours", [False, True])
 def test_frame_graph_renders_exactly_what_the_eager_path_renders(synthetic_subject, tmp_path, monkeypatch,
                                                                  ours):
     """Deformation + rasterizer as one replay: bit-equal images on several frames, a turned camera and a
     nearer one. With no headroom (capacity = the first frame's pairs), every frame that needs more pairs
     than the capture has room for is captured anew (and is still exact), and only those."""
-    monkeypatch.setattr(frame_graph, "GROWTH", 1.0)
-    monkeypatch.setattr(frame_graph, "MIN_CAPACITY", 1)
-    trainer = _trainer(synthetic_subject, tmp_path, *(["--ours"] if ours else []))
-    try:
-        trainer.prepare()
-        avatar, subject, bg = trainer.avatar, trainer.subject, trainer.background
-        avatar.update_sh_degree(1500)  # SH degree 3: the view-dependent colour is on
-        with torch.no_grad():  # a non-trivial state: perturb every parameter
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            for p in avatar.parameters():
-                p.add_(0.02 * torch.randn(p.shape, device="cuda", generator=gen))
-        avatar.eval()
-        graph = FrameRenderGraph(avatar, bg, "cuda")
+    with _tight_frame_graph(synthetic_subject, tmp_path, monkeypatch, ours) as (avatar, subject, bg, graph):
         views = [(i, subject.frame(i).camera) for i in subject.train_indices[:4]]
         first_i, first_cam = views[0]
         views += [(first_i, first_cam.turned(25.0, -10.0)), (first_i, _closer(first_cam, 0.7))]
@@ -73,8 +86,6 @@ def test_frame_graph_renders_exactly_what_the_eager_path_renders(synthetic_subje
                 assert torch.equal(got, want), i
                 assert graph.captures == captures and graph.budget.capacity == capacity
         assert captures >= 2  # the nearer camera needs more pairs than the frames before it
-    finally:
-        trainer.close()
 
 
 @pytest.mark.parametrize("ours", [False, True])
@@ -83,15 +94,7 @@ def test_frame_graph_stream_hands_out_exact_frames_in_order(synthetic_subject, t
     render, in order, with their tags, also where a frame (the nearer camera) needs more pairs than the
     capture has room for and the frame queued behind it was made with the same capture; an SH degree change
     mid-stream (a new capture while a frame is in flight) hands out the frame before it first."""
-    monkeypatch.setattr(frame_graph, "GROWTH", 1.0)
-    monkeypatch.setattr(frame_graph, "MIN_CAPACITY", 1)
-    trainer = _trainer(synthetic_subject, tmp_path, *(["--ours"] if ours else []))
-    try:
-        trainer.prepare()
-        avatar, subject, bg = trainer.avatar, trainer.subject, trainer.background
-        avatar.update_sh_degree(1500)
-        avatar.eval()
-        graph = FrameRenderGraph(avatar, bg, "cuda")
+    with _tight_frame_graph(synthetic_subject, tmp_path, monkeypatch, ours) as (avatar, subject, bg, graph):
         first = subject.frame(subject.train_indices[0])
         views = [(i, subject.frame(i).camera) for i in subject.train_indices[:3]]
         views += [(views[0][0], _closer(first.camera, 0.7)), (views[1][0], views[1][1]),
@@ -121,8 +124,6 @@ def test_frame_graph_stream_hands_out_exact_frames_in_order(synthetic_subject, t
                 ref = render(cam, avatar.frame_gaussians(subject.frame(i).condition, cam), bg, backend="cuda")
                 assert torch.equal(img, ref.image), k
             assert graph.captures > captures and graph.key[-1] == 1
-    finally:
-        trainer.close()
 
 
 def test_frame_graph_goes_eager_when_what_it_fixes_keeps_changing(synthetic_subject, tmp_path, monkeypatch):
