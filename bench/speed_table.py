@@ -321,12 +321,15 @@ def format_table(rows: list[dict], device: str, commit: str) -> str:
 
 
 def _commit() -> str:
+    """HEAD's short hash, ``-dirty`` where the working tree differs from it (a copy of a tree whose commits
+    did not travel with it, as on the device machine, says so instead of naming an older commit as its
+    own); ``GIT_COMMIT`` overrides."""
     if os.environ.get("GIT_COMMIT"):
         return os.environ["GIT_COMMIT"]
     try:
         return subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True, stderr=subprocess.DEVNULL
-        ).strip()
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO, text=True,
+            stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (set GIT_COMMIT)"
 
