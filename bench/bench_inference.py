@@ -72,8 +72,9 @@ def inference_speed(avatar: Avatar, frames: list, background: Tensor, backend: s
     ``camera``): eager, with the deformation's CUDA graph, and with the whole frame (deformation +
     rasterizer) as one CUDA graph where there are those; one frame at a time, one sync at the end of each
     pass. The whole-frame graph's call also waits for each frame (it reads back the pairs the frame needed,
-    the latency of one frame); its ``stream`` reads that back one frame behind (the throughput of a
-    sequence, render.py's case): "whole-frame CUDA graph" and "..., streamed". The median pass (the frames
+    the latency of one frame); its ``stream`` reads that back one frame behind (the GPU's throughput on a
+    sequence, no consumer: render.py's PNG and video writing take far longer than a frame and are timed by
+    speed_table's render stage): "whole-frame CUDA graph" and "..., streamed". The median pass (the frames
     in turn, ``pass_frames`` at least), ``min_frames`` frames in all at least; on CUDA also the whole-frame
     replay's GPU time."""
     avatar.eval()
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pass_frames", type=int, default=PASS_FRAMES,
                     help=f"frames a timed pass renders, at least (default {PASS_FRAMES})")
     own, rest = ap.parse_known_args(argv)
+    if own.pass_frames < 1 or own.min_frames < 1:
+        ap.error(f"--pass_frames and --min_frames must be >= 1, got {own.pass_frames} and {own.min_frames}")
     from scene.rendering import Renderer
     from utils.options import parse_render_args
 

@@ -71,6 +71,25 @@ def paired_differences(runs: dict[str, dict], reference: str, kind: str) -> dict
             "se": sd / len(diffs) ** 0.5}
 
 
+def summarize(runs: dict[str, dict], kinds: list[str], paired: str | None) -> dict:
+    """Per kind with finished runs: test PSNR / SSIM mean and sd, PSNR per seed, novel-view PSNR means;
+    with ``paired``, each other kind's :func:`paired_differences` against it (``minus_<paired>``)."""
+    summary = {}
+    for kind in kinds:
+        done = [r for r in runs.values() if r["kind"] == kind]
+        if not done:
+            continue
+        novel = [r["novel_PSNR"] for r in done if r["novel_PSNR"]]  # runs cut short have none
+        views = list(novel[0]) if novel else []
+        summary[kind] = {"PSNR": mean_sd([r["PSNR"] for r in done]),
+                         "SSIM": mean_sd([r["SSIM"] for r in done]),
+                         "PSNR_per_seed": [round(r["PSNR"], 2) for r in done],
+                         "novel_PSNR": {v: mean_sd([n[v] for n in novel]) for v in views}}
+        if paired and kind != paired:
+            summary[kind]["minus_" + paired] = paired_differences(runs, paired, kind)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
@@ -91,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subject_only", action="store_true",
                     help="make the subject (where --work lacks it) and stop: for runs side by side")
     args = ap.parse_args(argv)
+    if args.paired is not None and args.paired not in args.kinds:
+        ap.error(f"--paired {args.paired!r} is not one of --kinds {args.kinds}")
 
     data, track = args.work / "data", args.work / "track"
     want = {"n_frames": args.frames, "image_size": args.size, "novel_views": args.novel_views}
@@ -106,9 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     demo_model = ["--uv_size", "64", "--hidden_dim", "128", "--hidden_layers", "4"]
     model = demo_model if args.model_size == "demo" else []
     result: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-                    "settings": vars(args) | {"work": str(args.work), "out": str(args.out)}, "runs": {}}
-    for kind in args.kinds:
-        for seed in args.seeds:
+                    "settings": vars(args) | {"work": str(args.work), "out": str(args.out)}, "runs": {},
+                    "summary": {}}
+    for seed in args.seeds:  # seeds outer: a call cut short keeps whole pairs (--paired)
+        for kind in args.kinds:
             name = f"{kind}_seed{seed}".replace("+", "_").replace("=", "").replace("--", "")
             argv = ["--idname", "s", "--data_root", str(data), "--tracking_root", str(track),
                     "--log_root", str(args.work / "logs"), "--logname", name,
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             train_s = time.perf_counter() - t0
             result["runs"][name] = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"],
                                     "train_s": train_s, "novel_PSNR": None}  # kept if the call ends here
+            result["summary"] = summarize(result["runs"], args.kinds, args.paired)
             if args.out:
                 write_json(args.out, result)
             if args.no_novel or not args.novel_views:
@@ -135,36 +158,20 @@ def main(argv: list[str] | None = None) -> None:
             run = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"],
                    "train_s": train_s, "novel_PSNR": {v: r["PSNR"] for v, r in novel.items()}}
             result["runs"][name] = run
+            result["summary"] = summarize(result["runs"], args.kinds, args.paired)
             print(json.dumps(run), flush=True)
             if args.out:
                 write_json(args.out, result)
-    summary = {}
-    for kind in args.kinds:
-        runs = [r for r in result["runs"].values() if r["kind"] == kind]
-        novel = [r["novel_PSNR"] for r in runs if r["novel_PSNR"]]  # runs cut short have none
-        views = list(novel[0]) if novel else []
-        summary[kind] = {"PSNR": mean_sd([r["PSNR"] for r in runs]),
-                         "SSIM": mean_sd([r["SSIM"] for r in runs]),
-                         "PSNR_per_seed": [round(r["PSNR"], 2) for r in runs],
-                         "novel_PSNR": {v: mean_sd([n[v] for n in novel]) for v in views}}
-        s = summary[kind]
+    for kind, s in result["summary"].items():
         novel = ", ".join(f"{v} {m['mean']:.2f}" for v, m in s["novel_PSNR"].items())
         novel = f"; novel views: {novel}" if novel else ""
         print(f"{kind:>20}: test PSNR {s['PSNR']['mean']:.2f} +- {s['PSNR']['sd']:.2f} (seeds "
               f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}{novel}")
-    if args.paired:
-        for kind in args.kinds:
-            if kind == args.paired:
-                continue
-            d = paired_differences(result["runs"], args.paired, kind)
-            summary[kind]["minus_" + args.paired] = d
-            if d is not None:
-                per_seed = ", ".join(f"{x:+.3f}" for x in d["per_seed"])
-                print(f"{kind} - {args.paired}: test PSNR {d['mean']:+.3f} dB (sd {d['sd']:.3f}, "
-                      f"se {d['se']:.3f}; seeds {d['seeds']}: {per_seed})")
-    result["summary"] = summary
-    if args.out:
-        write_json(args.out, result)
+        d = s.get("minus_" + str(args.paired))
+        if d is not None:
+            per_seed = ", ".join(f"{x:+.3f}" for x in d["per_seed"])
+            print(f"{kind} - {args.paired}: test PSNR {d['mean']:+.3f} dB (sd {d['sd']:.3f}, "
+                  f"se {d['se']:.3f}; seeds {d['seeds']}: {per_seed})")
 
 
 if __name__ == "__main__":

@@ -69,12 +69,16 @@ from pathlib import Path; from bench_lpips import write_random_vgg; write_random
   Q=(--frames 300 --size 512 --test_num 100 --novel_views 0 --iterations 10000 --work "$W/quality" --no_novel)
   python bench/bench_seeds.py "${Q[@]}" --subject_only > "$L/quality_subject.log" 2>&1  # before both processes
   L5=+--lambda_lpips=0.05+--lpips_start=5000
+  pids=()
   for m in ${QUALITY_METHODS:-ours baseline}; do
     plain="$m+--precision=fp32+--no_fused_kernels$L5"
     python bench/bench_seeds.py "${Q[@]}" --seeds ${QUALITY_SEEDS:-0 1 2 3} --kinds "$plain" "$m$L5" \
       --paired "$plain" --out "$OUT/quality_$m.json" > "$L/quality_$m.log" 2>&1 &
+    pids+=("$!:$m")
   done
-  wait
+  for p in "${pids[@]}"; do  # the JSON keeps the pairs finished so far, also where a process failed
+    wait "${p%%:*}" || { echo "quality ${p#*:}: bench_seeds failed; its log:"; tail -20 "$L/quality_${p#*:}.log"; }
+  done
   for m in ${QUALITY_METHODS:-ours baseline}; do grep -E "test PSNR" "$L/quality_$m.log"; done \
     | tee "$OUT/quality.txt"
 fi

@@ -194,9 +194,10 @@ class Runner:
 
 
 def _inference_figures(inf: dict[str, float], prefix: str) -> dict[str, float]:
-    """bench_inference's modes -> the table's figures: ``inference`` (a sequence of frames, as render.py
-    renders them: the whole-frame graph's stream where it ran, else the fastest path there was) and
-    ``inference_latency`` (one frame, waited for: the whole-frame graph's call)."""
+    """bench_inference's modes -> the table's figures: ``inference`` (a sequence of frames, the GPU's
+    throughput: the whole-frame graph's stream where it ran, else the fastest path there was) and
+    ``inference_latency`` (one frame, waited for: the whole-frame graph's call; without one, the per-frame
+    time of the fastest path, which waits only at the end of a pass)."""
     seq = next(inf[k] for k in ("whole-frame CUDA graph, streamed", "whole-frame CUDA graph", "CUDA graph",
                                 "eager") if k in inf)
     one = inf.get("whole-frame CUDA graph", seq)
@@ -328,7 +329,7 @@ def _commit() -> str:
         return os.environ["GIT_COMMIT"]
     try:
         return subprocess.check_output(
-            ["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO, text=True,
+            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"], cwd=REPO, text=True,
             stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (set GIT_COMMIT)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -147,30 +148,50 @@ class FrameRenderGraph:
         return render(self.camera, gaussians, self.background, backend=self.backend, pair_capacity=capacity,
                       pair_count=self.budget.count)
 
+    @contextmanager
+    def _sh_degree_of(self, key: tuple) -> Iterator[None]:
+        """The avatar at ``key``'s SH degree meanwhile: a frame captured again after the caller moved the
+        degree on (the next item of a stream is read before the frame in flight is checked) keeps its own."""
+        gs = self.avatar.gaussians
+        degree, gs.active_sh_degree = gs.active_sh_degree, key[-1]
+        try:
+            yield
+        finally:
+            gs.active_sh_degree = degree
+
     @torch.no_grad()
     def _capture(self, key: tuple, camera, needed: int | None) -> None:
         """Capture every slot for ``key`` with room for ``needed`` pairs (None: measure the loaded frame's).
-        Each slot has its own memory pool: a slot's outputs must outlive the other slot's replays."""
+        Both at once, where the caller set up (render.py captures on its first frame, before its frames are
+        read ahead on other threads, whose CUDA calls a capture in progress would refuse)."""
         self.graphs, self.outs = [], []  # free the previous captures' pools first
         self.camera = StaticCamera(camera, self.device, self.packed[CONDITION_DIM:])
         self.key = key
-        if needed is None:  # measure this frame's pairs with a fixed-capacity call (no exact-list sync)
-            self._frame(1)
-            needed = int(self.budget.count)
-        capacity = self.budget.size_for(needed)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm up allocations and lazy initialisation outside the capture
-                self._frame(capacity)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        for slot in range(SLOTS):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.outs.append(self._frame(capacity))
-                self._host_counts[slot:slot + 1].copy_(self.budget.count, non_blocking=True)
-            self.graphs.append(graph)
+        with self._sh_degree_of(key):
+            if needed is None:  # measure this frame's pairs with a fixed-capacity call (no exact-list sync)
+                self._frame(1)
+                needed = int(self.budget.count)
+            capacity = self.budget.size_for(needed)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm up allocations and lazy initialisation outside the capture
+                    self._frame(capacity)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            for slot in range(SLOTS):
+                self._capture_slot(slot)
         self.captures += 1
+
+    def _capture_slot(self, slot: int) -> None:
+        """Capture ``slot`` (the next one) for the current key and capacity, in its own memory pool: a slot's
+        outputs must outlive the other slot's replays (a shared pool would hand one slot's outputs to the
+        other's intermediates)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._frame(self.budget.capacity)
+            self._host_counts[slot:slot + 1].copy_(self.budget.count, non_blocking=True)
+        self.graphs.append(graph)
+        self.outs.append(out)
 
     def _key(self, camera) -> tuple:
         """What the captures fix for ``camera``; past MAX_KEYS changes, switches to the eager path."""
@@ -229,7 +250,9 @@ class FrameRenderGraph:
         """``(tag, condition, camera)`` items -> ``(tag, output)`` in order, the same exact images as calls
         give, with the next frame queued before each is handed out. An output stays valid until the
         iterator is advanced (the work the caller queues on the current stream meanwhile is ordered before
-        the next replay into its slot)."""
+        the next replay into its slot). The next item is taken before the frame in flight is checked: a
+        change of SH degree there is seen (the frame keeps its own), a change of weights is not (a frame
+        rendered again for want of room would take the new ones)."""
         queued: _Queued | None = None
         for tag, condition, camera in frames:
             key = self._key(camera)

@@ -40,6 +40,13 @@ def test_paired_run_of_one_path_against_itself_differs_by_nothing(tmp_path, caps
     assert len(res["runs"]) == 4
     d = res["summary"]["baseline+--precision=fp32"]["minus_baseline"]
     assert d["seeds"] == [0, 1] and d["per_seed"] == [0.0, 0.0]
-    per_seed = res["summary"]["baseline"]["PSNR_per_seed"]
-    assert per_seed[0] != per_seed[1]
+    first, second = (res["runs"][f"baseline_seed{k}"]["PSNR"] for k in (0, 1))
+    assert first != second  # the seeds end apart: the pairs take that spread out
     assert "baseline+--precision=fp32 - baseline: test PSNR +0.000 dB" in capsys.readouterr().out
+
+
+def test_paired_kind_must_be_one_of_the_kinds(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_seeds.main(["--device", "cpu", "--frames", "10", "--size", "32", "--test_num", "3",
+                          "--novel_views", "0", "--kinds", "baseline", "ours", "--paired", "basline",
+                          "--work", str(tmp_path / "work")])

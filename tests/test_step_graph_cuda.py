@@ -125,6 +125,35 @@ def test_frame_graph_stream_hands_out_exact_frames_in_order(synthetic_subject, t
                 assert torch.equal(img, ref.image), k
             assert graph.captures > captures and graph.key[-1] == 1
 
+            # a new graph: the frame in flight at the degree change needs more pairs than its capture holds,
+            # so it is captured again -- at its own degree 3 though the avatar has moved on to degree 1
+            avatar.update_sh_degree(1500)
+            fresh = FrameRenderGraph(avatar, bg, "cuda")
+            near = _closer(first.camera, 0.6)
+            cond0 = subject.frame(views[0][0]).condition
+            assert _pairs(near, avatar.frame_gaussians(cond0, near), bg) > \
+                _pairs(views[0][1], avatar.frame_gaussians(cond0, views[0][1]), bg)
+            order = [(views[0][0], views[0][1]), (views[0][0], near), (views[1][0], views[1][1])]
+            want = []
+            for k, (i, cam) in enumerate(order):
+                avatar.update_sh_degree(1500 if k < 2 else 500)
+                want.append(render(cam, avatar.frame_gaussians(subject.frame(i).condition, cam), bg,
+                                   backend="cuda").image.clone())
+            avatar.update_sh_degree(1500)
+
+            def switching_after_the_near_frame():
+                for k, (i, cam) in enumerate(order):
+                    if k == 2:
+                        avatar.update_sh_degree(500)
+                    yield k, subject.frame(i).condition, cam
+
+            got = [(k, out.image.clone()) for k, out in fresh.stream(switching_after_the_near_frame())]
+            assert [k for k, _ in got] == [0, 1, 2]
+            for k, img in got:
+                assert torch.equal(img, want[k]), k
+            assert fresh.captures == 3 and fresh.key[-1] == 1  # first frame, room for the near one, degree 1
+            assert avatar.gaussians.active_sh_degree == 1
+
 
 def test_frame_graph_goes_eager_when_what_it_fixes_keeps_changing(synthetic_subject, tmp_path, monkeypatch):
     """Each new SH degree (or camera size / field of view) is a capture; past MAX_KEYS changes the frames
