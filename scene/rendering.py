@@ -176,11 +176,14 @@ class Renderer:
         # the frames' images are decoded only where they are written or compared (a turntable of one
         # held frame would otherwise decode the same PNGs rotate_frames times)
         needs_images = r.has_ground_truth or r.error
-        frames = (prefetched(lambda step: self.source.frame(step[0]), self.plan) if needs_images
+        # decoded on reader threads, moved to the device here (no CUDA work off the main thread: a capture
+        # in progress, as for a frame that needs more pairs than the last capture held, would refuse it)
+        images = (prefetched(lambda step: self.source.frame_images(step[0]), self.plan) if needs_images
                   else (None for _ in self.plan))
 
         def inputs():  # (tag, condition, camera) per planned frame
-            for k, ((i, angle), fr) in enumerate(zip(self.plan, frames)):
+            for k, ((i, angle), raw) in enumerate(zip(self.plan, images)):
+                fr = self.source.frame_from(i, raw) if needs_images else None
                 base = fr.camera if fr is not None else self.source.camera(i)
                 cam = base.turned_about_y(angle) if r.rotate else base
                 yield (k, i, angle, fr), self.condition(i), cam

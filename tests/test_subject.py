@@ -109,6 +109,16 @@ def test_ground_truth_compositing_and_masks(tmp_path: Path) -> None:
         assert g.index == template.index and g.camera is template.camera
         for name in ("image", "head_mask", "mouth_mask", "coverage", "condition"):
             assert torch.equal(getattr(g, name), getattr(a, name)), name
+    # read ahead in two halves (render.py: decoding on reader threads, the device part on the caller's):
+    # the stored uint8 image and its three masks, then the same frame as frame() gives
+    img_u8, masks_u8 = s.frame_images(1)
+    assert img_u8.dtype == masks_u8.dtype == torch.uint8 and img_u8.device.type == "cpu"
+    assert img_u8.shape == (3, H, W) and masks_u8.shape == (3, H, W)
+    whole, halves = s.frame(1), s.frame_from(1, (img_u8, masks_u8))
+    for name in ("image", "head_mask", "mouth_mask", "coverage", "condition"):
+        assert torch.equal(getattr(halves, name), getattr(whole, name)), name
+    with pytest.raises(IndexError, match="out of range"):
+        s.frame_images(3)
 
 
 def test_split_cameras_and_conditions(tmp_path: Path) -> None:
@@ -197,6 +207,7 @@ def test_tracking_without_images(tmp_path: Path) -> None:
     assert s.frame_ids == [0, 1, 2, 3]
     fd = s.frame(3)
     assert fd.image is None and fd.condition[0].item() == 3.0 and fd.camera.name == "00003"
+    assert s.frame_images(3) is None and s.frame_from(3, None).image is None
 
 
 @pytest.mark.cuda

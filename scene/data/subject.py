@@ -358,11 +358,22 @@ class Subject:
 
     def frame(self, i: int) -> FrameData:
         """Frame ``i``: composited ground truth, masks, camera and condition, on the device."""
+        return self.frame_from(i, self.frame_images(i))
+
+    def frame_images(self, i: int) -> tuple[Tensor, Tensor] | None:
+        """Frame ``i``'s uint8 image (3,H,W) and masks (alpha, head, mouth) as stored -- decoded into host
+        memory, or views of the device cache -- or None for a tracked-only frame. No CUDA work: for reader
+        threads (render.py reads ahead while its main thread may be capturing a CUDA graph, which refuses
+        other threads' allocations and copies meanwhile)."""
         if not 0 <= i < len(self):
             raise IndexError(f"frame index {i} out of range for subject '{self.idname}' ({len(self)} frames)")
-        if not self.has_image(i):
+        return self._raw_tensors(i) if self.has_image(i) else None
+
+    def frame_from(self, i: int, images: tuple[Tensor, Tensor] | None) -> FrameData:
+        """:meth:`frame` ``i`` from what :meth:`frame_images` returned for it (read ahead elsewhere)."""
+        if images is None:
             return FrameData(i, self.frame_ids[i], None, None, None, self._cameras[i], self.conditions[i])
-        img_u8, masks_u8 = self._raw_tensors(i)
+        img_u8, masks_u8 = images
         gt, head, mouth, coverage = self._prepare(img_u8.to(self.device, non_blocking=True),
                                                   masks_u8.to(self.device, non_blocking=True))
         return FrameData(i, self.frame_ids[i], gt, head, mouth, self._cameras[i], self.conditions[i],
