@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "rasterizer.h"
+#include "tile_batch.h"
 #include "vec_math.h"
 
 namespace cg = cooperative_groups;
@@ -44,10 +45,7 @@ render_backward_kernel(const uint2* __restrict__ ranges, const uint32_t* __restr
   const uint2 range = ranges[blockIdx.y * tiles_x + blockIdx.x];
 
   __shared__ int s_id[TILE_PIXELS];
-  __shared__ float2 s_xy[TILE_PIXELS];
-  __shared__ float4 s_co[TILE_PIXELS];
-  __shared__ float s_rgb[NUM_CHANNELS * TILE_PIXELS];
-  __shared__ float s_depth[DEPTH ? TILE_PIXELS : 1];
+  __shared__ TileBatch<DEPTH> batch;  // colours beside positions: no global load per blend
   __shared__ uint32_t s_max_contrib;
 
   const float T_final = inside ? final_T[pix_id] : 1.f;
@@ -88,11 +86,7 @@ render_backward_kernel(const uint2* __restrict__ ranges, const uint32_t* __restr
     if (k_load >= 0) {
       const int gid = point_list[range.x + k_load];
       s_id[rank] = gid;
-      s_xy[rank] = means2D[gid];
-      s_co[rank] = conic_opacity[gid];
-#pragma unroll
-      for (int ch = 0; ch < NUM_CHANNELS; ch++) s_rgb[ch * TILE_PIXELS + rank] = rgb[3 * gid + ch];
-      if (DEPTH) s_depth[rank] = depths[gid];
+      batch.stage(rank, gid, means2D, conic_opacity, rgb, depths);
     }
     block.sync();
     const int cnt = min(TILE_PIXELS, base + 1);
@@ -102,9 +96,9 @@ render_backward_kernel(const uint2* __restrict__ ranges, const uint32_t* __restr
       float g_mx = 0.f, g_my = 0.f, g_ca = 0.f, g_cb = 0.f, g_cc = 0.f, g_op = 0.f;
       float g_r = 0.f, g_g = 0.f, g_b = 0.f, g_z = 0.f;
       if (valid) {
-        const float2 xy = s_xy[j];
+        const float2 xy = batch.xy[j];
         const float2 d = make_float2(xy.x - pixf.x, xy.y - pixf.y);
-        const float4 co = s_co[j];
+        const float4 co = batch.co[j];
         const float power = -0.5f * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
         const float G = expf(power);
         const float alpha = fminf(ALPHA_CAP, co.w * G);
@@ -113,7 +107,7 @@ render_backward_kernel(const uint2* __restrict__ ranges, const uint32_t* __restr
           T = T / (1.f - alpha);
           const float w = alpha * T;
           float dL_dalpha = 0.f;
-          const float c[3] = {s_rgb[j], s_rgb[TILE_PIXELS + j], s_rgb[2 * TILE_PIXELS + j]};
+          const float c[3] = {batch.rgb[j], batch.rgb[TILE_PIXELS + j], batch.rgb[2 * TILE_PIXELS + j]};
 #pragma unroll
           for (int ch = 0; ch < NUM_CHANNELS; ch++) {
             accum[ch] = last_alpha * last_color[ch] + (1.f - last_alpha) * accum[ch];
@@ -124,7 +118,7 @@ render_backward_kernel(const uint2* __restrict__ ranges, const uint32_t* __restr
           g_g = w * dL_dpix[1];
           g_b = w * dL_dpix[2];
           if (DEPTH) {
-            const float z = s_depth[j];
+            const float z = batch.depth[j];
             accum_depth = last_alpha * last_depth + (1.f - last_alpha) * accum_depth;
             last_depth = z;
             dL_dalpha += (z - accum_depth) * dL_dD;

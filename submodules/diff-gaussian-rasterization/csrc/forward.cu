@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "rasterizer.h"
+#include "tile_batch.h"
 #include "vec_math.h"
 
 namespace cg = cooperative_groups;
@@ -431,10 +432,7 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
   const int rounds = ((int)(range.y - range.x) + TILE_PIXELS - 1) / TILE_PIXELS;
   int to_do = (int)(range.y - range.x);
 
-  __shared__ float2 s_xy[TILE_PIXELS];
-  __shared__ float4 s_co[TILE_PIXELS];
-  __shared__ float s_rgb[NUM_CHANNELS * TILE_PIXELS];  // colours beside positions: no global load per blend
-  __shared__ float s_depth[DEPTH ? TILE_PIXELS : 1];
+  __shared__ TileBatch<DEPTH> batch;  // colours beside positions: no global load per blend
 
   float T = 1.f;
   uint32_t contributor = 0, last_contributor = 0;
@@ -447,19 +445,15 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
     const int progress = i * TILE_PIXELS + rank;
     if ((int)range.x + progress < (int)range.y) {
       const int gid = point_list[range.x + progress];
-      s_xy[rank] = means2D[gid];
-      s_co[rank] = conic_opacity[gid];
-#pragma unroll
-      for (int ch = 0; ch < NUM_CHANNELS; ch++) s_rgb[ch * TILE_PIXELS + rank] = rgb[3 * gid + ch];
-      if (DEPTH) s_depth[rank] = depths[gid];
+      batch.stage(rank, gid, means2D, conic_opacity, rgb, depths);
     }
     block.sync();
     const int n = min(TILE_PIXELS, to_do);
     for (int j = 0; !done && j < n; j++) {
       contributor++;
-      const float2 xy = s_xy[j];
+      const float2 xy = batch.xy[j];
       const float2 d = make_float2(xy.x - pixf.x, xy.y - pixf.y);
-      const float4 co = s_co[j];
+      const float4 co = batch.co[j];
       const float power = -0.5f * (co.x * d.x * d.x + co.z * d.y * d.y) - co.y * d.x * d.y;
       if (power > 0.f) continue;
       const float alpha = fminf(ALPHA_CAP, co.w * expf(power));
@@ -470,10 +464,10 @@ render_kernel(const uint2* __restrict__ ranges, const uint32_t* __restrict__ poi
         continue;
       }
       // (c * alpha) * T, the original's evaluation order.
-      C[0] += s_rgb[j] * alpha * T;
-      C[1] += s_rgb[TILE_PIXELS + j] * alpha * T;
-      C[2] += s_rgb[2 * TILE_PIXELS + j] * alpha * T;
-      if (DEPTH) Dacc += s_depth[j] * alpha * T;
+      C[0] += batch.rgb[j] * alpha * T;
+      C[1] += batch.rgb[TILE_PIXELS + j] * alpha * T;
+      C[2] += batch.rgb[2 * TILE_PIXELS + j] * alpha * T;
+      if (DEPTH) Dacc += batch.depth[j] * alpha * T;
       T = test_T;
       last_contributor = contributor;
     }

@@ -67,24 +67,47 @@ __device__ __forceinline__ void solve_mean(int lane, int n, int m, const float* 
   }
 }
 
+// A lane group's system and its inputs. Groups of a partly filled last warp (valid false) compute system S-1
+// (the shuffles need every lane of the warp) and write nothing; warps wholly past the last system return early
+// (past_end).
+struct System {
+  bool valid;
+  int s, lane;
+  const float *mu, *ld, *lo, *L21, *zk;
+};
+
+__device__ __forceinline__ bool past_end(int S) {
+  const int64_t sys = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  return sys - threadIdx.x % WARP / LANES >= S;
+}
+
+__device__ __forceinline__ System system_of(int S, int G, int n, int m, const float* mean, const float* log_diag,
+                                            const float* lower, const float* l21, const float* z) {
+  const int64_t sys = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  System y;
+  y.valid = sys < S;
+  y.s = y.valid ? (int)sys : S - 1;
+  y.lane = threadIdx.x % LANES;
+  y.mu = mean + (size_t)y.s * (n + m);
+  y.ld = log_diag + (size_t)y.s * n;
+  y.lo = lower + (size_t)y.s * (n * (n - 1) / 2);
+  y.L21 = l21 + (size_t)y.s * m * n;
+  y.zk = z + (size_t)(y.s / G) * m;
+  return y;
+}
+
 __global__ void conditional_mean_forward_kernel(int S, int G, int n, int m, const float* __restrict__ mean,
                                                 const float* __restrict__ log_diag, const float* __restrict__ lower,
                                                 const float* __restrict__ l21, const float* __restrict__ z,
                                                 float* __restrict__ out) {
-  const int64_t sys = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
-  if (sys - threadIdx.x % WARP / LANES >= S) return;  // the whole warp is past the last system
-  const bool valid = sys < S;  // else a group of a partly filled last warp: it computes system S-1, writes nothing
-  const int s = valid ? (int)sys : S - 1;
-  const int lane = threadIdx.x % LANES;
-  const int nl = n * (n - 1) / 2;
-  const float* mu = mean + (size_t)s * (n + m);
+  if (past_end(S)) return;
+  const System y = system_of(S, G, n, m, mean, log_diag, lower, l21, z);
   float x[MAX_N];
-  solve_mean(lane, n, m, mu, log_diag + (size_t)s * n, lower + (size_t)s * nl, l21 + (size_t)s * m * n,
-             z + (size_t)(s / G) * m, x);
-  float* o = out + (size_t)s * n;
+  solve_mean(y.lane, n, m, y.mu, y.ld, y.lo, y.L21, y.zk, x);
+  float* o = out + (size_t)y.s * n;
 #pragma unroll
   for (int i = 0; i < MAX_N; i++)
-    if (valid && i < n && lane == i) o[i] = mu[i] - x[i];
+    if (y.valid && i < n && y.lane == i) o[i] = y.mu[i] - x[i];
 }
 
 // With gb = L11^{-1} (-dL/dout) (the gradient of b): dL/dL21[j][i] = gb_i d_j, dL/dmu_i[j] = -sum_i L21[j][i]
@@ -96,21 +119,14 @@ __global__ void conditional_mean_backward_kernel(int S, int G, int n, int m, con
                                                  const float* __restrict__ z, float* __restrict__ g_mean,
                                                  float* __restrict__ g_log_diag, float* __restrict__ g_lower,
                                                  float* __restrict__ g_l21) {
-  const int64_t sys = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
-  if (sys - threadIdx.x % WARP / LANES >= S) return;  // the whole warp is past the last system
-  const bool valid = sys < S;  // else a group of a partly filled last warp: it computes system S-1, writes nothing
-  const int s = valid ? (int)sys : S - 1;
-  const int lane = threadIdx.x % LANES;
-  const int nl = n * (n - 1) / 2;
-  const float* mu = mean + (size_t)s * (n + m);
-  const float* ld = log_diag + (size_t)s * n;
-  const float* lo = lower + (size_t)s * nl;
-  const float* L21 = l21 + (size_t)s * m * n;
-  const float* zk = z + (size_t)(s / G) * m;
+  if (past_end(S)) return;
+  const System y = system_of(S, G, n, m, mean, log_diag, lower, l21, z);
+  const int s = y.s, lane = y.lane, nl = n * (n - 1) / 2;
+  const float *mu = y.mu, *ld = y.ld, *lo = y.lo, *L21 = y.L21, *zk = y.zk;
   const float* go = grad_out + (size_t)s * n;
   float x[MAX_N];
   solve_mean(lane, n, m, mu, ld, lo, L21, zk, x);
-  if (!valid) return;  // past the shuffles: nothing more to do for a padding group
+  if (!y.valid) return;  // past the shuffles: nothing more to do for a padding group
   float gb[MAX_N];
 #pragma unroll
   for (int i = 0; i < MAX_N; i++) {  // forward substitution: L11 gb = -grad_out (every lane)
