@@ -8,7 +8,8 @@ default), ``baseline_original`` (``--original_init``, PyTorch's random start as 
 ``ours`` (HyperGaussians); ``<kind>+<flag>`` adds a train.py flag (``baseline+--lambda_opacity_reg=0.1``).
 Results go to ``--out`` after every run, so a run cut short keeps what it finished. ``--paired KIND``
 adds every other kind minus KIND seed by seed (a fast path against its plain one: issue 13's "quality must
-not move").
+not move"). ``--merge A.json B.json`` trains nothing: it joins the runs of earlier ``--out`` files (seeds
+run in separate calls) into one summary.
 
     python bench/bench_seeds.py --device cuda --frames 300 --size 512 --test_num 100 --novel_views 30 \\
         --iterations 10000 --seeds 0 1 2 3 --kinds baseline baseline_original ours --out seeds.json
@@ -57,9 +58,11 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 
 def paired_differences(runs: dict[str, dict], reference: str, kind: str) -> dict | None:
     """``kind`` minus ``reference`` in test PSNR seed by seed, over the seeds both finished: a fast path
-    against its plain one starts from the same random state, so the per-seed differences show its effect
-    with the seed-to-seed spread taken out. -> {seeds, per_seed, mean, sd, se} (se: sd / sqrt(n)), or
-    None without a common seed."""
+    against its plain one starts from the same random state, so the per-seed differences take out the part
+    of the seed-to-seed spread that the start decides. Training on a GPU is not bit-exact, and what that
+    leaves is not small: two runs of one configuration from one seed differed by sd 0.46 dB (HyperGaussians,
+    10k iterations, H200, session 23). -> {seeds, per_seed, mean, sd, se} (se: sd / sqrt(n)), or None
+    without a common seed."""
     ref = {r["seed"]: r["PSNR"] for r in runs.values() if r["kind"] == reference}
     other = {r["seed"]: r["PSNR"] for r in runs.values() if r["kind"] == kind}
     seeds = sorted(set(ref) & set(other))
@@ -90,6 +93,45 @@ def summarize(runs: dict[str, dict], kinds: list[str], paired: str | None) -> di
     return summary
 
 
+def print_summary(summary: dict, paired: str | None) -> None:
+    """One line per kind (test PSNR mean +- sd, per seed, SSIM, novel views) and per paired difference."""
+    for kind, s in summary.items():
+        novel = ", ".join(f"{v} {m['mean']:.2f}" for v, m in s["novel_PSNR"].items())
+        novel = f"; novel views: {novel}" if novel else ""
+        print(f"{kind:>20}: test PSNR {s['PSNR']['mean']:.2f} +- {s['PSNR']['sd']:.2f} (seeds "
+              f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}{novel}")
+        d = s.get("minus_" + str(paired))
+        if d is not None:
+            per_seed = ", ".join(f"{x:+.3f}" for x in d["per_seed"])
+            print(f"{kind} - {paired}: test PSNR {d['mean']:+.3f} dB (sd {d['sd']:.3f}, "
+                  f"se {d['se']:.3f}; seeds {d['seeds']}: {per_seed})")
+
+
+def merge_results(paths: list[Path], paired: str | None) -> dict:
+    """The runs of earlier ``--out`` files joined (seeds run in separate calls; a later file's run of the
+    same kind and seed replaces an earlier one) and summarized with their kinds, in first-seen order, and
+    ``paired`` (else the first file's ``--paired``)."""
+    runs: dict[str, dict] = {}
+    kinds: list[str] = []
+    devices: list[str] = []
+    for path in paths:
+        try:
+            part = json.loads(Path(path).read_text())
+            part_runs, settings = part["runs"], part["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--merge: {path} is not a bench_seeds.py --out file ({exc})") from exc
+        runs.update(part_runs)
+        kinds += [k for k in settings.get("kinds", []) if k not in kinds]
+        devices += [part.get("device")] if part.get("device") not in devices else []
+        if paired is None:
+            paired = settings.get("paired")
+    if paired is not None and paired not in kinds:
+        raise SystemExit(f"--merge: --paired {paired!r} is not one of the merged kinds {kinds}")
+    return {"device": ", ".join(map(str, devices)), "merged": [str(p) for p in paths],
+            "settings": {"kinds": kinds, "paired": paired}, "runs": runs,
+            "summary": summarize(runs, kinds, paired)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
@@ -109,7 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no_novel", action="store_true", help="skip the novel-view renders and their PSNR")
     ap.add_argument("--subject_only", action="store_true",
                     help="make the subject (where --work lacks it) and stop: for runs side by side")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON", default=None,
+                    help="train nothing: join the runs of earlier --out files (seeds run in separate calls), "
+                         "print their summary (with --paired, else the first file's) and write it to --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = merge_results(args.merge, args.paired)
+        print_summary(merged["summary"], merged["settings"]["paired"])
+        if args.out:
+            write_json(args.out, merged)
+        return
     if args.paired is not None and args.paired not in args.kinds:
         ap.error(f"--paired {args.paired!r} is not one of --kinds {args.kinds}")
 
@@ -162,17 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(run), flush=True)
             if args.out:
                 write_json(args.out, result)
-    for kind, s in result["summary"].items():
-        novel = ", ".join(f"{v} {m['mean']:.2f}" for v, m in s["novel_PSNR"].items())
-        novel = f"; novel views: {novel}" if novel else ""
-        print(f"{kind:>20}: test PSNR {s['PSNR']['mean']:.2f} +- {s['PSNR']['sd']:.2f} (seeds "
-              f"{s['PSNR_per_seed']}), SSIM {s['SSIM']['mean']:.4f}{novel}")
-        d = s.get("minus_" + str(args.paired))
-        if d is not None:
-            per_seed = ", ".join(f"{x:+.3f}" for x in d["per_seed"])
-            print(f"{kind} - {args.paired}: test PSNR {d['mean']:+.3f} dB (sd {d['sd']:.3f}, "
-                  f"se {d['se']:.3f}; seeds {d['seeds']}: {per_seed})")
-
+    print_summary(result["summary"], args.paired)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """bench/bench_seeds.py: held-out quality over seeds, and the paired fast-minus-plain comparison issue 13's
-"quality must not move" check reads (seed by seed, the seed-to-seed spread taken out)."""
+"quality must not move" check reads (seed by seed: the part of the spread that the start decides taken
+out), and the merge of runs made in separate calls."""
 
 from __future__ import annotations
 
@@ -50,3 +51,40 @@ def test_paired_kind_must_be_one_of_the_kinds(tmp_path):
         bench_seeds.main(["--device", "cpu", "--frames", "10", "--size", "32", "--test_num", "3",
                           "--novel_views", "0", "--kinds", "baseline", "ours", "--paired", "basline",
                           "--work", str(tmp_path / "work")])
+
+
+def _out_file(path: Path, psnr: dict, paired: str | None = "plain") -> Path:
+    """A bench_seeds --out file holding runs of the given {(kind, seed): PSNR}."""
+    runs = {f"{k}_seed{s}": {"kind": k, "seed": s, "PSNR": v, "SSIM": 0.9, "train_s": 1.0, "novel_PSNR": None}
+            for (k, s), v in psnr.items()}
+    kinds = list(dict.fromkeys(k for k, _ in psnr))
+    path.write_text(json.dumps({"device": "gpu", "settings": {"kinds": kinds, "paired": paired}, "runs": runs,
+                                "summary": {}}))
+    return path
+
+
+def test_merge_joins_calls_into_one_paired_summary(tmp_path, capsys):
+    """Seeds run in two calls, merged: the same summary as all runs in one file (seeds 0-2 and 3-4 of the
+    session-23 quality check were two device calls)."""
+    first = {("plain", 0): 30.0, ("fast", 0): 30.5, ("plain", 1): 31.0, ("fast", 1): 30.8}
+    second = {("plain", 2): 29.0, ("fast", 2): 29.3, ("plain", 1): 31.2}  # plain seed 1 re-run: replaces
+    a, b = _out_file(tmp_path / "a.json", first), _out_file(tmp_path / "b.json", second)
+    out = tmp_path / "merged.json"
+    bench_seeds.main(["--merge", str(a), str(b), "--out", str(out)])
+    merged = json.loads(out.read_text())
+    d = merged["summary"]["fast"]["minus_plain"]
+    assert d["seeds"] == [0, 1, 2]
+    assert d["per_seed"] == pytest.approx([0.5, -0.4, 0.3])
+    assert d["mean"] == pytest.approx(0.4 / 3)
+    assert merged["summary"]["plain"]["PSNR_per_seed"] == [30.0, 31.2, 29.0]
+    assert "fast - plain: test PSNR +0.133 dB" in capsys.readouterr().out
+
+
+def test_merge_names_the_file_it_cannot_read(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="bad.json"):
+        bench_seeds.main(["--merge", str(bad)])
+    good = _out_file(tmp_path / "good.json", {("plain", 0): 30.0, ("fast", 0): 30.5})
+    with pytest.raises(SystemExit, match="not one of the merged kinds"):
+        bench_seeds.main(["--merge", str(good), "--paired", "slow"])
