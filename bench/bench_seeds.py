@@ -15,7 +15,7 @@ run in separate calls) into one summary.
         --iterations 10000 --seeds 0 1 2 3 --kinds baseline baseline_original ours --out seeds.json
     python bench/bench_seeds.py --device cpu --frames 40 --size 64 --test_num 8 --novel_views 4 \\
         --iterations 300 --seeds 0 1 --model_size demo               # a smoke run on a CPU
-    L=+--lambda_lpips=0.05+--lpips_start=5000  # the runs use no LPIPS unless a kind turns it on
+    L=+--lambda_lpips=0.05+--lpips_start=9000  # the runs use no LPIPS unless a kind turns it on
     P="ours+--precision=fp32+--no_fused_kernels$L"  # the plain path, against the default fast one
     python bench/bench_seeds.py --iterations 10000 --seeds 0 1 2 3 --no_novel --kinds "$P" "ours$L" \
         --paired "$P"
@@ -79,7 +79,7 @@ def summarize(runs: dict[str, dict], kinds: list[str], paired: str | None) -> di
     with ``paired``, each other kind's :func:`paired_differences` against it (``minus_<paired>``)."""
     summary = {}
     for kind in kinds:
-        done = [r for r in runs.values() if r["kind"] == kind]
+        done = sorted((r for r in runs.values() if r["kind"] == kind), key=lambda r: r["seed"])
         if not done:
             continue
         novel = [r["novel_PSNR"] for r in done if r["novel_PSNR"]]  # runs cut short have none
@@ -107,19 +107,44 @@ def print_summary(summary: dict, paired: str | None) -> None:
                   f"se {d['se']:.3f}; seeds {d['seeds']}: {per_seed})")
 
 
+# Settings that decide a run's result: files merged must agree on them.
+SCHEDULE = ("frames", "size", "test_num", "novel_views", "iterations", "model_size", "device")
+RUN_KEYS = {"kind", "seed", "PSNR", "SSIM"}
+
+
+def read_out_file(path: Path) -> tuple[dict, dict, dict]:
+    """(file, runs, settings) of a ``--out`` file; SystemExit naming the file where it is not one."""
+    try:
+        part = json.loads(Path(path).read_text())
+        runs, settings = part["runs"], part["settings"]
+        if not isinstance(runs, dict) or not isinstance(settings, dict):
+            raise TypeError("'runs' and 'settings' must be objects")
+        for name, run in runs.items():
+            if not isinstance(run, dict) or not RUN_KEYS <= set(run):
+                raise KeyError(f"run {name!r} lacks one of {sorted(RUN_KEYS)}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--merge: {path} is not a bench_seeds.py --out file ({exc})") from exc
+    return part, runs, settings
+
+
 def merge_results(paths: list[Path], paired: str | None) -> dict:
     """The runs of earlier ``--out`` files joined (seeds run in separate calls; a later file's run of the
     same kind and seed replaces an earlier one) and summarized with their kinds, in first-seen order, and
-    ``paired`` (else the first file's ``--paired``)."""
+    ``paired`` (else the first ``--paired`` a file names). The files must share their schedule
+    (:data:`SCHEDULE`): a pair from another schedule would compare unlike with like."""
     runs: dict[str, dict] = {}
     kinds: list[str] = []
     devices: list[str] = []
+    schedule: dict | None = None
     for path in paths:
-        try:
-            part = json.loads(Path(path).read_text())
-            part_runs, settings = part["runs"], part["settings"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"--merge: {path} is not a bench_seeds.py --out file ({exc})") from exc
+        part, part_runs, settings = read_out_file(path)
+        this = {k: settings.get(k) for k in SCHEDULE}
+        if schedule is None:
+            schedule = this
+        elif this != schedule:
+            differ = ", ".join(f"{k} {this[k]!r} (first file {schedule[k]!r})" for k in SCHEDULE
+                               if this[k] != schedule[k])
+            raise SystemExit(f"--merge: {path} ran another schedule: {differ}")
         runs.update(part_runs)
         kinds += [k for k in settings.get("kinds", []) if k not in kinds]
         devices += [part.get("device")] if part.get("device") not in devices else []
@@ -128,9 +153,8 @@ def merge_results(paths: list[Path], paired: str | None) -> dict:
     if paired is not None and paired not in kinds:
         raise SystemExit(f"--merge: --paired {paired!r} is not one of the merged kinds {kinds}")
     return {"device": ", ".join(map(str, devices)), "merged": [str(p) for p in paths],
-            "settings": {"kinds": kinds, "paired": paired}, "runs": runs,
+            "settings": (schedule or {}) | {"kinds": kinds, "paired": paired}, "runs": runs,
             "summary": summarize(runs, kinds, paired)}
-
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -214,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.out:
                 write_json(args.out, result)
     print_summary(result["summary"], args.paired)
+
 
 if __name__ == "__main__":
     main()

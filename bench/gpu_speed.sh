@@ -61,17 +61,18 @@ if has viewer; then  # on the runs the render stage trained
   done | tee "$OUT/viewer.txt"
 fi
 if has quality; then  # issue 13's "quality must not move": every fast path on (the default) against all off
-  # (--precision fp32 --no_fused_kernels), seed by seed (bench_seeds.py --paired), 10k iterations of the default
-  # loss (LPIPS starts at 15000: not reached). QUALITY_LOSS adds kind options, e.g.
-  # "+--lambda_lpips=0.05+--lpips_start=9000" to train the float16 LPIPS trunk too; the plain path's fp32 LPIPS
-  # step is slow (about 27 ms at 512 px on the H200, session 23), so keep its stretch short. Both methods side
-  # by side on the GPU, each result written as its runs finish.
+  # (--precision fp32 --no_fused_kernels), seed by seed (bench_seeds.py --paired), 10k iterations without LPIPS
+  # (bench_seeds' runs use none unless a kind turns it on; the default loss starts it at 15000 anyway).
+  # QUALITY_LOSS adds kind options, each "+--flag=value", e.g. "+--lambda_lpips=0.05+--lpips_start=9000" to
+  # train the float16 LPIPS trunk too; the plain path's fp32 LPIPS step is slow (about 27 ms at 512 px on the
+  # H200, session 23), so keep its stretch short. Both methods side by side on the GPU, each result written as
+  # its runs finish; join the JSONs of separate calls with bench_seeds.py --merge.
   export TORCH_HOME=${TORCH_HOME:-$W/vgg}  # a seeded random VGG16 where the real one is absent (see above)
   [ -f "$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth" ] || python -c "import sys; sys.path.insert(0, 'bench')
 from pathlib import Path; from bench_lpips import write_random_vgg; write_random_vgg(Path('$TORCH_HOME'))"
   Q=(--frames 300 --size 512 --test_num 100 --novel_views 0 --iterations 10000 --work "$W/quality" --no_novel)
   python bench/bench_seeds.py "${Q[@]}" --subject_only > "$L/quality_subject.log" 2>&1  # before both processes
-  LQ=${QUALITY_LOSS:-}
+  LQ=${QUALITY_LOSS:-}; [ -z "$LQ" ] || [[ $LQ == +* ]] || LQ="+$LQ"  # (kind options start with +)
   pids=()
   for m in ${QUALITY_METHODS:-ours baseline}; do
     plain="$m+--precision=fp32+--no_fused_kernels$LQ"

@@ -53,13 +53,13 @@ def test_paired_kind_must_be_one_of_the_kinds(tmp_path):
                           "--work", str(tmp_path / "work")])
 
 
-def _out_file(path: Path, psnr: dict, paired: str | None = "plain") -> Path:
+def _out_file(path: Path, psnr: dict, paired: str | None = "plain", iterations: int = 10000) -> Path:
     """A bench_seeds --out file holding runs of the given {(kind, seed): PSNR}."""
     runs = {f"{k}_seed{s}": {"kind": k, "seed": s, "PSNR": v, "SSIM": 0.9, "train_s": 1.0, "novel_PSNR": None}
             for (k, s), v in psnr.items()}
     kinds = list(dict.fromkeys(k for k, _ in psnr))
-    path.write_text(json.dumps({"device": "gpu", "settings": {"kinds": kinds, "paired": paired}, "runs": runs,
-                                "summary": {}}))
+    settings = {"kinds": kinds, "paired": paired, "iterations": iterations, "frames": 300, "size": 512}
+    path.write_text(json.dumps({"device": "gpu", "settings": settings, "runs": runs, "summary": {}}))
     return path
 
 
@@ -76,7 +76,8 @@ def test_merge_joins_calls_into_one_paired_summary(tmp_path, capsys):
     assert d["seeds"] == [0, 1, 2]
     assert d["per_seed"] == pytest.approx([0.5, -0.4, 0.3])
     assert d["mean"] == pytest.approx(0.4 / 3)
-    assert merged["summary"]["plain"]["PSNR_per_seed"] == [30.0, 31.2, 29.0]
+    assert merged["summary"]["plain"]["PSNR_per_seed"] == [30.0, 31.2, 29.0]  # by seed
+    assert merged["settings"]["iterations"] == 10000 and merged["settings"]["kinds"] == ["plain", "fast"]
     assert "fast - plain: test PSNR +0.133 dB" in capsys.readouterr().out
 
 
@@ -88,3 +89,18 @@ def test_merge_names_the_file_it_cannot_read(tmp_path):
     good = _out_file(tmp_path / "good.json", {("plain", 0): 30.0, ("fast", 0): 30.5})
     with pytest.raises(SystemExit, match="not one of the merged kinds"):
         bench_seeds.main(["--merge", str(good), "--paired", "slow"])
+
+
+def test_merge_refuses_runs_of_another_schedule_or_malformed_runs(tmp_path):
+    a = _out_file(tmp_path / "a.json", {("plain", 0): 30.0, ("fast", 0): 30.5})
+    b = _out_file(tmp_path / "b.json", {("plain", 1): 31.0, ("fast", 1): 31.5}, iterations=2000)
+    with pytest.raises(SystemExit, match=r"b\.json ran another schedule: iterations 2000"):
+        bench_seeds.main(["--merge", str(a), str(b)])
+    broken = json.loads(a.read_text())
+    del broken["runs"]["fast_seed0"]["PSNR"]
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(broken))
+    with pytest.raises(SystemExit, match=r"c\.json is not a bench_seeds.py --out file.*fast_seed0"):
+        bench_seeds.main(["--merge", str(a), str(c)])
+    with pytest.raises(SystemExit, match="missing.json"):
+        bench_seeds.main(["--merge", str(tmp_path / "missing.json")])
