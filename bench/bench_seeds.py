@@ -204,6 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
                     "settings": vars(args) | {"work": str(args.work), "out": str(args.out)}, "runs": {},
                     "summary": {}}
+
+    def record(name: str, run: dict) -> None:  # the summary and --out rewritten after every run
+        result["runs"][name] = run
+        result["summary"] = summarize(result["runs"], args.kinds, args.paired)
+        if args.out:
+            write_json(args.out, result)
+
     for seed in args.seeds:  # seeds outer: a call cut short keeps whole pairs (--paired)
         for kind in args.kinds:
             name = f"{kind}_seed{seed}".replace("+", "_").replace("=", "").replace("--", "")
@@ -217,26 +224,20 @@ def main(argv: list[str] | None = None) -> None:
             trainer = Trainer(parse_train_args(argv))
             res = trainer.run()
             train_s = time.perf_counter() - t0
-            result["runs"][name] = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"],
-                                    "train_s": train_s, "novel_PSNR": None}  # kept if the call ends here
-            result["summary"] = summarize(result["runs"], args.kinds, args.paired)
-            if args.out:
-                write_json(args.out, result)
+            run = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"], "train_s": train_s,
+                   "novel_PSNR": None}
+            record(name, run)  # kept if the call ends here
             if args.no_novel or not args.novel_views:
-                print(json.dumps(result["runs"][name]), flush=True)
+                print(json.dumps(run), flush=True)
                 continue
             renderer = Renderer(parse_render_args(["-m", str(trainer.run_dir), "--novel_views", "--device",
                                                    args.device]))
             renderer.run()
             novel = evaluate_novel_views(trainer.run_dir / "frames_novel_views", None, "not computed",
                                          torch.device(args.device), progress=False)
-            run = {"kind": kind, "seed": seed, "PSNR": res["PSNR"], "SSIM": res["SSIM"],
-                   "train_s": train_s, "novel_PSNR": {v: r["PSNR"] for v, r in novel.items()}}
-            result["runs"][name] = run
-            result["summary"] = summarize(result["runs"], args.kinds, args.paired)
+            run = run | {"novel_PSNR": {v: r["PSNR"] for v, r in novel.items()}}
+            record(name, run)
             print(json.dumps(run), flush=True)
-            if args.out:
-                write_json(args.out, result)
     print_summary(result["summary"], args.paired)
 
 
